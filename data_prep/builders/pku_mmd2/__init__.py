@@ -1,0 +1,1 @@
+"""TFDS builder package for the pku_mmd2 dataset."""

@@ -1,0 +1,12 @@
+"""TFDS builder for pku_mmd2: one config per benchmark, ArrayRecord shards (see data_prep/builders/base.py)."""
+
+import tensorflow_datasets as tfds
+
+from data_prep.builders.base import SkeletonBuilder, builder_configs
+
+
+class Builder(SkeletonBuilder, tfds.core.GeneratorBasedBuilder):
+  """pku_mmd2, converted as the reference pipeline converts it."""
+
+  DATASET = "pku_mmd2"
+  BUILDER_CONFIGS = builder_configs(DATASET)

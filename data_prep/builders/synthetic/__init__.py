@@ -1,0 +1,1 @@
+"""TFDS builder package for the synthetic dataset."""

@@ -1,0 +1,83 @@
+"""Reference-format export: the files the PyTorch reference's feeders read (reference_cmd.md 1.5).
+
+For one benchmark, ``export(cache, benchmark, out_dir)`` writes, for part in (train, val):
+
+  {part}_data_joint.npy   float32 (N, 3, 300, V, M), after pre_normalization
+  {part}_num_frame.npy    int64 (N,), the original frame counts
+  {part}_label.pkl        pickle of (list of sample names, list of int labels)
+
+Samples are in name order (the reference uses ``os.listdir`` order, which is arbitrary).
+Each file is written under a temporary name and renamed when complete; the data file is
+renamed last, so a part is complete exactly when its ``_data_joint.npy`` exists, and a
+rerun skips complete parts. ``cmd_jax.npy_source.NpySource`` reads these files back.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from data_prep import datasets
+from data_prep.convert import Cache
+
+PARTS = (("train", True), ("val", False))
+
+
+def part_paths(out_dir: str | os.PathLike, part: str) -> dict[str, Path]:
+  out = Path(out_dir)
+  return {"data": out / f"{part}_data_joint.npy", "num_frame": out / f"{part}_num_frame.npy",
+          "label": out / f"{part}_label.pkl"}
+
+
+def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike) -> dict[str, int]:
+  """Writes both parts of ``benchmark`` into ``out_dir``; returns the sample count per part."""
+  datasets.check_benchmark(cache.spec, benchmark)
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  counts = {}
+  for part, train in PARTS:
+    paths = part_paths(out, part)
+    names = cache.split_names(benchmark, train)
+    if not names:
+      raise ValueError(f"{cache.spec.name} {benchmark}: the {part} part is empty")
+    if all(p.exists() for p in paths.values()):
+      with open(paths["label"], "rb") as f:
+        counts[part] = len(pickle.load(f)[0])
+      print(f"{paths['data']} exists: {part} part already exported")
+      continue
+    records = list(_part_index(cache, names))
+    n = len(records)
+    v, m = cache.spec.layout.num_joints, cache.spec.layout.num_persons
+    tmp = {k: p.with_name(p.name + ".partial") for k, p in paths.items()}
+    data = open_memmap(tmp["data"], mode="w+", dtype=np.float32, shape=(n, 3, datasets.MAX_FRAMES, v, m))
+    frames = np.zeros(n, np.int64)
+    labels, sample_names = [], []
+    for i, record in enumerate(cache.iter_split(benchmark, train)):
+      data[i] = record["skeleton"]
+      frames[i] = record["num_frames"]
+      labels.append(record["label"])
+      sample_names.append(record["name"])
+    assert len(sample_names) == n, (len(sample_names), n)
+    data.flush()
+    del data
+    np.save(tmp["num_frame"], frames)
+    os.replace(str(tmp["num_frame"]) + ".npy", paths["num_frame"])  # np.save appends .npy
+    with open(tmp["label"], "wb") as f:
+      pickle.dump((sample_names, labels), f)
+    os.replace(tmp["label"], paths["label"])
+    os.replace(tmp["data"], paths["data"])
+    counts[part] = n
+  return counts
+
+
+def _part_index(cache: Cache, names: set[str]):
+  """The converted samples of a part (skipped ones excluded), without loading the arrays."""
+  for path in cache.chunk_paths:
+    with np.load(path) as z:
+      for name in z["name"]:
+        if name in names:
+          yield name

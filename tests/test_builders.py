@@ -1,0 +1,237 @@
+"""Builds every TFDS builder from small inputs and reads the shards back (tfds.data_source, grain).
+
+Also: the npy export read back, the command line, and an interrupted build that must
+neither look complete nor redo finished conversion work.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from cmd_jax import input_pipeline
+from cmd_jax.npy_source import NpySource
+from data_prep import cli, convert, datasets
+from data_prep.builders import load_builder_class
+from data_prep.errors import DataFormatError
+from data_prep.preprocess import pre_normalization
+
+tfds.disable_progress_bar()
+
+
+def _ntu_raw(tmp_path, ntu_dir):
+  raw = tmp_path / "ntu_raw"
+  raw.mkdir()
+  for path in ntu_dir.glob("*.skeleton"):
+    os.symlink(path, raw / path.name)
+  return raw
+
+
+def _expected(spec, raw_dir, options):
+  """Reader output, normalised one sample at a time: name -> (skeleton, num_frames, label, train)."""
+  out = {}
+  for sample in spec.list_samples(raw_dir, options):
+    try:
+      raw = spec.load(sample)
+    except DataFormatError:  # the converter skips and reports such samples
+      continue
+    fixed, n = datasets.to_fixed_length(raw)
+    if spec.drop_all_zero and not fixed.any():
+      continue
+    out[sample.name] = (pre_normalization(fixed[None], spec.layout)[0], n, sample.label, sample.train)
+  return out
+
+
+def _build(dataset, out, raw, options, benchmark):
+  builder = load_builder_class(dataset)(config=benchmark, data_dir=str(out), file_format="array_record",
+                                        options=options, workers=1, progress=False)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
+  return builder
+
+
+def _check_read_back(dataset, out, expected, benchmarks):
+  for benchmark in benchmarks:
+    source = tfds.data_source(f"{dataset}/{benchmark}", data_dir=str(out), try_gcs=False)
+    for split, train in (("train", True), ("val", False)):
+      names = {n for n, e in expected.items() if (benchmark in e[3]) == train}
+      assert len(source[split]) == len(names), (benchmark, split)
+      seen = set()
+      for i in range(len(source[split])):
+        record = source[split][i]
+        name = record["name"].decode()
+        skeleton, n, label, _ = expected[name]
+        np.testing.assert_array_equal(record["skeleton"], skeleton)
+        assert record["num_frames"] == n and record["label"] == label
+        seen.add(name)
+      assert seen == names
+      # The same records through the grain pipeline, one epoch in batches.
+      loader = input_pipeline.make_loader(
+          input_pipeline.tfds_source(str(out), dataset, benchmark, split), global_batch_size=1, seed=0,
+          num_epochs=1, keep_names=True)
+      got = {}
+      for batch in loader:
+        got[_decode(batch["name"][0])] = batch
+      assert set(got) == names
+      for name, batch in got.items():
+        np.testing.assert_array_equal(batch["skeleton"][0], expected[name][0])
+        assert int(batch["label"][0]) == expected[name][2]
+        assert int(batch["num_frames"][0]) == expected[name][1]
+
+
+def _decode(name):
+  return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def test_ntu60_and_ntu120_builders(tmp_path, ntu_dir):
+  raw = _ntu_raw(tmp_path, ntu_dir)
+  options = {"missing_list": "none"}
+  for dataset in ("ntu60", "ntu120"):
+    spec = datasets.get_spec(dataset)
+    for benchmark in spec.benchmarks:
+      builder = _build(dataset, tmp_path / "data", raw, options, benchmark)
+      assert builder.info.metadata["layout"] == "ntu25"
+      assert builder.info.metadata["skipped"] == []
+    _check_read_back(dataset, tmp_path / "data", _expected(spec, raw, options), spec.benchmarks)
+
+
+def _msr_raw(tmp_path, msr_dir):
+  # Two subjects per split, three actions, and the all-zero recording, which is dropped.
+  raw = tmp_path / "msr_raw"
+  raw.mkdir()
+  for path in msr_dir.glob("a1[23]_s0[1-2]_e0[12]_skeleton3D.txt"):
+    os.symlink(path, raw / path.name)
+  os.symlink(msr_dir / "a13_s09_e02_skeleton3D.txt", raw / "a13_s09_e02_skeleton3D.txt")
+  os.symlink(msr_dir / "a01_s09_e01_skeleton3D.txt", raw / "a01_s09_e01_skeleton3D.txt")
+  return raw
+
+
+def test_msr_builder(tmp_path, msr_dir):
+  raw = _msr_raw(tmp_path, msr_dir)
+  spec = datasets.get_spec("msr_action3d")
+  builder = _build("msr_action3d", tmp_path / "data", raw, {}, "xsub")
+  assert [s[0] for s in builder.info.metadata["skipped"]] == [
+      s.name for s in spec.list_samples(raw, {}) if "a13_s09_e02" in s.name]
+  expected = _expected(spec, raw, {})
+  assert len(expected) == 9
+  _check_read_back("msr_action3d", tmp_path / "data", expected, ("xsub",))
+
+
+def test_pku_builder(tmp_path, pku_dir):
+  raw = tmp_path / "pku_raw"
+  (raw / "skeleton").mkdir(parents=True)
+  (raw / "label").mkdir()
+  for video in ("A10N08-L", "A10N08-M", "A11N08-L"):  # the one real file, under three video names
+    os.symlink(pku_dir / "A10N08-L.txt", raw / "skeleton" / f"{video}.txt")
+  (raw / "label" / "A10N08-L.txt").write_text("3,10,60,1\n51,100,400,2\n7,500,500,1\n")
+  (raw / "label" / "A10N08-M.txt").write_text("1,0,1040,1\n")
+  (raw / "label" / "A11N08-L.txt").write_text("2,700,800,1\n")
+  (raw / "cross_subject_v2.txt").write_text("Training videos:\nA10N08-L, A10N08-M\nValidataion videos:\nA11N08-L\n")
+  (raw / "cross_view_v2.txt").write_text("Training videos:\nA10N08-M, A11N08-L\nValidataion videos:\nA10N08-L\n")
+  spec = datasets.get_spec("pku_mmd2")
+  for benchmark in spec.benchmarks:
+    builder = _build("pku_mmd2", tmp_path / "data", raw, {}, benchmark)
+    skipped = dict(map(tuple, builder.info.metadata["skipped"]))
+    assert list(skipped) == ["A10N08-L.txt_2"] and "label" in skipped["A10N08-L.txt_2"]
+  expected = _expected(spec, raw, {})
+  assert sorted(expected) == ["A10N08-L.txt_0", "A10N08-L.txt_1", "A10N08-M.txt_0", "A11N08-L.txt_0"]
+  assert expected["A10N08-M.txt_0"][1] == 1040  # the original length, although only 300 are stored
+  assert expected["A10N08-L.txt_1"][2] == 50
+  _check_read_back("pku_mmd2", tmp_path / "data", expected, spec.benchmarks)
+
+
+def test_synthetic_builder(tmp_path):
+  spec = datasets.get_spec("synthetic")
+  options = {"synthetic_subjects": 4, "synthetic_repetitions": 1}
+  for benchmark in spec.benchmarks:
+    _build("synthetic", tmp_path / "data", None, options, benchmark)
+  _check_read_back("synthetic", tmp_path / "data", _expected(spec, None, options), spec.benchmarks)
+
+
+def test_empty_split_is_an_immediate_error(tmp_path, ntu_dir):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  os.symlink(ntu_dir / "S001C001P001R001A001.skeleton", raw / "S001C001P001R001A001.skeleton")
+  with pytest.raises(ValueError, match="the val split is empty"):
+    _build("ntu60", tmp_path / "data", raw, {"missing_list": "none"}, "xsub")  # subject 1 trains in xsub
+
+
+def test_interrupted_build_does_not_look_complete(tmp_path, ntu_dir, monkeypatch):
+  raw = _ntu_raw(tmp_path, ntu_dir)
+  options = {"missing_list": "none"}
+  real = convert.Cache.iter_split
+
+  def dying(self, benchmark, train):
+    for i, record in enumerate(real(self, benchmark, train)):
+      if i == 3:
+        raise KeyboardInterrupt
+      yield record
+
+  monkeypatch.setattr(convert.Cache, "iter_split", dying)
+  with pytest.raises(KeyboardInterrupt):
+    _build("ntu60", tmp_path / "data", raw, options, "xsub")
+  assert not (tmp_path / "data" / "ntu60" / "xsub" / "1.0.0").exists()
+  with pytest.raises(Exception):
+    tfds.data_source("ntu60/xsub", data_dir=str(tmp_path / "data"), try_gcs=False)
+  chunks = sorted((tmp_path / "data" / ".cache" / "ntu60").glob("chunk_*.npz"))
+  stamps = [c.stat().st_mtime_ns for c in chunks]
+
+  monkeypatch.setattr(convert.Cache, "iter_split", real)
+  assert cli.main(["build", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "data"), "--missing-list",
+                   "none", "--workers", "1", "--quiet", "--keep-cache"]) == 0
+  assert [c.stat().st_mtime_ns for c in chunks] == stamps  # the conversion was not redone
+  assert not list((tmp_path / "data" / "ntu60" / "xsub").glob("incomplete.*"))
+  _check_read_back("ntu60", tmp_path / "data", _expected(datasets.NTU60, raw, options), ("xsub", "xview"))
+
+
+def test_cli_export_npy_reads_back(tmp_path, ntu_dir):
+  raw = _ntu_raw(tmp_path, ntu_dir)
+  out = tmp_path / "npy"
+  assert cli.main(["export-npy", "ntu120", "--benchmark", "xset", "--raw", str(raw), "--out", str(out),
+                   "--missing-list", "none", "--quiet"]) == 0
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      f"{part}_{suffix}" for part in ("train", "val") for suffix in ("data_joint.npy", "num_frame.npy", "label.pkl"))
+  expected = _expected(datasets.NTU120, raw, {"missing_list": "none"})
+  for part, train in (("train", True), ("val", False)):
+    data = np.load(out / f"{part}_data_joint.npy")
+    frames = np.load(out / f"{part}_num_frame.npy")
+    with open(out / f"{part}_label.pkl", "rb") as f:
+      names, labels = pickle.load(f)
+    assert data.dtype == np.float32 and data.shape == (len(names), 3, 300, 25, 2)
+    assert frames.dtype == np.int64
+    assert names == sorted(n for n, e in expected.items() if ("xset" in e[3]) == train)
+    assert all(type(label) is int for label in labels)
+    source = NpySource(out, part)
+    for i, name in enumerate(names):
+      np.testing.assert_array_equal(data[i], expected[name][0])
+      assert frames[i] == expected[name][1] and labels[i] == expected[name][2]
+      record = source[i]
+      np.testing.assert_array_equal(record["skeleton"], expected[name][0])
+      assert _decode(record["name"]) == name and int(record["label"]) == labels[i]
+  # A rerun finds both parts complete and rewrites nothing.
+  stamp = (out / "val_data_joint.npy").stat().st_mtime_ns
+  assert cli.main(["export-npy", "ntu120", "--benchmark", "xset", "--raw", str(raw), "--out", str(out),
+                   "--missing-list", "none", "--quiet"]) == 0
+  assert (out / "val_data_joint.npy").stat().st_mtime_ns == stamp
+
+
+def test_cli_errors(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["build", "ntu61", "--raw", str(tmp_path)])
+  with pytest.raises(SystemExit, match="no such directory"):
+    cli.main(["build", "ntu60", "--raw", str(tmp_path / "nowhere")])
+  with pytest.raises(SystemExit, match="needs --raw"):
+    cli.main(["export-npy", "ntu60", "--benchmark", "xsub", "--out", str(tmp_path)])
+  with pytest.raises(SystemExit, match="has no benchmark 'xset'"):
+    cli.main(["export-npy", "ntu60", "--benchmark", "xset", "--raw", str(tmp_path), "--out", str(tmp_path)])
+  (tmp_path / "empty").mkdir()
+  assert cli.main(["build", "ntu60", "--raw", str(tmp_path / "empty"), "--out", str(tmp_path / "d"),
+                   "--missing-list", "none"]) == 2
+  assert "no SsssCcccPpppRrrrAaaa.skeleton files" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["--help"])
+  assert exit_info.value.code == 0
+  assert "export-npy" in capsys.readouterr().out

@@ -1,0 +1,243 @@
+"""Tests of data_prep/synthetic.py: the generated default dataset (spec, splits, realism)."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+from cmd_jax.layouts import NTU25
+from data_prep import synthetic
+from data_prep.datasets import MAX_FRAMES, get_spec, to_fixed_length
+from data_prep.preprocess import pre_normalization
+from data_prep.synthetic import CLASS_NAMES, SPEC, SyntheticSource, generate
+
+PARENTS = NTU25.bone_parents
+DISTAL = set(synthetic._DROPPABLE.tolist())
+
+
+@pytest.fixture(scope="module")
+def samples():
+  return synthetic.list_samples(None, {})
+
+
+@pytest.fixture(scope="module")
+def one_per_class():
+  """A varied batch: every class, several subjects, cameras and repetitions."""
+  return [(a - 1, generate(SyntheticSource(0, 1 + (s + r) % 3, s, r, a)))
+          for a in range(1, len(CLASS_NAMES) + 1) for s in (1, 2, 5) for r in (1, 3)]
+
+
+def _persons(x):
+  """x (3, T, V, M) -> [M, T, V, 3] and the mask of non-zero joints [M, T, V]."""
+  p = x.transpose(3, 1, 2, 0)
+  return p, np.abs(p).sum(-1) > 0
+
+
+def _bone_lengths(x, person=0):
+  """Bone lengths [T, V] of one person (NaN where either end is missing)."""
+  p, ok = _persons(x)
+  p, ok = p[person], ok[person]
+  lengths = np.linalg.norm(p - p[:, PARENTS], axis=-1)
+  return np.where(ok & ok[:, PARENTS], lengths, np.nan)
+
+
+# ---------------------------------------------------------------------------------------
+# Spec and sample list.
+
+def test_spec_is_registered():
+  assert get_spec("synthetic") is SPEC
+  assert SPEC.layout is NTU25 and not SPEC.needs_raw and not SPEC.drop_all_zero
+  assert SPEC.num_classes == len(CLASS_NAMES) >= 10
+  assert SPEC.benchmarks == ("xsub", "xview")
+  assert synthetic.TWO_PERSON_LABELS < set(range(SPEC.num_classes))
+
+
+def test_default_list(samples):
+  assert 1000 <= len(samples) <= 2000
+  names = [s.name for s in samples]
+  assert names == sorted(names) and len(set(names)) == len(names)
+  for s in samples:
+    match = re.fullmatch(r"S001C(\d{3})P(\d{3})R(\d{3})A(\d{3})", s.name)
+    assert match, s.name
+    camera, subject, rep, action = map(int, match.groups())
+    assert s.label == action - 1
+    assert tuple(s.source)[1:] == (camera, subject, rep, action)
+    assert s.train <= set(SPEC.benchmarks)
+  assert len(pickle.dumps(samples[0])) < 400
+
+
+def test_options_set_sizes():
+  small = synthetic.list_samples(None, {"synthetic_subjects": 2, "synthetic_repetitions": 1,
+                                        "synthetic_seed": 7})
+  assert len(small) == len(CLASS_NAMES) * 2 * 3
+  assert {s.source.seed for s in small} == {7}
+  none_options = synthetic.list_samples(None, {"synthetic_subjects": None, "missing_list": None})
+  assert len(none_options) == len(synthetic.list_samples(None, {}))
+  for bad in ({"synthetic_subjects": 0}, {"synthetic_repetitions": "many"},
+              {"synthetic_seed": -1}, {"synthetic_subjects": 2.5}):
+    with pytest.raises(ValueError):
+      synthetic.list_samples(None, bad)
+
+
+def test_split_rules(samples):
+  for s in samples:
+    assert ("xsub" in s.train) == (s.source.subject % 2 == 1)
+    assert ("xview" in s.train) == (s.source.camera in (2, 3))
+  train_subjects = {s.source.subject for s in samples if "xsub" in s.train}
+  test_subjects = {s.source.subject for s in samples if "xsub" not in s.train}
+  assert not train_subjects & test_subjects and len(train_subjects) == len(test_subjects)
+
+
+@pytest.mark.parametrize("benchmark", ["xsub", "xview"])
+def test_every_class_in_both_parts(samples, benchmark):
+  for part in (True, False):
+    labels = {s.label for s in samples if (benchmark in s.train) == part}
+    assert labels == set(range(SPEC.num_classes)), (benchmark, part)
+
+
+# ---------------------------------------------------------------------------------------
+# Determinism.
+
+def test_deterministic_and_order_free():
+  a, b = SyntheticSource(0, 2, 3, 1, 5), SyntheticSource(0, 1, 4, 2, 10)
+  first = [generate(a), generate(b)]
+  second = [generate(b), generate(a)][::-1]
+  for x, y in zip(first, second):
+    np.testing.assert_array_equal(x, y)
+  sample = synthetic.list_samples(None, {"synthetic_subjects": 2, "synthetic_repetitions": 1})[7]
+  np.testing.assert_array_equal(SPEC.load(pickle.loads(pickle.dumps(sample))), SPEC.load(sample))
+
+
+def test_seed_and_ids_change_the_clip():
+  base = generate(SyntheticSource(0, 1, 1, 1, 1))
+  for other in (SyntheticSource(1, 1, 1, 1, 1), SyntheticSource(0, 2, 1, 1, 1),
+                SyntheticSource(0, 1, 2, 1, 1), SyntheticSource(0, 1, 1, 2, 1)):
+    x = generate(other)
+    assert x.shape != base.shape or not np.allclose(x, base, atol=1e-3), other
+
+
+def test_bad_source():
+  with pytest.raises(ValueError):
+    generate(SyntheticSource(0, 4, 1, 1, 1))
+  with pytest.raises(ValueError):
+    generate(SyntheticSource(0, 1, 1, 1, len(CLASS_NAMES) + 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Realism.
+
+def test_shapes_and_ranges(one_per_class):
+  for label, x in one_per_class:
+    assert x.dtype == np.float32 and x.ndim == 4
+    assert (x.shape[0], x.shape[2], x.shape[3]) == (3, 25, 2) and 1 <= x.shape[1] <= MAX_FRAMES
+    assert synthetic.MIN_FRAMES <= x.shape[1] <= synthetic.MAX_CLIP_FRAMES
+    assert np.isfinite(x).all()
+    p, ok = _persons(x)
+    joints = p[ok]
+    assert (np.abs(joints[:, 0]) < 2.5).all()
+    assert (np.abs(joints[:, 1]) < 2.0).all()
+    assert (joints[:, 2] > 1.0).all() and (joints[:, 2] < 6.0).all()  # depth in front
+    standing = p[0, 0, 3, 1] - min(p[0, 0, 14, 1], p[0, 0, 18, 1])  # head above ankles
+    assert 1.1 < standing < 1.8, (label, standing)
+    assert ok[0, 0].all()  # frame 0 is fully tracked
+
+
+def test_bone_lengths_fixed_per_subject_and_differ_between_subjects():
+  bones = [b for b in range(25) if PARENTS[b] != b]
+  per_subject = []
+  for subject in range(1, 7):
+    clips = [generate(SyntheticSource(0, c, subject, 2, a), artefacts=False)
+             for a, c in ((1, 1), (6, 2), (12, 3))]
+    lengths = np.concatenate([_bone_lengths(x)[:, bones] for x in clips])
+    assert not np.isnan(lengths).any()
+    # Exact kinematics: every bone keeps its length over time, classes and cameras.
+    np.testing.assert_allclose(lengths, lengths[:1].repeat(len(lengths), 0), atol=2e-5)
+    per_subject.append(lengths[0])
+    # With sensor noise the lengths stay constant up to the noise.
+    noisy = _bone_lengths(generate(SyntheticSource(0, 1, subject, 2, 6)))[:, bones]
+    assert np.nanmedian(np.nanstd(noisy, axis=0)) < 0.015
+    assert np.abs(np.nanmedian(noisy, axis=0) - lengths[0]).max() < 0.03
+  per_subject = np.array(per_subject)
+  for i in range(len(per_subject)):
+    for j in range(i):
+      assert np.abs(per_subject[i] - per_subject[j]).max() > 0.01, (i + 1, j + 1)
+
+
+def test_person_slots(one_per_class):
+  for label, x in one_per_class:
+    second = x[..., 1]
+    if label in synthetic.TWO_PERSON_LABELS:
+      present = np.abs(second).sum(axis=(0, 2)) > 0
+      assert present.mean() > 0.8, label
+      # The two persons stand apart (spine bases 0.3 m or more apart at frame 0).
+      assert np.linalg.norm(x[:, 0, 0, 0] - x[:, 0, 0, 1]) > 0.3
+    else:
+      assert not second.any(), label
+
+
+def test_dropped_joints_and_frames_are_exact_zeros(samples):
+  dropped_joints = dropped_frames = 0
+  for s in samples[:240]:
+    x = SPEC.load(s)
+    clean = generate(s.source, artefacts=False)
+    assert x.shape == clean.shape
+    p, ok = _persons(x)
+    # A joint is either exactly zero (all three coordinates) or not zero at all.
+    assert ((p == 0).any(-1) == ~ok).all()
+    persons = 2 if s.label in synthetic.TWO_PERSON_LABELS else 1
+    lost = ~ok[:persons]
+    frame_lost = lost.all(-1)  # [M, T]
+    dropped_frames += frame_lost[0].any()
+    if frame_lost[0].any():  # dropped frames are a tail of the clip, for both persons
+      first = np.argmax(frame_lost[0])
+      assert frame_lost[:, first:].all() and not frame_lost[0, :first].any()
+    joint_lost = lost & ~frame_lost[..., None]
+    dropped_joints += joint_lost.any()
+    m, t, v = np.nonzero(joint_lost)
+    assert set(v.tolist()) <= DISTAL and (t > 0).all()
+  assert dropped_joints > 10 and dropped_frames > 10
+
+
+def _vertical_std(x, joint, person=0):
+  p, ok = _persons(x)
+  return p[person, ok[person, :, joint], joint, 1].std()
+
+
+@pytest.mark.parametrize("action,moving,still", [
+    (1, 10, 6),   # wave right hand: right wrist vs left wrist
+    (2, 6, 10),   # wave left hand
+    (5, 18, 14),  # kick forward (right leg): right vs left ankle
+    (8, 3, 0),    # bow: head vs spine base
+])
+def test_class_moves_its_body_part(action, moving, still):
+  ratios = [_vertical_std(x, moving) / _vertical_std(x, still)
+            for x in (generate(SyntheticSource(0, 1 + s % 3, s, r, action))
+                      for s in range(1, 9) for r in (1, 2))]
+  assert np.median(ratios) > 4.0, ratios
+
+
+def test_squat_and_jump_move_the_hips_waves_do_not():
+  def hips(action):
+    return np.median([_vertical_std(generate(SyntheticSource(0, 1, s, 1, action)), 0)
+                      for s in range(1, 9)])
+  assert hips(6) > 0.05 and hips(7) > 0.03
+  assert hips(1) < 0.02 and hips(2) < 0.02
+
+
+def test_survives_pre_normalization(one_per_class):
+  batch = np.zeros((len(one_per_class), 3, MAX_FRAMES, 25, 2), np.float32)
+  lengths = []
+  for i, (_, x) in enumerate(one_per_class):
+    batch[i], t = to_fixed_length(x)
+    lengths.append(t)
+  out = pre_normalization(batch, NTU25)
+  assert out.dtype == np.float32 and np.isfinite(out).all()
+  assert (out[:, :, :, 1, 0] == 0).all()  # person 0's spine_mid is the origin in every frame
+  shoulders = out[:, :, 0, 8, 0] - out[:, :, 0, 4, 0]  # frame 0, right - left shoulder
+  np.testing.assert_allclose(shoulders[:, 1:], 0, atol=1e-5)
+  assert (shoulders[:, 0] > 0.2).all()
+  spine = out[:, :, 0, 1, 0] - out[:, :, 0, 0, 0]  # frame 0, spine_base -> spine_mid
+  assert (spine[:, 2] > 0.8 * np.linalg.norm(spine, axis=1)).all()  # close to +z
