@@ -1,0 +1,299 @@
+"""Skeleton augmentations as pure, PRNG-keyed JAX functions (reference_cmd.md 2.2-2.7, quirks 7, 8).
+
+This module owns everything the reference's feeders do to a stored clip before it reaches
+the model: the temporal crop + linear resize (2.2, 2.3), the joint corruption (2.4), the
+shear (2.5), the per-view choice between them (2.6), and the batch-level view builders
+for pretraining (2.6) and the downstream protocols (2.7). Modalities (motion, bone) are
+*not* computed here: the model derives them from the augmented, resized joints.
+
+Conventions:
+
+- A sample is ``x [C=3, T, V, M]``: the stored clip (``T = 300``, zero or loop padded)
+  with ``num_frames``, the ORIGINAL length; the valid length is ``F = min(num_frames, T)``
+  (values below 1 are treated as 1: the reference has no answer for an empty clip).
+- Every function of one sample is pure, jit-friendly and shape-static: dynamic crop
+  starts and lengths become gathers from the full ``T``-frame array. The batch functions
+  vmap the per-sample ones with one key per sample (and per view).
+- Random choices take a key; each has a ``*_with`` / ``*_params`` twin that takes the
+  drawn parameters explicitly, so tests can check the formulas with fixed values.
+- Point maps (the 3x3 corruption matrix, the shear) are written as broadcast products and
+  sums, not ``jnp.dot``, so they are exact float32 on every backend (no TF32 on GPUs).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PRETRAIN_RATIO_RANGE = (0.1, 1.0)
+DOWNSTREAM_TRAIN_RATIO_RANGE = (0.5, 1.0)
+CENTER_CROP_RATIO = 0.95
+MIN_CROP_LENGTH = 64
+OUTPUT_LENGTH = 64
+NUM_CORRUPTED_JOINTS = 15
+
+
+# ----------------------------------------------------------------------------------------
+# 2.2 step 5: linear resize along time (bilinear, align_corners=False, no antialiasing)
+# ----------------------------------------------------------------------------------------
+
+def resize_linear(clip_source: jax.Array, start, length, out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """Resizes frames ``[start, start + length)`` of ``clip_source`` to ``out_len`` frames.
+
+  The formula of PyTorch's ``F.interpolate(mode='bilinear', align_corners=False)`` along
+  time, computed in float32 as PyTorch does (spec 2.2 step 5)::
+
+    src_i = max((i + 0.5) * L / out - 0.5, 0);  i0 = floor(src_i);  i1 = min(i0 + 1, L - 1)
+    out_i = (1 - lam) * clip[start + i0] + lam * clip[start + i1],  lam = src_i - i0
+
+  No antialiasing, also when downsampling. ``start`` and ``length`` may be traced
+  integers; the output shape depends only on ``out_len``.
+
+  Args:
+    clip_source: ``[C, T, ...]``; time is axis 1.
+    start: first frame of the crop (int scalar, ``0 <= start``, ``start + length <= T``).
+    length: L, the crop length (int scalar, ``>= 1``).
+    out_len: number of output frames (static).
+
+  Returns:
+    ``[C, out_len, ...]`` in the dtype of ``clip_source`` (promoted with float32).
+  """
+  length = jnp.asarray(length, jnp.int32)
+  start = jnp.asarray(start, jnp.int32)
+  scale = length.astype(jnp.float32) / jnp.float32(out_len)
+  dst = jnp.arange(out_len, dtype=jnp.float32)
+  src = jnp.maximum(scale * (dst + jnp.float32(0.5)) - jnp.float32(0.5), jnp.float32(0.0))
+  i0 = jnp.floor(src).astype(jnp.int32)
+  i1 = jnp.minimum(i0 + 1, length - 1)
+  lam = src - i0.astype(jnp.float32)
+  x0 = jnp.take(clip_source, start + i0, axis=1, mode="clip")
+  x1 = jnp.take(clip_source, start + i1, axis=1, mode="clip")
+  lam = lam.reshape((1, out_len) + (1,) * (clip_source.ndim - 2))
+  return (1.0 - lam) * x0 + lam * x1
+
+
+def _valid_length(num_frames, max_frames: int) -> jax.Array:
+  """F = min(num_frames, T), at least 1."""
+  return jnp.clip(jnp.asarray(num_frames, jnp.int32), 1, max_frames)
+
+
+# ----------------------------------------------------------------------------------------
+# 2.2 / 2.3: random crop + resize
+# ----------------------------------------------------------------------------------------
+
+def crop_params(key: jax.Array, num_frames, max_frames: int,
+                ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
+                min_len: int = MIN_CROP_LENGTH) -> tuple[jax.Array, jax.Array]:
+  """Draws the random crop of spec 2.2 steps 1-3; returns ``(start, L)`` as int32 scalars.
+
+  ``F = min(num_frames, max_frames)``; ``scale ~ U(r0, r1)``;
+  ``L = min(max(floor(F * scale), min_len), F)`` (so ``L = F`` when ``F < min_len``);
+  ``start`` uniform in ``[0, F - L]`` (both ends included).
+  """
+  r0, r1 = float(ratio_range[0]), float(ratio_range[1])
+  scale_key, start_key = jax.random.split(key)
+  f = _valid_length(num_frames, max_frames)
+  scale = jax.random.uniform(scale_key, (), jnp.float32, r0, r1)
+  length = jnp.floor(f.astype(jnp.float32) * scale).astype(jnp.int32)
+  length = jnp.minimum(jnp.maximum(length, min_len), f)
+  start = jax.random.randint(start_key, (), 0, f - length + 1, dtype=jnp.int32)
+  return start, length
+
+
+def temporal_crop_resize(key: jax.Array, x: jax.Array, num_frames,
+                         ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
+                         min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """Spec 2.2 (``temporal_cropresize``): random crop of ``[0, F)`` resized to ``out_len``.
+
+  ``x [C, T, V, M]`` -> ``[C, out_len, V, M]``.
+  """
+  start, length = crop_params(key, num_frames, x.shape[1], ratio_range, min_len)
+  return resize_linear(x, start, length, out_len)
+
+
+def random_crop_resize(key: jax.Array, x: jax.Array, num_frames,
+                       ratio_range: Sequence[float] = DOWNSTREAM_TRAIN_RATIO_RANGE,
+                       min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """Spec 2.3 train branch (``crop_subsequence`` with ``[0.5, 1.0]``): 2.2 with scale ~ U(0.5, 1)."""
+  return temporal_crop_resize(key, x, num_frames, ratio_range, min_len, out_len)
+
+
+def _center_start_table(ratio: float, max_frames: int) -> np.ndarray:
+  """``int((1 - ratio) * F / 2)`` for F = 0..max_frames, in the reference's float64 arithmetic.
+
+  numpy float64 elementwise ops are the same IEEE operations as Python's float ones, and
+  ``astype`` truncates toward zero like ``int()``. A float32 evaluation would NOT match
+  for every ratio: e.g. ratio 0.9 gives ``(1 - 0.9) = 0.09999999999999998`` in float64, so
+  F = 20 truncates to 0 where float32 gives 1.
+  """
+  f = np.arange(max_frames + 1, dtype=np.float64)
+  return ((1 - ratio) * f / 2).astype(np.int32)
+
+
+def center_crop_params(num_frames, max_frames: int,
+                       ratio: float = CENTER_CROP_RATIO) -> tuple[jax.Array, jax.Array]:
+  """Spec 2.3 test branch: ``start = int((1 - ratio) * F / 2)``, ``L = F - 2 * start``."""
+  f = _valid_length(num_frames, max_frames)
+  start = jnp.asarray(_center_start_table(float(ratio), max_frames))[f]
+  return start, f - 2 * start
+
+
+def center_crop_resize(x: jax.Array, num_frames, ratio: float = CENTER_CROP_RATIO,
+                       out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """Spec 2.3 test branch: keep frames ``[start, F - start)`` and resize to ``out_len``."""
+  start, length = center_crop_params(num_frames, x.shape[1], ratio)
+  return resize_linear(x, start, length, out_len)
+
+
+# ----------------------------------------------------------------------------------------
+# 2.4 joint corruption, 2.5 shear, 2.6 the per-view choice
+# ----------------------------------------------------------------------------------------
+
+def _row_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
+  """``p' = p @ A`` for every point of ``x [3, ...]``: ``p'_j = sum_c p_c A[c, j]``."""
+  a = matrix.reshape(matrix.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+  return jnp.sum(x[:, None] * a, axis=0)
+
+
+def _column_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
+  """``p' = S @ p`` for every point of ``x [3, ...]``: ``p'_c = sum_d S[c, d] p_d``."""
+  s = matrix.reshape(matrix.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+  return jnp.sum(s * x[None], axis=1)
+
+
+def joint_corruption_with(x: jax.Array, joints: jax.Array, matrix: jax.Array, zero) -> jax.Array:
+  """Spec 2.4 with the drawn parameters.
+
+  Args:
+    x: ``[3, T, V, M]``.
+    joints: int ``[K]``, the corrupted joints (distinct).
+    matrix: ``[3, 3]`` A, used by the transform branch.
+    zero: bool scalar; True: zero the joints (all frames, coordinates, persons);
+      False: map their coordinates as row vectors ``p @ A``.
+
+  Returns:
+    ``x`` with the selected joints replaced; the other joints unchanged.
+  """
+  num_joints = x.shape[2]
+  selected = jnp.zeros((num_joints,), bool).at[joints].set(True)[None, None, :, None]
+  replacement = jnp.where(zero, jnp.zeros_like(x), _row_vector_map(x, matrix))
+  return jnp.where(selected, replacement, x)
+
+
+def joint_corruption_params(key: jax.Array, num_joints: int,
+                            num_corrupted: int = NUM_CORRUPTED_JOINTS):
+  """Draws ``(joints [K], A [3, 3], zero)`` for :func:`joint_corruption_with`.
+
+  ``zero`` with probability 0.5; A entries i.i.d. U(-1, 1); K distinct joints, a uniform
+  random subset: the K largest of V random 32-bit integers (``lax.top_k``; a tie, about
+  ``V^2 / 2^33``, only favours the lower index). This is the same distribution as
+  ``np.random.choice(V, K, replace=False)`` and compiles much faster than
+  ``jax.random.choice(..., replace=False)``.
+  """
+  branch_key, joints_key, matrix_key = jax.random.split(key, 3)
+  zero = jax.random.uniform(branch_key, ()) < 0.5
+  _, joints = jax.lax.top_k(jax.random.bits(joints_key, (num_joints,), jnp.uint32), num_corrupted)
+  matrix = jax.random.uniform(matrix_key, (3, 3), jnp.float32, -1.0, 1.0)
+  return joints, matrix, zero
+
+
+def joint_corruption(key: jax.Array, x: jax.Array,
+                     num_corrupted: int = NUM_CORRUPTED_JOINTS) -> jax.Array:
+  """Spec 2.4 (``joint_courruption``): 50% zero K joints, 50% map K joints by ``p @ A``."""
+  joints, matrix, zero = joint_corruption_params(key, x.shape[2], num_corrupted)
+  return joint_corruption_with(x, joints, matrix, zero)
+
+
+def shear_with(x: jax.Array, matrix: jax.Array) -> jax.Array:
+  """Spec 2.5 with the drawn ``S [3, 3]``: ``p' = S @ p`` for every point of ``x [3, ...]``."""
+  return _column_vector_map(x, matrix)
+
+
+def shear_params(key: jax.Array) -> jax.Array:
+  """Draws the shear ``S``: 1 on the diagonal, off-diagonal entries i.i.d. U(-1, 1)."""
+  off = jax.random.uniform(key, (3, 3), jnp.float32, -1.0, 1.0)
+  eye = jnp.eye(3, dtype=bool)
+  return jnp.where(eye, jnp.float32(1.0), off)
+
+
+def shear(key: jax.Array, x: jax.Array) -> jax.Array:
+  """Spec 2.5 (``pose_augmentation``): a random shear of every point; zeros stay zero."""
+  return shear_with(x, shear_params(key))
+
+
+def spatial_augment(key: jax.Array, x: jax.Array,
+                    num_corrupted: int = NUM_CORRUPTED_JOINTS) -> jax.Array:
+  """Spec 2.6 step 2: joint corruption with probability 0.5, otherwise the shear.
+
+  Net: 50% shear, 25% "zero K joints", 25% "row-vector linear map on K joints".
+  Both branches are computed and one is selected (``jnp.where``), which is what a
+  ``lax.cond`` becomes under ``vmap`` anyway; they are cheap point maps.
+  """
+  branch_key, corruption_key, shear_key = jax.random.split(key, 3)
+  corrupt = jax.random.uniform(branch_key, ()) < 0.5
+  return jnp.where(corrupt, joint_corruption(corruption_key, x, num_corrupted), shear(shear_key, x))
+
+
+# ----------------------------------------------------------------------------------------
+# 2.6 / 2.7: batch views
+# ----------------------------------------------------------------------------------------
+
+def pretrain_view(key: jax.Array, x: jax.Array, num_frames,
+                  ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
+                  min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
+                  num_corrupted: int = NUM_CORRUPTED_JOINTS) -> jax.Array:
+  """One pretraining view of one sample (spec 2.6): crop-resize, then spatial augment."""
+  crop_key, spatial_key = jax.random.split(key)
+  clip = temporal_crop_resize(crop_key, x, num_frames, ratio_range, min_len, out_len)
+  return spatial_augment(spatial_key, clip, num_corrupted)
+
+
+def pretrain_views(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
+                   ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
+                   min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
+                   num_corrupted: int = NUM_CORRUPTED_JOINTS) -> tuple[jax.Array, jax.Array]:
+  """The two views ``(view_q, view_k)`` of a batch (spec 2.6), each ``[N, C, out_len, V, M]``.
+
+  Every sample and every view gets its own key (``jax.random.split(key, (N, 2))``), so the
+  two views of a sample are independent draws, as in the reference feeder.
+  """
+  n = batch_x.shape[0]
+  keys = jax.random.split(key, (n, 2))
+
+  def one_view(k, x, f):
+    return pretrain_view(k, x, f, ratio_range, min_len, out_len, num_corrupted)
+
+  batched = jax.vmap(one_view)
+  return batched(keys[:, 0], batch_x, batch_num_frames), batched(keys[:, 1], batch_x, batch_num_frames)
+
+
+def downstream_train_view(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
+                          ratio_range: Sequence[float] = DOWNSTREAM_TRAIN_RATIO_RANGE,
+                          min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """Spec 2.7 train: a random crop-resize per sample, no spatial augmentation."""
+  keys = jax.random.split(key, batch_x.shape[0])
+  return jax.vmap(lambda k, x, f: random_crop_resize(k, x, f, ratio_range, min_len, out_len))(
+      keys, batch_x, batch_num_frames)
+
+
+def downstream_test_view(batch_x: jax.Array, batch_num_frames: jax.Array,
+                         ratio: float = CENTER_CROP_RATIO, out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """Spec 2.7 test (and kNN, both sides): the deterministic centre crop of each sample."""
+  return jax.vmap(lambda x, f: center_crop_resize(x, f, ratio, out_len))(batch_x, batch_num_frames)
+
+
+def downstream_view(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
+                    l_ratio: Sequence[float], out_len: int = OUTPUT_LENGTH) -> jax.Array:
+  """The reference's ``crop_subsequence`` dispatch (quirk 7), for config-driven callers.
+
+  ``l_ratio[0] == 0.5`` exactly selects the random crop with ``scale ~ U(l_ratio[0],
+  l_ratio[1])`` and minimum length 64; any other ``l_ratio`` is a centre crop of
+  ``l_ratio[0]`` (``key`` is then unused).
+  """
+  if float(l_ratio[0]) == 0.5:
+    return downstream_train_view(key, batch_x, batch_num_frames,
+                                 (l_ratio[0], l_ratio[1]), MIN_CROP_LENGTH, out_len)
+  return downstream_test_view(batch_x, batch_num_frames, float(l_ratio[0]), out_len)
