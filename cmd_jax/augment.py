@@ -184,10 +184,11 @@ def joint_corruption_with(x: jax.Array, joints: jax.Array, matrix: jax.Array, ze
 
 
 def joint_corruption_params(key: jax.Array, num_joints: int,
-                            num_corrupted: int = NUM_CORRUPTED_JOINTS):
+                            num_corrupted: int = NUM_CORRUPTED_JOINTS, amplitude: float = 1.0):
   """Draws ``(joints [K], A [3, 3], zero)`` for :func:`joint_corruption_with`.
 
-  ``zero`` with probability 0.5; A entries i.i.d. U(-1, 1); K distinct joints, a uniform
+  ``zero`` with probability 0.5; A entries i.i.d. U(-amplitude, amplitude) (the reference:
+  amplitude 1); K distinct joints, a uniform
   random subset: the K largest of V random 32-bit integers (``lax.top_k``; a tie, about
   ``V^2 / 2^33``, only favours the lower index). This is the same distribution as
   ``np.random.choice(V, K, replace=False)`` and compiles much faster than
@@ -196,14 +197,14 @@ def joint_corruption_params(key: jax.Array, num_joints: int,
   branch_key, joints_key, matrix_key = jax.random.split(key, 3)
   zero = jax.random.uniform(branch_key, ()) < 0.5
   _, joints = jax.lax.top_k(jax.random.bits(joints_key, (num_joints,), jnp.uint32), num_corrupted)
-  matrix = jax.random.uniform(matrix_key, (3, 3), jnp.float32, -1.0, 1.0)
+  matrix = jax.random.uniform(matrix_key, (3, 3), jnp.float32, -amplitude, amplitude)
   return joints, matrix, zero
 
 
 def joint_corruption(key: jax.Array, x: jax.Array,
-                     num_corrupted: int = NUM_CORRUPTED_JOINTS) -> jax.Array:
+                     num_corrupted: int = NUM_CORRUPTED_JOINTS, amplitude: float = 1.0) -> jax.Array:
   """Spec 2.4 (``joint_courruption``): 50% zero K joints, 50% map K joints by ``p @ A``."""
-  joints, matrix, zero = joint_corruption_params(key, x.shape[2], num_corrupted)
+  joints, matrix, zero = joint_corruption_params(key, x.shape[2], num_corrupted, amplitude)
   return joint_corruption_with(x, joints, matrix, zero)
 
 
@@ -212,29 +213,33 @@ def shear_with(x: jax.Array, matrix: jax.Array) -> jax.Array:
   return _column_vector_map(x, matrix)
 
 
-def shear_params(key: jax.Array) -> jax.Array:
-  """Draws the shear ``S``: 1 on the diagonal, off-diagonal entries i.i.d. U(-1, 1)."""
-  off = jax.random.uniform(key, (3, 3), jnp.float32, -1.0, 1.0)
+def shear_params(key: jax.Array, amplitude: float = 1.0) -> jax.Array:
+  """Draws the shear ``S``: 1 on the diagonal, off-diagonal entries i.i.d.
+  U(-amplitude, amplitude) (the reference: amplitude 1)."""
+  off = jax.random.uniform(key, (3, 3), jnp.float32, -amplitude, amplitude)
   eye = jnp.eye(3, dtype=bool)
   return jnp.where(eye, jnp.float32(1.0), off)
 
 
-def shear(key: jax.Array, x: jax.Array) -> jax.Array:
+def shear(key: jax.Array, x: jax.Array, amplitude: float = 1.0) -> jax.Array:
   """Spec 2.5 (``pose_augmentation``): a random shear of every point; zeros stay zero."""
-  return shear_with(x, shear_params(key))
+  return shear_with(x, shear_params(key, amplitude))
 
 
 def spatial_augment(key: jax.Array, x: jax.Array,
-                    num_corrupted: int = NUM_CORRUPTED_JOINTS) -> jax.Array:
+                    num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
+                    corruption_amplitude: float = 1.0) -> jax.Array:
   """Spec 2.6 step 2: joint corruption with probability 0.5, otherwise the shear.
 
   Net: 50% shear, 25% "zero K joints", 25% "row-vector linear map on K joints".
   Both branches are computed and one is selected (``jnp.where``), which is what a
-  ``lax.cond`` becomes under ``vmap`` anyway; they are cheap point maps.
+  ``lax.cond`` becomes under ``vmap`` anyway; they are cheap point maps. The amplitudes
+  scale the random matrices' off-diagonal / entry ranges; 1.0 is the reference.
   """
   branch_key, corruption_key, shear_key = jax.random.split(key, 3)
   corrupt = jax.random.uniform(branch_key, ()) < 0.5
-  return jnp.where(corrupt, joint_corruption(corruption_key, x, num_corrupted), shear(shear_key, x))
+  return jnp.where(corrupt, joint_corruption(corruption_key, x, num_corrupted, corruption_amplitude),
+                   shear(shear_key, x, shear_amplitude))
 
 
 # ----------------------------------------------------------------------------------------
@@ -244,17 +249,19 @@ def spatial_augment(key: jax.Array, x: jax.Array,
 def pretrain_view(key: jax.Array, x: jax.Array, num_frames,
                   ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
                   min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
-                  num_corrupted: int = NUM_CORRUPTED_JOINTS) -> jax.Array:
+                  num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
+                  corruption_amplitude: float = 1.0) -> jax.Array:
   """One pretraining view of one sample (spec 2.6): crop-resize, then spatial augment."""
   crop_key, spatial_key = jax.random.split(key)
   clip = temporal_crop_resize(crop_key, x, num_frames, ratio_range, min_len, out_len)
-  return spatial_augment(spatial_key, clip, num_corrupted)
+  return spatial_augment(spatial_key, clip, num_corrupted, shear_amplitude, corruption_amplitude)
 
 
 def pretrain_views(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
                    ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
                    min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
-                   num_corrupted: int = NUM_CORRUPTED_JOINTS) -> tuple[jax.Array, jax.Array]:
+                   num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
+                   corruption_amplitude: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """The two views ``(view_q, view_k)`` of a batch (spec 2.6), each ``[N, C, out_len, V, M]``.
 
   Every sample and every view gets its own key (``jax.random.split(key, (N, 2))``), so the
@@ -264,7 +271,8 @@ def pretrain_views(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Arr
   keys = jax.random.split(key, (n, 2))
 
   def one_view(k, x, f):
-    return pretrain_view(k, x, f, ratio_range, min_len, out_len, num_corrupted)
+    return pretrain_view(k, x, f, ratio_range, min_len, out_len, num_corrupted, shear_amplitude,
+                         corruption_amplitude)
 
   batched = jax.vmap(one_view)
   return batched(keys[:, 0], batch_x, batch_num_frames), batched(keys[:, 1], batch_x, batch_num_frames)

@@ -62,7 +62,7 @@ import numpy as np
 
 from cmd_jax.npy_source import NpySource
 
-BUILD_HINT = "python -m data_prep build {dataset} --out {data_dir}"
+BUILD_HINT = "python -m data_prep build {dataset}{raw} --out {data_dir}"
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -85,7 +85,7 @@ def find_version_dir(data_dir: str | os.PathLike, dataset: str, benchmark: str,
     FileNotFoundError: with what exists instead and how to build the dataset.
   """
   data_dir = Path(data_dir)
-  hint = BUILD_HINT.format(dataset=dataset, data_dir=data_dir)
+  hint = BUILD_HINT.format(dataset=dataset, data_dir=data_dir, raw="" if dataset == "synthetic" else " --raw <raw files>")
   if not data_dir.is_dir():
     raise FileNotFoundError(f"TFDS data directory {data_dir} does not exist; build a dataset with: {hint}")
   dataset_dir = data_dir / dataset

@@ -364,3 +364,18 @@ def test_downstream_views():
   out = np.asarray(jax.jit(augment.downstream_train_view)(key, ramps, jnp.asarray(np.full(256, 240, np.int32))))
   start, length = crop_from_ramp_output(out[:, 0, :, 0, 0])
   assert length.min() >= 120 and length.max() <= 240 and np.all(start + length <= 240)
+
+
+def test_amplitudes_scale_the_random_matrices():
+  """shear_amplitude / corruption_amplitude bound the drawn entries (1.0 is the reference)."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 400)
+  shears = np.asarray(jax.vmap(lambda k: augment.shear_params(k, 0.3))(keys))
+  off = shears[:, ~np.eye(3, dtype=bool)]
+  assert np.all(np.abs(off) <= 0.3) and np.abs(off).max() > 0.25
+  np.testing.assert_array_equal(shears[:, np.eye(3, dtype=bool)], 1.0)
+  mats = np.asarray(jax.vmap(lambda k: augment.joint_corruption_params(k, 25, 5, 0.3)[1])(keys))
+  assert np.all(np.abs(mats) <= 0.3) and np.abs(mats).max() > 0.25
+  joints = np.asarray(jax.vmap(lambda k: augment.joint_corruption_params(k, 25, 5, 0.3)[0])(keys))
+  assert joints.shape == (400, 5) and all(len(set(row)) == 5 for row in joints.tolist())
+  # The default draws are the reference's U(-1, 1).
+  assert np.abs(np.asarray(jax.vmap(augment.shear_params)(keys))[:, ~np.eye(3, dtype=bool)]).max() > 0.9

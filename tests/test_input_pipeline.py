@@ -273,7 +273,7 @@ def test_tfds_state_restore_with_a_worker_process(tfds_dir):
 
 def test_tfds_missing_dataset_benchmark_split(tfds_dir):
   with pytest.raises(FileNotFoundError, match=r"no dataset 'ntu60' .*datasets there: tiny_skeletons.*"
-                                              r"python -m data_prep build ntu60 --out"):
+                                              r"python -m data_prep build ntu60 --raw <raw files> --out"):
     ip.tfds_source(tfds_dir, "ntu60", "xsub", "train")
   with pytest.raises(FileNotFoundError, match=r"no benchmark 'xview' \(benchmarks there: xsub\)"):
     ip.tfds_source(tfds_dir, "tiny_skeletons", "xview", "train")

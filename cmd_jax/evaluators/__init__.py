@@ -1,0 +1,1 @@
+"""Evaluators that score frozen encoders (the online kNN monitor; the downstream protocols reuse them)."""

@@ -1,0 +1,97 @@
+"""1-nearest-neighbour cosine accuracy of frozen encoder features (reference_cmd.md 5.4).
+
+The reference's retrieval protocol: features are the encoder's 2H-d last-step GRU output
+(BatchNorm in inference mode, no head) of the 95% centre crop resized to the model's
+frame count, for the whole train split (the bank) and the whole test split (the queries);
+both are L2-normalised and each query takes the label of its most cosine-similar bank
+feature (sklearn ``KNeighborsClassifier(n_neighbors=1, metric='cosine')``). Here the
+features are computed batch-sharded over the device mesh, and the neighbour search runs on
+the device in chunks of queries.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmd_jax import augment, input_pipeline, modalities, sharding
+from cmd_jax.layouts import SkeletonLayout
+
+
+def make_feature_fn(model, layout: SkeletonLayout, modality: str, frames: int,
+                    crop_ratio: float = augment.CENTER_CROP_RATIO) -> Callable[..., jax.Array]:
+  """``fn(variables, skeleton [N,3,T,V,M], num_frames [N]) -> features [N, 2H]`` (eval mode)."""
+
+  def fn(variables, skeleton, num_frames):
+    clip = augment.downstream_test_view(skeleton, num_frames, ratio=crop_ratio, out_len=frames)
+    x = modalities.flatten(modalities.modality(clip, modality, layout))
+    return model.apply(variables, x, train=False, features_only=True)
+
+  return fn
+
+
+def extract_features(feature_fn: Callable[..., jax.Array], variables: Any, source, *, batch_size: int,
+                     mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+  """Features and labels of every record of ``source``, in index order (host numpy)."""
+  sharding.check_batch_divisible(batch_size, mesh, "evaluator batch size")
+  rep = sharding.replicated(mesh)
+  jitted = jax.jit(feature_fn, in_shardings=(rep, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
+                   out_shardings=rep)
+  feats, labels = [], []
+  for batch in input_pipeline.global_batches(source, global_batch_size=batch_size, seed=0, shuffle=False,
+                                             num_epochs=1, drop_remainder=False):
+    device_batch = sharding.put_batch({k: batch[k] for k in ("skeleton", "num_frames")}, mesh)
+    out = np.asarray(jax.device_get(jitted(variables, device_batch["skeleton"], device_batch["num_frames"])))
+    valid = _gather_host(batch["valid"])
+    feats.append(out[valid])
+    labels.append(_gather_host(batch["label"])[valid])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def _gather_host(x: np.ndarray) -> np.ndarray:
+  """The global batch's rows of a host array that each process holds its part of."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """sklearn ``normalize``: x / ||x||, zero rows stay zero."""
+  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return x / jnp.where(norm == 0, 1.0, norm)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def nearest_neighbours(bank: jax.Array, queries: jax.Array, chunk: int = 1024) -> jax.Array:
+  """Index of the most cosine-similar bank row for every query row (chunked over queries)."""
+  bank = l2_normalize(bank.astype(jnp.float32))
+  queries = l2_normalize(queries.astype(jnp.float32))
+  n = queries.shape[0]
+  pad = (-n) % chunk
+  padded = jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, queries.shape[-1])
+
+  def one(q):
+    return jnp.argmax(jnp.matmul(q, bank.T, precision=jax.lax.Precision.HIGHEST), axis=-1)
+
+  return jax.lax.map(one, padded).reshape(-1)[:n]
+
+
+def knn_accuracy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
+                 chunk: int = 1024) -> float:
+  """1-NN cosine top-1 accuracy of the queries against the bank."""
+  if len(bank) == 0 or len(queries) == 0:
+    raise ValueError(f"knn_accuracy: empty bank ({len(bank)}) or queries ({len(queries)})")
+  nearest = np.asarray(nearest_neighbours(jnp.asarray(bank), jnp.asarray(queries), chunk=min(chunk, len(queries))))
+  return float(np.mean(np.asarray(bank_labels)[nearest] == np.asarray(query_labels)))
+
+
+def evaluate(feature_fn, variables, bank_source, query_source, *, batch_size: int, mesh) -> dict[str, float]:
+  """``{"knn_top1": accuracy}`` of the frozen features (bank = train split, queries = val split)."""
+  bank, bank_labels = extract_features(feature_fn, variables, bank_source, batch_size=batch_size, mesh=mesh)
+  queries, query_labels = extract_features(feature_fn, variables, query_source, batch_size=batch_size, mesh=mesh)
+  return {"knn_top1": knn_accuracy(bank, bank_labels, queries, query_labels)}

@@ -1,0 +1,62 @@
+"""Metric writing: JSON lines (``<workdir>/metrics.jsonl``) and TensorBoard events, process 0 only.
+
+Every record is ``{"step": int, "split": str, <name>: float, ...}``; TensorBoard gets one
+scalar per name under ``<split>/<name>``. tensorboardX is used (clu's writers import
+TensorFlow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(value: Any) -> float | None:
+  """A JSON-safe float; non-finite values become None (JSON has no NaN)."""
+  value = float(np.asarray(value))
+  return value if math.isfinite(value) else None
+
+
+class MetricWriter:
+  """Appends metrics to ``metrics.jsonl`` and TensorBoard event files in ``workdir``."""
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split}
+    record.update({k: _scalar(v) for k, v in metrics.items()})
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")
+    for name, value in record.items():
+      if name not in ("step", "split") and value is not None:
+        self._tb.add_scalar(f"{split}/{name}", value, int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
+  """The records of ``metrics.jsonl`` (optionally one split's), in order."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if split is None or r.get("split") == split]

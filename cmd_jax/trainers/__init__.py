@@ -1,0 +1,15 @@
+"""Trainers, chosen by ``config.trainer``: each module has ``train_and_evaluate(config, workdir)``."""
+
+from __future__ import annotations
+
+import importlib
+
+from cmd_jax.errors import ConfigError
+
+TRAINERS = {"cmd_pretrain": "cmd_jax.trainers.cmd_pretrain"}
+
+
+def get_trainer(name: str):
+  if name not in TRAINERS:
+    raise ConfigError(f"config.trainer={name!r} is unknown; expected one of {', '.join(TRAINERS)}")
+  return importlib.import_module(TRAINERS[name]).train_and_evaluate
