@@ -34,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+
 Metrics = dict[str, jax.Array]
 Direction = tuple[str, str]
 
@@ -46,7 +47,7 @@ def _float(x: jax.Array) -> jax.Array:
   return x.astype(jnp.result_type(x.dtype, jnp.float32))
 
 
-def _as_int(value, what: str) -> int:
+def as_int(value, what: str) -> int:
   """``value`` as a Python int (ints and numpy integers), else a ValueError naming ``what``."""
   if isinstance(value, bool):
     raise ValueError(f"{what} must be an int, got {value!r}")
@@ -176,7 +177,7 @@ def cmd_distillation(
     raise ValueError(f"cmd_distillation: every similarity matrix must have the same shape "
                      f"[N, K]; got {all_shapes}")
   size = first[1]
-  topk = _as_int(topk, "cmd_distillation: topk")
+  topk = as_int(topk, "cmd_distillation: topk")
   if not 0 < topk <= size:
     raise ValueError(f"cmd_distillation: topk must be an int in [1, {size}] (the queue size), "
                      f"got {topk!r}")

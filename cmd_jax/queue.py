@@ -20,24 +20,14 @@ train state and are checkpointed with it.
 
 from __future__ import annotations
 
-import operator
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from cmd_jax.losses import l2_normalize
+from cmd_jax.losses import as_int, l2_normalize
 
 Queues = dict[str, jax.Array]
-
-
-def _as_int(value, what: str) -> int:
-  if isinstance(value, bool):
-    raise ValueError(f"{what} must be an int, got {value!r}")
-  try:
-    return operator.index(value)
-  except TypeError:
-    raise ValueError(f"{what} must be an int, got {value!r} ({type(value).__name__})") from None
 
 
 def validate_queue_config(size: int, global_batch: int, topk: int) -> None:
@@ -48,9 +38,9 @@ def validate_queue_config(size: int, global_batch: int, topk: int) -> None:
   on ``drop_last=True`` and 16384 % 64 == 0); the distillation keeps the ``topk`` most
   similar queue entries, so ``0 < topk <= K``.
   """
-  size = _as_int(size, "queue size")
-  global_batch = _as_int(global_batch, "global batch")
-  topk = _as_int(topk, "topk")
+  size = as_int(size, "queue size")
+  global_batch = as_int(global_batch, "global batch")
+  topk = as_int(topk, "topk")
   if size <= 0:
     raise ValueError(f"queue size must be positive, got {size}")
   if global_batch <= 0:

@@ -93,6 +93,13 @@ def _print_summary(cache: convert.Cache) -> int:
   return len(summary.skipped)
 
 
+def _remove_cache(cache_dir: Path) -> None:
+  """Deletes a finished conversion cache, and its parent folder when that is left empty."""
+  shutil.rmtree(cache_dir)
+  if not any(cache_dir.parent.iterdir()):
+    cache_dir.parent.rmdir()
+
+
 def cmd_build(args) -> int:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from data_prep.builders import load_builder_class  # pylint: disable=import-outside-toplevel
@@ -109,12 +116,14 @@ def cmd_build(args) -> int:
   cache_dir = out / ".cache" / spec.name
   builder_cls = load_builder_class(spec.name)
   options = _options(args)
+  if args.quiet:
+    tfds.disable_progress_bar()
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    logging.set_verbosity(logging.ERROR)  # TFDS warns about every not-yet-built config folder
   pending = [b for b in benchmarks
              if not builder_cls(config=b, data_dir=str(out), file_format="array_record").is_prepared()]
   if pending:  # convert once for all benchmarks; listing errors surface here, before any writing
     convert.prepare(spec, raw, cache_dir, options, args.workers, progress=not args.quiet)
-  if args.quiet:
-    tfds.disable_progress_bar()
   for benchmark in benchmarks:
     for stale in (out / spec.name / benchmark).glob("incomplete.*"):
       shutil.rmtree(stale)  # left by an interrupted earlier run
@@ -131,9 +140,7 @@ def cmd_build(args) -> int:
   if pending:
     _print_summary(convert.prepare(spec, raw, cache_dir, options, args.workers, progress=False))
     if not args.keep_cache:
-      shutil.rmtree(cache_dir)
-      if not any(cache_dir.parent.iterdir()):
-        cache_dir.parent.rmdir()
+      _remove_cache(cache_dir)
   return 0
 
 
@@ -152,9 +159,7 @@ def cmd_export(args) -> int:
   print(f"{spec.name}/{args.benchmark}: wrote train ({counts['train']}) and val ({counts['val']}) to {args.out}")
   _print_summary(cache)
   if not args.keep_cache:
-    shutil.rmtree(cache_dir)
-    if not any(cache_dir.parent.iterdir()):
-      cache_dir.parent.rmdir()
+    _remove_cache(cache_dir)
   return 0
 
 

@@ -43,8 +43,6 @@ XVIEW_TRAIN_CAMERAS = frozenset((2, 3))
 
 _NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})$")
 
-# Bytes a well-formed file may contain: digits, sign, point, exponent, whitespace.
-
 
 @dataclasses.dataclass(frozen=True)
 class NtuName:

@@ -279,6 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   steps_per_epoch = input_pipeline.steps_per_epoch(len(source), global_batch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 
+  if jax.process_index() == 0:  # what downstream protocols rebuild the encoders from
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
   state = create_train_state(config, layout, steps_per_epoch)
   dataset = input_pipeline.global_batches(source, global_batch_size=global_batch, seed=int(config.seed),
                                           read_threads=int(config.data.read_threads),
