@@ -1,10 +1,12 @@
 """The one entry point: ``python launch.py --config configs/<kind>.py:<name> --workdir <dir>``.
 
 ``--config`` takes an ml_collections config file and its argument (default:
-``configs/pretrain_cmd.py``, i.e. CMD pretraining on the embedded synthetic set); any field
-is overridden with ``--config.<path>=<value>`` (a mistyped field is an error). The trainer
-named by ``config.trainer`` runs ``train_and_evaluate(config, workdir)``; rerunning the same
-command resumes from the workdir's latest checkpoint.
+``configs/default.py``: on the embedded synthetic set, CMD pretraining then kNN and linear
+evaluation, one table); any field is overridden with ``--config.<path>=<value>`` (a
+mistyped field is an error). The trainer named by ``config.trainer`` runs
+``train_and_evaluate(config, workdir)``; rerunning the same command resumes from the
+workdir's latest checkpoint. Kinds: ``pretrain_cmd.py``, ``linear.py``, ``knn.py``,
+``semi.py``, ``transfer.py``, ``default.py``.
 
 Multi-process runs (TPU pods, GPU clusters) start one process per host with
 ``--coordinator_address=HOST:PORT --num_processes=P --process_id=I`` (on TPU pods and
@@ -21,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_DEFAULT_CONFIG = os.path.join(_HERE, "configs", "pretrain_cmd.py")
+_DEFAULT_CONFIG = os.path.join(_HERE, "configs", "default.py")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, f"Config file[:argument] (default: {_DEFAULT_CONFIG}).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default: workdirs/<config name>).")

@@ -6,7 +6,15 @@ import importlib
 
 from cmd_jax.errors import ConfigError
 
-TRAINERS = {"cmd_pretrain": "cmd_jax.trainers.cmd_pretrain"}
+TRAINERS = {
+    "cmd_pretrain": "cmd_jax.trainers.cmd_pretrain",
+    # The downstream protocols (reference_cmd.md 5.3-5.6): one module, dispatching on config.trainer.
+    "linear": "cmd_jax.trainers.downstream",
+    "knn": "cmd_jax.trainers.downstream",
+    "semi": "cmd_jax.trainers.downstream",
+    "transfer": "cmd_jax.trainers.downstream",
+    "pipeline": "cmd_jax.trainers.pipeline",
+}
 
 
 def get_trainer(name: str):

@@ -1,0 +1,884 @@
+"""The downstream protocols on a pretrained checkpoint: linear, kNN, semi-supervised, transfer.
+
+Follows reference_cmd.md 5.2-5.6 (the reference's ``action_classification_cmd.py``,
+``action_retrieval_cmd.py``, ``action_classification_cmd_semi.py`` and the transfer
+script), 2.3/2.7 (downstream crops), 2.8 (semi-supervised subsets) and quirks 5-7.
+``train_and_evaluate(config, workdir)`` runs the protocol named by ``config.trainer``:
+
+- ``linear`` (5.3): the pretrained query encoder frozen, BatchNorm in inference mode
+  (pretraining running statistics), a new ``Linear(2H, classes)`` (weight ``N(0, 0.01)``,
+  bias 0) on the last-step GRU feature; SGD lr 0.1, momentum 0.9, no weight decay, batch
+  64, 80 epochs, lr x0.1 at epochs 50 and 70. The encoder forward runs inside the jitted
+  step under ``stop_gradient`` (the crop is random each step); only the heads are in the
+  optimizer state, so every encoder parameter and statistic stays bit-identical.
+- ``knn`` (5.4): 1-NN cosine on the L2-normalised 2H features, centre crop (95%) on both
+  splits; ``cmd_jax.evaluators.knn`` does the work.
+- ``semi`` (5.5, 2.8): full fine-tuning (BN in train mode, running statistics updated; eval
+  mode for testing) of encoder + new head on a labelled subset of the training split, SGD
+  lr 0.01, momentum 0.9, no weight decay, 80 epochs, [50, 70]. The subset is drawn with a
+  seed (``labelled_subset``): ``sampling="global"`` is the reference's (a uniform sample of
+  ``int(N * ratio)`` indices), ``"stratified"`` keeps ``max(1, int(n_c * ratio))`` of every
+  class. Several seeds run in one command (``config.seeds``); mean and standard deviation
+  (sample, ddof=1; 0 for one seed) are reported.
+- ``transfer`` (5.6): the same fine-tuning on another dataset's split (``config.data``, e.g.
+  PKU-MMD II xsub) from a checkpoint pretrained elsewhere (``init_from``), with a new
+  classifier for the target's class count and all its labels (ratio 1.0).
+
+Every protocol runs the streams of ``config.streams`` (``joint``, ``motion``, ``bone``, any
+subset the pretraining has; the reference evaluates ``joint`` only, quirk 5). Streams are
+trained in one jitted step from the same batches and crops, each with its own encoder and
+head; their parameters are disjoint, so this equals training them one by one.
+
+Multi-stream fusion (not in the reference's scripts, whose ``view='all'`` averages logits
+but is never used): the streams' **class probabilities** (softmax of each head's logits)
+are averaged and the arg-max is the fused prediction. For kNN, the fused neighbour is the
+bank sample with the largest **average cosine similarity** over the streams (the same as
+1-NN on the concatenation of the per-stream L2-normalised features). The entry is named
+``three_stream`` for joint + motion + bone and ``fusion`` for any other set of 2+ streams.
+
+Honest reporting (quirk 6): the reference evaluates on the *test* set every 5 epochs and
+reports the best of those evaluations (model selection on the test set). Here every
+protocol reports ``final_top1``, the accuracy after the last epoch, and, labelled as such,
+``best_of_evals_top1``, the reference's number. Accuracies are fractions in [0, 1].
+
+Files written in the workdir (process 0):
+
+- ``results.json``: protocol, init_from, pretraining step and dataset, the downstream
+  dataset, per stream ``final_top1``, ``best_of_evals_top1``, ``best_epoch`` and the curve
+  of evaluations (semi/transfer: per seed, plus mean and std), the fusion entry;
+- ``metrics.jsonl`` (+ TensorBoard): per-epoch train loss/accuracy/lr, every evaluation;
+- ``predictions_<stream>.npz`` (``labels``, ``predictions``, ``probabilities`` of the test
+  split after the last epoch; kNN: probabilities are one-hot of the 1-NN label) and
+  ``predictions_<three_stream|fusion>.npz``;
+- ``features_<stream>.npz`` (``features``, ``labels``): the test split's 2H features of the
+  final encoder (the frozen one for linear/kNN), e.g. for a t-SNE;
+- ``model.msgpack``: ``{stream: {"params", "batch_stats"}}``, the variables of
+  ``Encoder(num_outputs=C, mlp=False)`` (``Pretrained.model(C)``) after the protocol: the
+  frozen encoder + trained head (linear), the fine-tuned model of the first seed
+  (semi/transfer); linear also writes ``heads.msgpack`` (``{stream: {"weight" [C, 2H],
+  "bias" [C]}}``, torch layout). ``flax.serialization`` msgpack (``msgpack_restore``).
+
+Deviations from the reference (also in ``results.json``): crops and subsets come from
+seeded JAX/numpy generators (the reference's semi subset is unseeded, 2.8); the per-epoch
+shuffle is grain's; multi-stream fusion is ours; the final-epoch number is reported beside
+the reference's best-of-evaluations number.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from cmd_jax import augment, data, input_pipeline, metrics as metrics_lib, modalities, pretrained as pretrained_lib
+from cmd_jax import sharding
+from cmd_jax.errors import ConfigError
+from cmd_jax.evaluators import knn
+from cmd_jax.layouts import SkeletonLayout
+from cmd_jax.trainers import cmd_pretrain
+
+PROTOCOLS = ("linear", "knn", "semi", "transfer")
+FINETUNE_PROTOCOLS = ("semi", "transfer")
+SAMPLINGS = ("global", "stratified")
+THREE_STREAMS = ("joint", "motion", "bone")
+MODEL_FILE = "model.msgpack"
+
+# Class counts (the converters' DatasetSpec has the same; a TFDS source's own metadata wins).
+DATASET_CLASSES = {"ntu60": 60, "ntu120": 120, "pku_mmd2": 51, "msr_action3d": 20, "synthetic": 12}
+
+FUSION_NOTE = ("mean of the per-stream class probabilities (softmax of each stream's head), arg-max; "
+               "not in the reference's scripts")
+KNN_FUSION_NOTE = ("1-NN by the mean of the per-stream cosine similarities (= 1-NN on the concatenated "
+                   "per-stream L2-normalised features); not in the reference's scripts")
+BEST_NOTE = ("best_of_evals_top1: the best test accuracy over the evaluations every eval_every_epochs epochs, "
+             "the reference's reported number (model selection on the test set); final_top1: after the last epoch")
+DEVIATIONS = (
+    "crops (and semi-supervised subsets) come from seeded JAX/numpy generators: the same in distribution as the "
+    "reference's numpy/random ones, not bit by bit; the reference's semi subset is unseeded",
+    "multi-stream fusion is not in the reference's scripts (they evaluate the joint stream only)",
+    "final-epoch accuracy is reported beside the reference's best-of-evaluations (test-set selection) number",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config helpers
+
+
+def stream_names(config) -> tuple[str, ...]:
+  """``config.streams`` ("joint", "joint,motion,bone", ...) as a tuple; ConfigError if malformed."""
+  names = tuple(s.strip() for s in str(config.streams).split(",") if s.strip())
+  unknown = [s for s in names if s not in modalities.MODALITIES]
+  if not names or unknown or len(set(names)) != len(names):
+    raise ConfigError(f"config.streams={config.streams!r}: expected distinct names from "
+                      f"{', '.join(modalities.MODALITIES)}, comma-separated")
+  return names
+
+
+def fusion_name(streams: Sequence[str]) -> str | None:
+  """``three_stream`` for joint+motion+bone, ``fusion`` for another set of 2+ streams, else None."""
+  if len(streams) < 2:
+    return None
+  return "three_stream" if sorted(streams) == sorted(THREE_STREAMS) else "fusion"
+
+
+def validate_ratio(ratio) -> float:
+  """A label ratio must be a fraction in (0, 1]."""
+  try:
+    value = float(ratio)
+  except (TypeError, ValueError):
+    raise ConfigError(f"config.label_ratio={ratio!r}: expected a number in (0, 1]") from None
+  if not 0.0 < value <= 1.0 or not math.isfinite(value):
+    raise ConfigError(f"config.label_ratio={ratio!r}: expected a fraction of the training labels in (0, 1], "
+                      "e.g. 0.01 for 1% or 1.0 for all")
+  return value
+
+
+def _validate(config, protocol: str, mesh) -> tuple[str, ...]:
+  """Every config check that needs no data or checkpoint; returns the streams."""
+  if protocol not in PROTOCOLS:
+    raise ConfigError(f"config.trainer={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+  streams = stream_names(config)
+  if not str(config.init_from):
+    raise ConfigError("config.init_from is empty: pass --config.init_from=<pretraining workdir> (the --workdir of "
+                      "a configs/pretrain_cmd.py run: it holds config.json and checkpoints/)")
+  try:
+    data.validate(config.data)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  sizes = [("config.eval_batch_size", int(config.eval_batch_size))]
+  if protocol != "knn":
+    sizes.append(("config.batch_size", int(config.batch_size)))
+    if int(config.num_epochs) <= 0 or int(config.eval_every_epochs) <= 0:
+      raise ConfigError(f"config.num_epochs={config.num_epochs} and config.eval_every_epochs="
+                        f"{config.eval_every_epochs} must be positive")
+    if config.optimizer.schedule not in ("step", "cosine"):
+      raise ConfigError(f"config.optimizer.schedule={config.optimizer.schedule!r}; expected 'step' or 'cosine'")
+  for what, b in sizes:
+    if b <= 0:
+      raise ConfigError(f"{what}={b} must be positive")
+    try:
+      sharding.check_batch_divisible(b, mesh, what)
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+  if protocol in FINETUNE_PROTOCOLS:
+    validate_ratio(config.label_ratio)
+    if config.sampling not in SAMPLINGS:
+      raise ConfigError(f"config.sampling={config.sampling!r}; expected one of {', '.join(SAMPLINGS)}")
+    if not list(config.seeds):
+      raise ConfigError("config.seeds is empty; expected at least one seed, e.g. (0, 1, 2, 3, 4)")
+  return streams
+
+
+def _train_view_params(config, pre: pretrained_lib.Pretrained) -> dict[str, Any]:
+  frames = int(config.augment.frames) or pre.frames
+  min_len = int(config.augment.min_length) or pre.min_length
+  return {"out_len": frames, "min_len": min_len,
+          "ratio_range": (float(config.augment.train_crop_min), float(config.augment.train_crop_max))}
+
+
+def num_classes_of(config, source) -> int:
+  """``config.num_classes`` if set, else the TFDS metadata's class count, else the dataset's."""
+  if int(config.get("num_classes", 0)) > 0:
+    return int(config.num_classes)
+  info = getattr(source, "info", None)
+  try:
+    return int(info.features["label"].num_classes)
+  except (AttributeError, KeyError, TypeError):
+    pass
+  if config.data.dataset in DATASET_CLASSES:
+    return DATASET_CLASSES[config.data.dataset]
+  raise ConfigError(f"cannot tell the class count of {config.data.dataset!r}; set config.num_classes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled subsets (spec 2.8)
+
+
+def split_labels(source) -> np.ndarray:
+  """Every record's label, in index order (a source's ``labels`` array when it has one)."""
+  labels = getattr(source, "labels", None)
+  if labels is not None:
+    return np.asarray(labels, np.int64)
+  return np.array([int(source[i]["label"]) for i in range(len(source))], np.int64)
+
+
+def labelled_subset(labels: np.ndarray, ratio: float, seed: int, sampling: str = "global",
+                    num_classes: int | None = None) -> np.ndarray:
+  """The indices (sorted) of a seeded labelled subset of a training split.
+
+  ``global`` (the reference's ``random_select_data``): a uniform random permutation of the
+  ``N`` indices, of which the first ``int(N * ratio)`` are kept; some classes may get none.
+  ``stratified``: per class ``c`` (``0..num_classes-1``), ``max(1, int(n_c * ratio))`` of
+  its ``n_c`` samples, uniformly; every class must have an example.
+  The same ``(labels, ratio, seed, sampling)`` always gives the same subset
+  (``np.random.default_rng(seed)``).
+
+  Raises:
+    ConfigError: ratio outside (0, 1], an empty subset, an unknown sampling, or (stratified)
+      a class with no example.
+  """
+  ratio = validate_ratio(ratio)
+  labels = np.asarray(labels, np.int64)
+  n = len(labels)
+  rng = np.random.default_rng(int(seed))
+  if sampling == "global":
+    keep = int(n * ratio)
+    if keep < 1:
+      raise ConfigError(f"label_ratio={ratio} of the {n} training samples keeps int({n} * {ratio}) = 0 samples; "
+                        "expected a ratio that keeps at least one (or sampling='stratified')")
+    return np.sort(rng.permutation(n)[:keep])
+  if sampling != "stratified":
+    raise ConfigError(f"sampling={sampling!r}; expected one of {', '.join(SAMPLINGS)}")
+  if num_classes is None:
+    num_classes = int(labels.max()) + 1 if n else 0
+  counts = np.bincount(labels, minlength=num_classes) if n else np.zeros(num_classes, np.int64)
+  empty = [c for c in range(num_classes) if counts[c] == 0]
+  if empty:
+    raise ConfigError(f"stratified sampling: class {empty[0]} has no example in the training split"
+                      + (f" (nor classes {', '.join(map(str, empty[1:]))})" if len(empty) > 1 else "")
+                      + f"; expected at least one example of each of the {num_classes} classes "
+                      f"({n} samples, classes present: {int(np.sum(counts > 0))})")
+  chosen = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    k = max(1, int(len(members) * ratio))
+    chosen.append(rng.permutation(members)[:k])
+  return np.sort(np.concatenate(chosen))
+
+
+class SubsetSource:
+  """The records ``indices`` of ``source`` (a grain random-access source)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[int(i)])]
+
+  def __repr__(self) -> str:
+    return f"SubsetSource({self.source!r}, {len(self)} records)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure math: heads, probabilities, fusion
+
+
+def init_head(key: jax.Array, num_classes: int, dim: int) -> dict[str, jax.Array]:
+  """The downstream ``fc`` (spec 5.3): ``weight [C, dim] ~ N(0, 0.01^2)``, ``bias = 0`` (torch layout)."""
+  return {"weight": 0.01 * jax.random.normal(key, (num_classes, dim), jnp.float32),
+          "bias": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def head_logits(head: Mapping[str, jax.Array], features: jax.Array) -> jax.Array:
+  """``features @ weight.T + bias`` (the Encoder's ``TorchLinear``)."""
+  return jnp.einsum("...i,oi->...o", features, head["weight"]) + head["bias"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Row-wise softmax in float64 (host)."""
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def fused_probabilities(logits_by_stream: Mapping[str, np.ndarray]) -> np.ndarray:
+  """The multi-stream fusion: the mean over streams of each stream's softmax probabilities."""
+  return np.mean([softmax(v) for v in logits_by_stream.values()], axis=0)
+
+
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+  return float(np.mean(np.argmax(np.asarray(scores), axis=-1) == np.asarray(labels)))
+
+
+def fused_knn_neighbours(banks: Mapping[str, np.ndarray], queries: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Per query, the bank index with the largest mean cosine similarity over the streams.
+
+  ``sum_m cos(q_m, b_m) = <concat_m q_m/|q_m|, concat_m b_m/|b_m|>``, and every concatenated
+  vector has the same norm ``sqrt(S)``, so this is ``knn.nearest_neighbours`` on the
+  concatenated per-stream L2-normalised features (an all-zero stream feature breaks the
+  equal-norm argument; such a feature has no direction anyway).
+  """
+  def unit(x):
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm == 0, 1.0, norm)
+
+  bank = np.concatenate([unit(banks[m]) for m in banks], axis=-1)
+  query = np.concatenate([unit(queries[m]) for m in banks], axis=-1)
+  return np.asarray(knn.nearest_neighbours(jnp.asarray(bank), jnp.asarray(query), chunk=min(1024, len(query))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Train state and steps
+
+
+@flax.struct.dataclass
+class DownstreamState:
+  """Everything a downstream step changes. Dicts are keyed by stream.
+
+  linear: ``params[m]`` is the head ``{"weight", "bias"}`` and ``batch_stats`` is empty (the
+  frozen encoders are a separate argument of the step). semi/transfer: ``params[m]`` is the
+  whole ``Encoder(num_outputs=C)`` params (``input_norm``, ``gru``, ``fc``) and
+  ``batch_stats[m]`` its BN running statistics.
+  """
+  step: jax.Array
+  params: dict[str, Any]
+  batch_stats: dict[str, Any]
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """PyTorch SGD(lr, momentum, weight_decay), lr per epoch: the pretraining's optimizer code."""
+  return cmd_pretrain.make_optimizer(config, steps_per_epoch)
+
+
+def _stream_input(clip: jax.Array, stream: str, layout: SkeletonLayout) -> jax.Array:
+  return modalities.flatten(modalities.modality(clip, stream, layout))
+
+
+def _ce_and_accuracy(logits, labels):
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+  return loss, accuracy
+
+
+def linear_train_step(state: DownstreamState, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array], *,
+                      model, layout: SkeletonLayout, streams: Sequence[str], tx: optax.GradientTransformation,
+                      schedule: Callable, view: Mapping[str, Any]) -> tuple[DownstreamState, dict[str, jax.Array]]:
+  """One linear-evaluation step (spec 5.3): the random crop of ``fold_in(rng, step)``, the frozen
+  encoders' features (inference-mode BN, ``stop_gradient``), mean cross-entropy of every
+  stream's head, one SGD step on the heads only."""
+  key = jax.random.fold_in(state.rng, state.step)
+  clip = augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **view)
+  feats = {m: jax.lax.stop_gradient(model.apply(frozen[m], _stream_input(clip, m, layout), train=False,
+                                                features_only=True)) for m in streams}
+  labels = batch["label"]
+
+  def loss_fn(heads):
+    out = {m: _ce_and_accuracy(head_logits(heads[m], feats[m]), labels) for m in streams}
+    return sum(v[0] for v in out.values()), out
+
+  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"lr": schedule(state.step)}
+  for m in streams:
+    metrics[f"loss_{m}"], metrics[f"train_top1_{m}"] = out[m]
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def finetune_train_step(state: DownstreamState, batch: Mapping[str, jax.Array], *, model, layout: SkeletonLayout,
+                        streams: Sequence[str], tx: optax.GradientTransformation, schedule: Callable,
+                        view: Mapping[str, Any]) -> tuple[DownstreamState, dict[str, jax.Array]]:
+  """One fine-tuning step (spec 5.5): every parameter trained, BN in train mode (batch
+  statistics, running statistics updated), mean cross-entropy, SGD."""
+  key = jax.random.fold_in(state.rng, state.step)
+  clip = augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **view)
+  inputs = {m: _stream_input(clip, m, layout) for m in streams}
+  labels = batch["label"]
+
+  def loss_fn(params):
+    out, stats = {}, {}
+    for m in streams:
+      logits, updated = model.apply({"params": params[m], "batch_stats": state.batch_stats[m]}, inputs[m],
+                                    train=True, mutable=["batch_stats"])
+      out[m], stats[m] = _ce_and_accuracy(logits, labels), updated["batch_stats"]
+    return sum(v[0] for v in out.values()), (out, stats)
+
+  (_, (out, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"lr": schedule(state.step)}
+  for m in streams:
+    metrics[f"loss_{m}"], metrics[f"train_top1_{m}"] = out[m]
+  return state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state), metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  return (int(seed) * 1_000_003 + int(epoch)) % (2 ** 31)
+
+
+def epoch_batches(source, *, batch_size: int, seed: int, epoch: int, mesh, read_threads: int = 4,
+                  prefetch_batches: int = 4):
+  """One epoch of device batches, as a PyTorch ``DataLoader(shuffle=True, drop_last=False)``:
+  ``N // B`` full batches (batch-sharded) of a fresh permutation, then the remaining
+  ``N % B`` records as a smaller batch (replicated on every device: its own shape, so
+  BatchNorm batch statistics and the loss see exactly those records)."""
+  n = len(source)
+  full = n // batch_size
+  dataset = input_pipeline.global_batches(source, global_batch_size=batch_size, seed=epoch_seed(seed, epoch),
+                                          shuffle=True, num_epochs=1, drop_remainder=False,
+                                          read_threads=read_threads, prefetch_batches=prefetch_batches)
+  for i, batch in enumerate(dataset):
+    batch = {k: batch[k] for k in ("skeleton", "num_frames", "label")}
+    if i < full:
+      yield sharding.put_batch(batch, mesh)
+    else:
+      rest = n - full * batch_size
+      whole = {k: _gather_host(v)[:rest] for k, v in batch.items()}
+      yield sharding.put_replicated(whole, mesh)
+
+
+def _gather_host(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def steps_per_epoch(num_records: int, batch_size: int) -> int:
+  """``ceil(N / B)``: the reference's downstream loaders keep the last partial batch."""
+  return -(-num_records // batch_size)
+
+
+class StreamFeatures:
+  """Test-split features of several streams in one pass (``knn.extract_features`` on the
+  concatenation of ``knn.make_feature_fn`` per stream); the jitted function is built once."""
+
+  def __init__(self, model, layout: SkeletonLayout, streams: Sequence[str], frames: int, crop_ratio: float,
+               feature_dim: int):
+    self.streams, self.dim = tuple(streams), feature_dim
+    fns = {m: knn.make_feature_fn(model, layout, m, frames, crop_ratio) for m in streams}
+
+    def fn(variables, skeleton, num_frames):
+      return jnp.concatenate([fns[m](variables[m], skeleton, num_frames) for m in self.streams], axis=-1)
+
+    self.fn = fn
+
+  def __call__(self, variables: Mapping[str, Any], source, *, batch_size: int, mesh) -> tuple[dict, np.ndarray]:
+    feats, labels = knn.extract_features(self.fn, dict(variables), source, batch_size=batch_size, mesh=mesh)
+    return {m: feats[:, i * self.dim:(i + 1) * self.dim] for i, m in enumerate(self.streams)}, labels
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ConfigError(f"{what}: labels span [{labels.min()}, {labels.max()}]; expected [0, {num_classes}) "
+                      "(set config.num_classes?)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation records
+
+
+def evaluation(logits: Mapping[str, np.ndarray], labels: np.ndarray, fusion: str | None) -> dict[str, float]:
+  """Top-1 of every stream's logits and, with 2+ streams, of the fused probabilities."""
+  out = {m: top1(v, labels) for m, v in logits.items()}
+  if fusion:
+    out[fusion] = top1(fused_probabilities(logits), labels)
+  return out
+
+
+def summarize_curve(curve: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+  """Per name: ``final_top1`` (the last evaluation, after the last epoch), ``best_of_evals_top1``
+  and its epoch, and the curve ``[{"epoch", "top1"}]``."""
+  out = {}
+  for name in names:
+    points = [{"epoch": int(c["epoch"]), "top1": float(c[name])} for c in curve]
+    best = max(points, key=lambda p: p["top1"])  # the first epoch reaching the best
+    out[name] = {"final_top1": points[-1]["top1"], "best_of_evals_top1": best["top1"], "best_epoch": best["epoch"],
+                 "curve": points}
+  return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def _save_npz(path: str, **arrays) -> None:
+  if _is_writer():
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _save_msgpack(path: str, tree) -> None:
+  if _is_writer():
+    with open(path + ".tmp", "wb") as f:
+      f.write(flax.serialization.to_bytes(jax.tree.map(np.asarray, tree)))
+    os.replace(path + ".tmp", path)
+
+
+def _save_json(path: str, obj) -> None:
+  if _is_writer():
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _save_outputs(workdir: str, features: Mapping[str, np.ndarray], logits: Mapping[str, np.ndarray] | None,
+                  labels: np.ndarray, fusion: str | None, predictions: Mapping[str, np.ndarray] | None = None,
+                  num_classes: int | None = None) -> None:
+  """``features_<stream>.npz`` and ``predictions_<stream>.npz`` (+ the fusion's predictions)."""
+  for m, f in features.items():
+    _save_npz(os.path.join(workdir, f"features_{m}.npz"), features=np.asarray(f, np.float32), labels=labels)
+  if logits is not None:
+    for m, v in logits.items():
+      probs = softmax(v).astype(np.float32)
+      _save_npz(os.path.join(workdir, f"predictions_{m}.npz"), labels=labels, predictions=np.argmax(probs, -1),
+                probabilities=probs)
+    if fusion:
+      probs = fused_probabilities(logits).astype(np.float32)
+      _save_npz(os.path.join(workdir, f"predictions_{fusion}.npz"), labels=labels, predictions=np.argmax(probs, -1),
+                probabilities=probs)
+  if predictions is not None:  # kNN: hard predictions, one-hot "probabilities"
+    for m, p in predictions.items():
+      onehot = np.eye(num_classes, dtype=np.float32)[p]
+      _save_npz(os.path.join(workdir, f"predictions_{m}.npz"), labels=labels, predictions=p, probabilities=onehot)
+
+
+def _print_table(results: dict[str, Any]) -> None:
+  if not _is_writer():
+    return
+  protocol = results["protocol"]
+  lines = [f"{protocol} on {results['dataset']}/{results['benchmark']} ({results['num_classes']} classes, "
+           f"{results['num_train']} train / {results['num_test']} test), from {results['init_from']} "
+           f"({'random init' if results['random_init'] else 'pretraining step ' + str(results['pretrain_step'])})"]
+  rows = list(results["streams"].items())
+  fusion = results.get("fusion_name")
+  if fusion:
+    rows.append((fusion, results[fusion]))
+  if protocol == "knn":
+    lines.append(f"{'stream':14s} {'1-NN top-1':>12s}")
+    lines += [f"{name:14s} {100 * r['final_top1']:11.2f}%" for name, r in rows]
+  else:
+    seeds = protocol in FINETUNE_PROTOCOLS and len(results["seeds"]) > 1
+    head = f"{'stream':14s} {'final top-1':>16s} {'best-of-evals top-1 *':>24s}"
+    lines.append(head + ("   (mean +- std over seeds " + ", ".join(map(str, results["seeds"])) + ")" if seeds else ""))
+    for name, r in rows:
+      if seeds:
+        lines.append(f"{name:14s} {100 * r['final_top1']:8.2f} +- {100 * r['final_top1_std']:4.2f}% "
+                     f"{100 * r['best_of_evals_top1']:15.2f} +- {100 * r['best_of_evals_top1_std']:4.2f}%")
+      else:
+        best_epoch = r["best_epoch"] if "best_epoch" in r else r["per_seed"][0]["best_epoch"]
+        lines.append(f"{name:14s} {100 * r['final_top1']:15.2f}% {100 * r['best_of_evals_top1']:16.2f}% "
+                     f"(epoch {best_epoch})")
+    lines.append("* the reference's number: the best test accuracy over evaluations every "
+                 f"{results['eval_every_epochs']} epochs (model selection on the test set)")
+  if results.get("reference_top1"):
+    lines.append(f"reference: {results['reference_top1']} % ({results.get('reference_note', '')})")
+  print("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocols
+
+
+def _setup(config, workdir, protocol):
+  """Checks, the pretrained encoders, the splits; everything a protocol starts from."""
+  mesh = sharding.make_mesh(int(config.mesh.data))
+  streams = _validate(config, protocol, mesh)
+  if os.path.abspath(workdir) == os.path.abspath(str(config.init_from)):
+    raise ConfigError(f"--workdir {workdir} is the pretraining workdir (init_from); expected another folder "
+                      "for the downstream run's results")
+  pre = pretrained_lib.load_pretrained(config.init_from, None if int(config.init_step) < 0 else int(config.init_step),
+                                       random_init=bool(config.random_init), mesh=mesh)
+  pretrained_lib.check_compatible(pre, config.data, streams)
+  data.ensure_prepared(config.data)
+  train_source, test_source = data.open_split(config.data, "train"), data.open_split(config.data, "val")
+  num_classes = num_classes_of(config, train_source)
+  os.makedirs(workdir, exist_ok=True)
+  if _is_writer():
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return mesh, streams, pre, train_source, test_source, num_classes
+
+
+def _base_results(config, protocol, pre, streams, train_size, test_size, num_classes) -> dict[str, Any]:
+  downstream = f"{config.data.dataset}/{config.data.benchmark}"
+  results = {
+      "protocol": protocol, "name": config.get("name", ""),
+      "init_from": pre.workdir, "pretrain_step": pre.step, "random_init": pre.random_init,
+      "pretrain_dataset": pre.dataset, "pretrain_config": pre.config.get("name", ""),
+      "dataset": str(config.data.dataset), "benchmark": str(config.data.benchmark),
+      "num_classes": num_classes, "num_train": train_size, "num_test": test_size,
+      "streams_evaluated": list(streams), "fusion_name": fusion_name(streams),
+      "accuracy_unit": "fraction in [0, 1]",
+      "reference_top1": float(config.get("reference_top1", 0.0)) or None,
+      "reference_note": str(config.get("reference_note", "")),
+      "deviations": list(DEVIATIONS) + list(config.get("deviations", ())),
+  }
+  if pre.dataset != downstream and protocol != "transfer":
+    results["note"] = f"pretrained on {pre.dataset}, evaluated on {downstream}"
+  return results
+
+
+def _run_epochs(state, step_fn, source, *, config, mesh, seed: int, evaluate: Callable, writer, bar,
+                tag: dict[str, float], log_split: str = "train", eval_split: str = "eval"):
+  """The epoch loop: train, log, evaluate every ``eval_every_epochs`` epochs and after the last.
+  Returns the final state, the curve of evaluations and the last evaluation's outputs."""
+  epochs, every = int(config.num_epochs), int(config.eval_every_epochs)
+  spe = steps_per_epoch(len(source), int(config.batch_size))
+  curve, last = [], None
+  for epoch in range(1, epochs + 1):
+    window = []
+    for batch in epoch_batches(source, batch_size=int(config.batch_size), seed=seed, epoch=epoch, mesh=mesh,
+                               read_threads=int(config.data.read_threads),
+                               prefetch_batches=int(config.data.prefetch_batches)):
+      state, metrics = step_fn(state, batch)
+      window.append(metrics)
+      bar.update(1)
+    window = jax.device_get(window)
+    summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+    if not all(math.isfinite(v) for k, v in summary.items() if k.startswith("loss")):
+      raise FloatingPointError(f"non-finite loss in epoch {epoch}: {summary}")
+    writer.write(epoch * spe, dict(summary, epoch=epoch, **tag), split=log_split)
+    bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in summary.items() if k.startswith("loss_")})
+    if epoch % every == 0 or epoch == epochs:
+      last = evaluate(state)
+      accs = evaluation(last["logits"], last["labels"], fusion_name(last["logits"]))
+      curve.append(dict(accs, epoch=epoch))
+      writer.write(epoch * spe, dict({f"top1_{k}": v for k, v in accs.items()}, epoch=epoch, **tag),
+                   split=eval_split)
+      if _is_writer():
+        bar.write(f"epoch {epoch}: test top-1 " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accs.items()))
+  return state, curve, last
+
+
+def run_linear(config, workdir: str) -> dict[str, Any]:
+  """Linear evaluation (spec 5.3); see the module docstring."""
+  mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, "linear")
+  view = _train_view_params(config, pre)
+  model = pre.model(num_outputs=None)
+  frozen = {m: pre.variables(m) for m in streams}
+  fusion = fusion_name(streams)
+  n_train, batch = len(train_source), int(config.batch_size)
+  spe = steps_per_epoch(n_train, batch)
+  tx = make_optimizer(config, spe)
+  schedule = cmd_pretrain.lr_schedule(config, spe)
+  key = jax.random.PRNGKey(int(config.seed))
+  head_key, run_key = jax.random.split(key)
+  heads = {m: init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim) for i, m in enumerate(streams)}
+  state = DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={}, opt_state=tx.init(heads),
+                          rng=run_key)
+  state = sharding.put_replicated(state, mesh)
+  frozen_device = sharding.put_replicated(frozen, mesh)
+  rep = sharding.replicated(mesh)
+  step = jax.jit(functools.partial(linear_train_step, model=model, layout=pre.layout, streams=streams, tx=tx,
+                                   schedule=schedule, view=view),
+                 out_shardings=(rep, rep), donate_argnums=(0,))
+
+  # The encoders are frozen: the test features are computed once.
+  extractor = StreamFeatures(model, pre.layout, streams, view["out_len"], float(config.augment.test_crop),
+                             pre.feature_dim)
+  test_feats, test_labels = extractor(frozen, test_source, batch_size=int(config.eval_batch_size), mesh=mesh)
+  _check_labels(test_labels, num_classes, "the test split")
+  logits_fn = jax.jit(lambda heads, feats: {m: head_logits(heads[m], feats[m]) for m in streams})
+  test_feats_device = sharding.put_replicated(test_feats, mesh)
+
+  def evaluate(s):
+    logits = jax.device_get(logits_fn(s.params, test_feats_device))
+    return {"logits": {m: np.asarray(v) for m, v in logits.items()}, "labels": test_labels, "features": test_feats}
+
+  writer = metrics_lib.MetricWriter(workdir)
+  bar = tqdm.tqdm(total=spe * int(config.num_epochs), unit="step", desc=config.get("name", "linear"),
+                  disable=not _is_writer())
+  try:
+    state, curve, last = _run_epochs(state, lambda s, b: step(s, frozen_device, b), train_source, config=config,
+                                     mesh=mesh, seed=int(config.seed), evaluate=evaluate, writer=writer, bar=bar,
+                                     tag={})
+  finally:
+    bar.close()
+    writer.close()
+
+  heads_host = pretrained_lib.to_host(state.params)
+  frozen_host = pretrained_lib.to_host(frozen_device)
+  _save_msgpack(os.path.join(workdir, "heads.msgpack"), heads_host)
+  _save_msgpack(os.path.join(workdir, MODEL_FILE),
+                {m: {"params": dict(frozen_host[m]["params"], fc=heads_host[m]),
+                     "batch_stats": frozen_host[m]["batch_stats"]} for m in streams})
+  _save_outputs(workdir, last["features"], last["logits"], last["labels"], fusion)
+  results = _base_results(config, "linear", pre, streams, n_train, len(test_labels), num_classes)
+  results.update(epochs=int(config.num_epochs), eval_every_epochs=int(config.eval_every_epochs),
+                 notes={"best_of_evals_top1": BEST_NOTE, "fusion": FUSION_NOTE})
+  summary = summarize_curve(curve, list(streams) + ([fusion] if fusion else []))
+  results["streams"] = {m: summary[m] for m in streams}
+  if fusion:
+    results[fusion] = dict(summary[fusion], streams=list(streams), method=FUSION_NOTE)
+  results["files"] = {"heads": "heads.msgpack", "model": MODEL_FILE, "predictions": "predictions_<stream>.npz",
+                      "features": "features_<stream>.npz"}
+  _save_json(os.path.join(workdir, "results.json"), results)
+  _print_table(results)
+  return results
+
+
+def run_knn(config, workdir: str) -> dict[str, Any]:
+  """1-NN retrieval (spec 5.4): ``cmd_jax.evaluators.knn`` on the train (bank) and test splits."""
+  mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, "knn")
+  frames = int(config.augment.frames) or pre.frames
+  model = pre.model(num_outputs=None)
+  variables = {m: pre.variables(m) for m in streams}
+  extractor = StreamFeatures(model, pre.layout, streams, frames, float(config.augment.test_crop), pre.feature_dim)
+  batch = int(config.eval_batch_size)
+  bank, bank_labels = extractor(variables, train_source, batch_size=batch, mesh=mesh)
+  queries, query_labels = extractor(variables, test_source, batch_size=batch, mesh=mesh)
+  fusion = fusion_name(streams)
+  predictions, accs = {}, {}
+  for m in streams:
+    nearest = np.asarray(knn.nearest_neighbours(jnp.asarray(bank[m]), jnp.asarray(queries[m]),
+                                                chunk=min(1024, len(query_labels))))
+    predictions[m] = bank_labels[nearest]
+    accs[m] = float(np.mean(predictions[m] == query_labels))
+  if fusion:
+    predictions[fusion] = bank_labels[fused_knn_neighbours(bank, queries)]
+    accs[fusion] = float(np.mean(predictions[fusion] == query_labels))
+  writer = metrics_lib.MetricWriter(workdir)
+  writer.write(0, {f"knn_top1_{k}": v for k, v in accs.items()}, split="eval")
+  writer.close()
+  _save_outputs(workdir, queries, None, query_labels, fusion, predictions=predictions,
+                num_classes=max(num_classes, int(max(bank_labels.max(), query_labels.max())) + 1))
+  results = _base_results(config, "knn", pre, streams, len(bank_labels), len(query_labels), num_classes)
+  results.update(frames=frames, crop=float(config.augment.test_crop),
+                 notes={"final_top1": "1-NN cosine top-1 on the test split (no training: no best-of-evaluations)",
+                        "fusion": KNN_FUSION_NOTE})
+  results["streams"] = {m: {"final_top1": accs[m]} for m in streams}
+  if fusion:
+    results[fusion] = {"final_top1": accs[fusion], "streams": list(streams), "method": KNN_FUSION_NOTE}
+  results["files"] = {"predictions": "predictions_<stream>.npz (probabilities: one-hot of the 1-NN label)",
+                      "features": "features_<stream>.npz"}
+  _save_json(os.path.join(workdir, "results.json"), results)
+  _print_table(results)
+  return results
+
+
+def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
+  """Semi-supervised (spec 5.5) or transfer (5.6) fine-tuning, one run per seed."""
+  mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, protocol)
+  view = _train_view_params(config, pre)
+  model = pre.model(num_outputs=num_classes)
+  fusion = fusion_name(streams)
+  labels = split_labels(train_source)
+  _check_labels(labels, num_classes, "the training split")
+  ratio, seeds = validate_ratio(config.label_ratio), [int(s) for s in config.seeds]
+  subsets = {s: labelled_subset(labels, ratio, s, str(config.sampling), num_classes) for s in seeds}
+  batch = int(config.batch_size)
+  sizes = {len(v) for v in subsets.values()}
+  total_steps = sum(steps_per_epoch(len(v), batch) for v in subsets.values()) * int(config.num_epochs)
+  rep = sharding.replicated(mesh)
+  extractor = StreamFeatures(model, pre.layout, streams, view["out_len"], float(config.augment.test_crop),
+                             pre.feature_dim)
+  logits_fn = jax.jit(lambda params, feats: {m: head_logits(params[m]["fc"], feats[m]) for m in streams})
+
+  def evaluate(s):
+    variables = {m: {"params": s.params[m], "batch_stats": s.batch_stats[m]} for m in streams}
+    feats, test_labels = extractor(variables, test_source, batch_size=int(config.eval_batch_size), mesh=mesh)
+    logits = jax.device_get(logits_fn(s.params, sharding.put_replicated(feats, mesh)))
+    return {"logits": {m: np.asarray(v) for m, v in logits.items()}, "labels": test_labels, "features": feats}
+
+  steps = {}  # one jitted step per steps-per-epoch (the optimizer's schedule depends on it)
+  writer = metrics_lib.MetricWriter(workdir)
+  bar = tqdm.tqdm(total=total_steps, unit="step", desc=config.get("name", protocol), disable=not _is_writer())
+  per_seed = []
+  try:
+    for index, seed in enumerate(seeds):
+      subset = SubsetSource(train_source, subsets[seed])
+      spe = steps_per_epoch(len(subset), batch)
+      if spe not in steps:
+        tx = make_optimizer(config, spe)
+        step_fn = functools.partial(finetune_train_step, model=model, layout=pre.layout, streams=streams, tx=tx,
+                                    schedule=cmd_pretrain.lr_schedule(config, spe), view=view)
+        steps[spe] = (tx, jax.jit(step_fn, out_shardings=(rep, rep), donate_argnums=(0,)))
+      tx, step = steps[spe]
+      head_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+      params = {m: dict(pre.params[m], fc=init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim))
+                for i, m in enumerate(streams)}
+      state = DownstreamState(step=jnp.zeros((), jnp.int32), params=params,
+                              batch_stats={m: pre.batch_stats[m] for m in streams}, opt_state=tx.init(params),
+                              rng=run_key)
+      state = sharding.put_replicated(state, mesh)
+      tag = {"seed": seed}
+      split = "" if len(seeds) == 1 else f"_seed{seed}"
+      bar.set_description(f"{config.get('name', protocol)} seed {seed}")
+      state, curve, last = _run_epochs(state, step, subset, config=config, mesh=mesh, seed=seed, evaluate=evaluate,
+                                       writer=writer, bar=bar, tag=tag, log_split="train" + split,
+                                       eval_split="eval" + split)
+      summary = summarize_curve(curve, list(streams) + ([fusion] if fusion else []))
+      per_seed.append({"seed": seed, "num_labelled": len(subset),
+                       "labelled_per_class": np.bincount(labels[subsets[seed]], minlength=num_classes).tolist(),
+                       "summary": summary})
+      if index == 0:
+        host = pretrained_lib.to_host({"params": state.params, "batch_stats": state.batch_stats})
+        _save_msgpack(os.path.join(workdir, MODEL_FILE),
+                      {m: {"params": host["params"][m], "batch_stats": host["batch_stats"][m]} for m in streams})
+        _save_outputs(workdir, last["features"], last["logits"], last["labels"], fusion)
+        num_test = len(last["labels"])
+  finally:
+    bar.close()
+    writer.close()
+
+  results = _base_results(config, protocol, pre, streams, len(labels), num_test, num_classes)
+  results.update(epochs=int(config.num_epochs), eval_every_epochs=int(config.eval_every_epochs),
+                 label_ratio=ratio, sampling=str(config.sampling), seeds=seeds,
+                 num_labelled=sorted(sizes)[0] if len(sizes) == 1 else sorted(sizes),
+                 notes={"best_of_evals_top1": BEST_NOTE, "fusion": FUSION_NOTE,
+                        "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
+                        "files": f"{MODEL_FILE}, predictions_*.npz and features_*.npz are of the first seed"})
+
+  def aggregate(name):
+    finals = [p["summary"][name]["final_top1"] for p in per_seed]
+    bests = [p["summary"][name]["best_of_evals_top1"] for p in per_seed]
+    final_mean, final_std = _mean_std(finals)
+    best_mean, best_std = _mean_std(bests)
+    return {"final_top1": final_mean, "final_top1_std": final_std, "best_of_evals_top1": best_mean,
+            "best_of_evals_top1_std": best_std,
+            "per_seed": [dict(p["summary"][name], seed=p["seed"], num_labelled=p["num_labelled"]) for p in per_seed]}
+
+  results["streams"] = {m: aggregate(m) for m in streams}
+  if fusion:
+    results[fusion] = dict(aggregate(fusion), streams=list(streams), method=FUSION_NOTE)
+  results["labelled_per_class"] = {str(p["seed"]): p["labelled_per_class"] for p in per_seed}
+  results["files"] = {"model": MODEL_FILE, "predictions": "predictions_<stream>.npz",
+                      "features": "features_<stream>.npz"}
+  _save_json(os.path.join(workdir, "results.json"), results)
+  _print_table(results)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs the protocol ``config.trainer`` (linear, knn, semi, transfer) in ``workdir``; returns
+  the results (also in ``<workdir>/results.json``)."""
+  workdir = os.fspath(workdir)
+  protocol = str(config.trainer)
+  if protocol == "linear":
+    results = run_linear(config, workdir)
+  elif protocol == "knn":
+    results = run_knn(config, workdir)
+  elif protocol in FINETUNE_PROTOCOLS:
+    results = run_finetune(config, workdir, protocol)
+  else:
+    raise ConfigError(f"config.trainer={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+  if config.get("plots", True) and _is_writer():
+    # t-SNE of the test features and confusion matrices, as PNG files beside results.json.
+    from cmd_jax import plots  # pylint: disable=import-outside-toplevel
+    for path in plots.plot_workdir(workdir):
+      print(f"wrote {path}")
+  return results

@@ -1,0 +1,525 @@
+"""Tests for the downstream protocols (cmd_jax.trainers.downstream) against independent computations.
+
+Follows reference_cmd.md 5.3-5.6, 2.3/2.7/2.8 and quirks 5-7. A tiny model (hidden 8, one
+layer, 8 frames) is pretrained for one epoch on a tiny synthetic set (12 classes, 36 train /
+36 test clips, built into a temporary folder); the protocols then run on it for two epochs
+with an evaluation after each. What is checked, each against a computation made here:
+
+- linear: every encoder parameter and BN statistic is bit-identical to the checkpoint's
+  after training (only the heads change); the test features are the frozen encoder's, in
+  inference mode, on the 95% centre crop (``Encoder.apply`` on ``augment`` crops); one and
+  two head steps equal numpy SGD with momentum on the same features; the three-stream
+  fusion equals the mean of the per-stream softmax probabilities (numpy, from the saved
+  features and heads); results.json holds the final and the best-of-evaluations numbers;
+- knn: the accuracy equals a brute-force numpy 1-NN (cosine) on features computed here, and
+  the fused neighbour is the arg-max of the mean of the streams' cosine similarity matrices;
+- semi: subsets (same seed, same subset; sizes; every class when stratified; errors), the
+  fine-tuned model's saved predictions equal its eval-mode forward; BN statistics move;
+- bad input: a missing/empty init_from, an incompatible checkpoint (layout, hidden size,
+  modality), a ratio outside (0, 1], a class with no example: clear errors before any data
+  is read.
+
+Speed: a persistent compilation cache for this module (as tests/test_cmd_pretrain.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from cmd_jax import augment, data, metrics as metrics_lib, modalities, pretrained, sharding
+from cmd_jax.errors import ConfigError
+from cmd_jax.trainers import cmd_pretrain, downstream, get_trainer
+from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
+from tests.test_pretrained import make_workdir, set_fields, tiny_pretrain_config
+
+REPO = Path(__file__).resolve().parents[1]
+STREAMS = ("joint", "motion", "bone")
+FRAMES = 8
+NUM_CLASSES = 12
+PRETRAIN_STEPS = 4  # 36 training clips // batch 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+  """A persistent compilation cache for this module only (unless one is already configured)."""
+  existing = jax.config.jax_compilation_cache_dir
+  if existing:
+    yield existing
+    return
+  path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  compilation_cache.set_cache_dir(path)
+  compilation_cache.reset_cache()
+  try:
+    yield path
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+  """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val; 3 clips per class)."""
+  from data_prep import cli  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp("data")
+  cli.main(["build", "synthetic", "--out", str(out), "--option", "synthetic_subjects=2",
+            "--option", "synthetic_repetitions=1", "--quiet"])
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def pretrain_dir(tiny_data, tmp_path_factory) -> str:
+  """One epoch of CMD pretraining of the tiny model on the tiny set."""
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  config = tiny_pretrain_config(**{"data.data_dir": tiny_data, "num_epochs": 1})
+  cmd_pretrain.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def tiny_config(protocol: str, init_from: str, data_dir: str, name: str = "synthetic", **overrides):
+  module = {"linear": linear_config, "knn": knn_config, "semi": semi_config, "transfer": transfer_config}[protocol]
+  config = module.get_config(name)
+  base = {"init_from": init_from, "data.data_dir": data_dir, "eval_batch_size": 12, "data.read_threads": 2}
+  if protocol != "knn":
+    base.update({"num_epochs": 2, "eval_every_epochs": 1, "batch_size": 12, "optimizer.milestones": (1,)})
+  return set_fields(config, {**base, **overrides})
+
+
+def load_split(data_dir: str, split: str):
+  source = data.open_split(tiny_config("knn", "", data_dir).data, split)
+  records = [source[i] for i in range(len(source))]
+  return (np.stack([r["skeleton"] for r in records]).astype(np.float32),
+          np.array([r["num_frames"] for r in records], np.int32), np.array([r["label"] for r in records]))
+
+
+def centre_crop_features(pre, stream, skeleton, num_frames, variables=None):
+  """The 2H features of the 95% centre crop, BN in inference mode, computed directly."""
+  clip = augment.downstream_test_view(jnp.asarray(skeleton), jnp.asarray(num_frames), ratio=0.95, out_len=FRAMES)
+  x = modalities.flatten(modalities.modality(clip, stream, pre.layout))
+  return np.asarray(pre.model().apply(variables or pre.variables(stream), x, train=False, features_only=True))
+
+
+def np_softmax(z):
+  z = np.asarray(z, np.float64)
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def read_msgpack(path):
+  with open(path, "rb") as f:
+    return flax.serialization.msgpack_restore(f.read())
+
+
+def leaves(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Linear evaluation.
+
+
+@pytest.fixture(scope="module")
+def linear_run(pretrain_dir, tiny_data, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("linear"))
+  config = tiny_config("linear", pretrain_dir, tiny_data, streams="joint,motion,bone")
+  return workdir, downstream.train_and_evaluate(config, workdir)
+
+
+def test_linear_changes_only_the_classifier(linear_run, pretrain_dir):
+  """The encoders after training (model.msgpack, taken from the device arrays the steps used)
+  are bit-identical to the checkpoint's; the heads moved away from their N(0, 0.01) init."""
+  workdir, _ = linear_run
+  pre = pretrained.load_pretrained(pretrain_dir)
+  model = read_msgpack(os.path.join(workdir, "model.msgpack"))
+  heads = read_msgpack(os.path.join(workdir, "heads.msgpack"))
+  assert sorted(model) == sorted(STREAMS) == sorted(heads)
+  for m in STREAMS:
+    got = leaves({k: v for k, v in model[m]["params"].items() if k != "fc"})
+    want = leaves(pre.params[m])
+    assert sorted(got) == sorted(want) and len(want) == 10  # input_norm scale, bias + 2 cells x 4 GRU tensors
+    for k in want:
+      assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), f"{m}/{k} changed"
+    got, want = leaves(model[m]["batch_stats"]), leaves(pre.batch_stats[m])
+    for k in want:
+      assert np.array_equal(got[k], want[k]), f"{m} batch_stats {k} changed"
+    np.testing.assert_array_equal(model[m]["params"]["fc"]["weight"], heads[m]["weight"])
+    assert heads[m]["weight"].shape == (NUM_CLASSES, 16) and heads[m]["bias"].shape == (NUM_CLASSES,)
+    assert np.abs(heads[m]["bias"]).max() > 0  # trained (the init is 0)
+
+
+def test_linear_test_features_are_the_frozen_encoders_centre_crop_features(linear_run, pretrain_dir, tiny_data):
+  workdir, _ = linear_run
+  pre = pretrained.load_pretrained(pretrain_dir)
+  skeleton, num_frames, labels = load_split(tiny_data, "val")
+  for m in STREAMS:
+    with np.load(os.path.join(workdir, f"features_{m}.npz")) as z:
+      np.testing.assert_array_equal(z["labels"], labels)
+      np.testing.assert_allclose(z["features"], centre_crop_features(pre, m, skeleton, num_frames), rtol=1e-5,
+                                 atol=1e-6)
+
+
+def test_three_stream_fusion_is_the_mean_of_the_softmax_probabilities(linear_run):
+  """Per stream: logits = features @ W.T + b (numpy, from the saved features and heads),
+  softmax; fusion: their mean. Saved probabilities, predictions and accuracies agree."""
+  workdir, results = linear_run
+  heads = read_msgpack(os.path.join(workdir, "heads.msgpack"))
+  probs = {}
+  for m in STREAMS:
+    with np.load(os.path.join(workdir, f"features_{m}.npz")) as z:
+      feats, labels = z["features"].astype(np.float64), z["labels"]
+    probs[m] = np_softmax(feats @ heads[m]["weight"].astype(np.float64).T + heads[m]["bias"])
+    with np.load(os.path.join(workdir, f"predictions_{m}.npz")) as z:
+      np.testing.assert_allclose(z["probabilities"], probs[m], atol=1e-5)
+      np.testing.assert_array_equal(z["labels"], labels)
+      assert np.mean(z["predictions"] == labels) == pytest.approx(results["streams"][m]["final_top1"])
+  fused = np.mean([probs[m] for m in STREAMS], axis=0)
+  with np.load(os.path.join(workdir, "predictions_three_stream.npz")) as z:
+    np.testing.assert_allclose(z["probabilities"], fused, atol=1e-5)
+    np.testing.assert_array_equal(z["predictions"], np.argmax(fused, -1))
+  assert results["three_stream"]["final_top1"] == pytest.approx(np.mean(np.argmax(fused, -1) == labels))
+  # The fusion is not the mean of the logits' argmax: check the function on a case where they differ.
+  logits = {"a": np.array([[0.0, 3.0, 0.0]]), "b": np.array([[2.0, 0.0, 0.0]]), "c": np.array([[2.0, 0.0, 0.0]])}
+  np.testing.assert_allclose(downstream.fused_probabilities(logits),
+                             np.mean([np_softmax(v) for v in logits.values()], axis=0))
+
+
+def test_linear_results_json_and_metrics(linear_run, pretrain_dir):
+  workdir, results = linear_run
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert saved["protocol"] == "linear" and saved["init_from"] == os.path.abspath(pretrain_dir)
+  assert saved["pretrain_step"] == PRETRAIN_STEPS and saved["random_init"] is False
+  assert (saved["dataset"], saved["benchmark"], saved["num_classes"], saved["num_train"], saved["num_test"]) == (
+      "synthetic", "xsub", NUM_CLASSES, 36, 36)
+  assert "model selection on the test set" in saved["notes"]["best_of_evals_top1"]
+  evals = metrics_lib.read_metrics(workdir, "eval")
+  assert [r["epoch"] for r in evals] == [1, 2]
+  for name in (*STREAMS, "three_stream"):
+    entry = saved["streams"][name] if name in STREAMS else saved[name]
+    curve = entry["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2]
+    assert entry["final_top1"] == curve[-1]["top1"]  # after the last epoch
+    assert entry["best_of_evals_top1"] == max(p["top1"] for p in curve)
+    assert entry["best_epoch"] == next(p["epoch"] for p in curve if p["top1"] == entry["best_of_evals_top1"])
+    assert [r[f"top1_{name}"] for r in evals] == pytest.approx([p["top1"] for p in curve])
+  train = metrics_lib.read_metrics(workdir, "train")
+  assert [r["lr"] for r in train] == pytest.approx([0.1, 0.01])  # milestone at epoch 1
+  assert all(np.isfinite(r["loss_joint"]) for r in train)
+
+
+def test_linear_head_steps_equal_numpy_sgd_with_momentum(pretrain_dir):
+  """Two steps of the jitted linear step vs numpy: features of the step's crop (drawn here
+  from fold_in(rng, step)), softmax cross-entropy gradient, PyTorch SGD with momentum."""
+  pre = pretrained.load_pretrained(pretrain_dir)
+  config = tiny_config("linear", pretrain_dir, "unused")
+  rng = np.random.default_rng(3)
+  n, lr, momentum = 7, 0.1, 0.9
+  batch = {"skeleton": rng.normal(size=(n, 3, 300, 25, 2)).astype(np.float32),
+           "num_frames": rng.integers(10, 301, n).astype(np.int32),
+           "label": rng.integers(0, NUM_CLASSES, n).astype(np.int32)}
+  tx = downstream.make_optimizer(config, steps_per_epoch=100)
+  heads = {"joint": downstream.init_head(jax.random.PRNGKey(1), NUM_CLASSES, 16)}
+  heads["joint"]["bias"] = jnp.asarray(rng.normal(size=NUM_CLASSES).astype(np.float32) * 0.1)
+  state = downstream.DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={},
+                                     opt_state=tx.init(heads), rng=jax.random.PRNGKey(7))
+  view = {"out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
+  step = jax.jit(lambda s, f, b: downstream.linear_train_step(
+      s, f, b, model=pre.model(), layout=pre.layout, streams=("joint",), tx=tx,
+      schedule=cmd_pretrain.lr_schedule(config, 100), view=view))
+  frozen = {"joint": pre.variables("joint")}
+
+  w = np.asarray(heads["joint"]["weight"], np.float64)
+  b = np.asarray(heads["joint"]["bias"], np.float64)
+  buf_w, buf_b = np.zeros_like(w), np.zeros_like(b)
+  onehot = np.eye(NUM_CLASSES)[batch["label"]]
+  for i in range(2):
+    clip = augment.downstream_train_view(jax.random.fold_in(state.rng, i), jnp.asarray(batch["skeleton"]),
+                                         jnp.asarray(batch["num_frames"]), (0.5, 1.0), FRAMES, FRAMES)
+    x = modalities.flatten(modalities.joint(clip))
+    feats = np.asarray(pre.model().apply(frozen["joint"], x, train=False), np.float64)
+    p = np_softmax(feats @ w.T + b)
+    loss = -np.mean(np.log(p[np.arange(n), batch["label"]]))
+    g_w, g_b = (p - onehot).T @ feats / n, np.mean(p - onehot, axis=0)
+    buf_w, buf_b = (g_w, g_b) if i == 0 else (momentum * buf_w + g_w, momentum * buf_b + g_b)
+    w, b = w - lr * buf_w, b - lr * buf_b
+    state, metrics = step(state, frozen, batch)
+    assert float(metrics["loss_joint"]) == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(state.params["joint"]["weight"], w, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(state.params["joint"]["bias"], b, rtol=1e-5, atol=1e-7)
+
+
+class _FakeSource:
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {"skeleton": np.full((3, 4, 2, 1), i, np.float32), "num_frames": 4, "label": int(i), "name": str(i)}
+
+  def __repr__(self):
+    return f"_FakeSource({self.n})"
+
+
+def test_epoch_batches_are_a_drop_last_false_loader():
+  """ceil(10 / 4) = 3 batches of 4, 4 and 2: every record once per epoch, a new order each
+  epoch, the same order for the same (seed, epoch)."""
+  mesh = sharding.make_mesh()
+  source = _FakeSource(10)
+
+  def epoch(seed, e):
+    batches = downstream.epoch_batches(source, batch_size=4, seed=seed, epoch=e, mesh=mesh)
+    return [np.asarray(b["label"]) for b in batches]
+
+  first = epoch(0, 1)
+  assert [len(b) for b in first] == [4, 4, 2] and downstream.steps_per_epoch(10, 4) == 3
+  assert sorted(np.concatenate(first).tolist()) == list(range(10))
+  assert [b.tolist() for b in epoch(0, 1)] == [b.tolist() for b in first]
+  assert np.concatenate(epoch(0, 2)).tolist() != np.concatenate(first).tolist()
+  assert [len(b) for b in epoch(0, 3)] == [4, 4, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. kNN retrieval.
+
+
+def test_knn_equals_brute_force_numpy_1nn(pretrain_dir, tiny_data, tmp_path):
+  workdir = str(tmp_path / "knn")
+  results = downstream.train_and_evaluate(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone"),
+                                          workdir)
+  pre = pretrained.load_pretrained(pretrain_dir)
+  train = load_split(tiny_data, "train")
+  test = load_split(tiny_data, "val")
+  sims = {}
+  for m in STREAMS:
+    bank = centre_crop_features(pre, m, *train[:2]).astype(np.float64)
+    queries = centre_crop_features(pre, m, *test[:2]).astype(np.float64)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    sims[m] = queries @ bank.T
+    expected = np.mean(train[2][np.argmax(sims[m], axis=1)] == test[2])
+    assert results["streams"][m]["final_top1"] == pytest.approx(expected, abs=1e-12), m
+    with np.load(os.path.join(workdir, f"predictions_{m}.npz")) as z:
+      np.testing.assert_array_equal(z["predictions"], train[2][np.argmax(sims[m], axis=1)])
+  fused = train[2][np.argmax(np.mean([sims[m] for m in STREAMS], axis=0), axis=1)]
+  assert results["three_stream"]["final_top1"] == pytest.approx(np.mean(fused == test[2]), abs=1e-12)
+  assert results["protocol"] == "knn" and results["num_train"] == 36
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    assert json.load(f)["three_stream"]["method"].startswith("1-NN by the mean of the per-stream cosine")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Semi-supervised subsets and fine-tuning.
+
+
+def test_same_seed_same_subset_other_seed_other_subset():
+  labels = np.repeat(np.arange(10), 50)
+  for sampling in ("global", "stratified"):
+    a = downstream.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10)
+    assert np.array_equal(a, downstream.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10))
+    assert not np.array_equal(a, downstream.labelled_subset(labels, 0.1, seed=4, sampling=sampling, num_classes=10))
+    assert len(np.unique(a)) == len(a) and a.min() >= 0 and a.max() < 500
+
+
+@pytest.mark.parametrize("n,ratio", [(500, 0.1), (503, 0.01), (7, 0.5), (40, 1.0), (1000, 0.013)])
+def test_global_subset_size_is_int_n_times_ratio(n, ratio):
+  labels = np.arange(n) % 7
+  assert len(downstream.labelled_subset(labels, ratio, seed=0)) == int(n * ratio)
+  if ratio == 1.0:
+    assert downstream.labelled_subset(labels, ratio, seed=0).tolist() == list(range(n))
+
+
+def test_stratified_subset_has_every_class():
+  rng = np.random.default_rng(0)
+  labels = np.concatenate([np.full(k, c) for c, k in enumerate([200, 3, 57, 1, 90])])
+  rng.shuffle(labels)
+  subset = downstream.labelled_subset(labels, 0.05, seed=1, sampling="stratified", num_classes=5)
+  counts = np.bincount(labels[subset], minlength=5)
+  assert counts.tolist() == [10, 1, 2, 1, 4]  # max(1, int(n_c * 0.05))
+  # The global sample at this ratio misses classes for some seed (why stratification exists).
+  assert any(len(np.unique(labels[downstream.labelled_subset(labels, 0.05, seed=s)])) < 5 for s in range(10))
+
+
+@pytest.mark.parametrize("ratio", [0, 0.0, 1.5, -0.1, float("nan")])
+def test_ratio_outside_zero_one_is_an_error(ratio):
+  with pytest.raises(ConfigError, match=r"expected a fraction of the training labels in \(0, 1\]"):
+    downstream.labelled_subset(np.arange(10), ratio, seed=0)
+
+
+def test_stratified_class_without_example_is_named():
+  labels = np.array([0, 0, 1, 1, 2, 4, 4])
+  with pytest.raises(ConfigError, match=r"class 3 has no example in the training split.*each of the 5 classes"):
+    downstream.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=5)
+  with pytest.raises(ConfigError, match=r"class 3 has no example .*\(nor classes 5, 6\)"):
+    downstream.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=7)
+  with pytest.raises(ConfigError, match="keeps int"):
+    downstream.labelled_subset(labels, 0.1, seed=0)  # int(7 * 0.1) = 0
+
+
+@pytest.fixture(scope="module")
+def semi_run(pretrain_dir, tiny_data, tmp_path_factory):
+  """Half of the labels (18 clips: a batch of 12 and a partial batch of 6 per epoch), 2 seeds."""
+  workdir = str(tmp_path_factory.mktemp("semi"))
+  config = tiny_config("semi", pretrain_dir, tiny_data, label_ratio=0.5, seeds=(0, 1))
+  return workdir, downstream.train_and_evaluate(config, workdir)
+
+
+def test_semi_reports_every_seed_with_mean_and_std(semi_run):
+  workdir, results = semi_run
+  assert results["protocol"] == "semi" and results["seeds"] == [0, 1] and results["num_labelled"] == 18
+  entry = results["streams"]["joint"]
+  finals = [s["final_top1"] for s in entry["per_seed"]]
+  bests = [s["best_of_evals_top1"] for s in entry["per_seed"]]
+  assert entry["final_top1"] == pytest.approx(np.mean(finals))
+  assert entry["final_top1_std"] == pytest.approx(np.std(finals, ddof=1))
+  assert entry["best_of_evals_top1"] == pytest.approx(np.mean(bests))
+  for s in entry["per_seed"]:
+    assert [p["epoch"] for p in s["curve"]] == [1, 2] and s["final_top1"] == s["curve"][-1]["top1"]
+    assert s["best_of_evals_top1"] == max(p["top1"] for p in s["curve"]) and s["num_labelled"] == 18
+  per_class = results["labelled_per_class"]
+  assert sum(per_class["0"]) == sum(per_class["1"]) == 18 and per_class["0"] != per_class["1"]
+  assert {r["seed"] for r in metrics_lib.read_metrics(workdir, "eval_seed1")} == {1}
+
+
+def test_semi_fine_tunes_the_whole_encoder_and_tests_in_eval_mode(semi_run, pretrain_dir, tiny_data):
+  """Every encoder tensor and the BN running statistics moved (full fine-tuning, train-mode
+  BN); the saved test predictions are the eval-mode forward of the saved model."""
+  workdir, results = semi_run
+  pre = pretrained.load_pretrained(pretrain_dir)
+  model = read_msgpack(os.path.join(workdir, "model.msgpack"))["joint"]
+  got, start = leaves(model["params"]), leaves(pre.params["joint"])
+  assert all(not np.array_equal(got[k], start[k]) for k in start)
+  assert not np.array_equal(model["batch_stats"]["input_norm"]["mean"], pre.batch_stats["joint"]["input_norm"]["mean"])
+  skeleton, num_frames, labels = load_split(tiny_data, "val")
+  clip = augment.downstream_test_view(jnp.asarray(skeleton), jnp.asarray(num_frames), ratio=0.95, out_len=FRAMES)
+  logits = pre.model(num_outputs=NUM_CLASSES).apply(model, modalities.flatten(clip), train=False)
+  with np.load(os.path.join(workdir, "predictions_joint.npz")) as z:
+    np.testing.assert_allclose(z["probabilities"], np_softmax(np.asarray(logits)), atol=1e-5)
+    first_seed = results["streams"]["joint"]["per_seed"][0]
+    assert np.mean(z["predictions"] == labels) == pytest.approx(first_seed["final_top1"])
+
+
+def test_transfer_fine_tunes_on_all_target_labels(pretrain_dir, tiny_data, tmp_path):
+  """synthetic xsub pretraining -> synthetic xview (36 train clips: 3 full batches), one epoch."""
+  config = tiny_config("transfer", pretrain_dir, tiny_data, name="synthetic_xsub_to_xview", num_epochs=1)
+  results = get_trainer("transfer")(config, str(tmp_path))
+  assert results["protocol"] == "transfer" and results["label_ratio"] == 1.0
+  assert (results["dataset"], results["benchmark"], results["pretrain_dataset"]) == (
+      "synthetic", "xview", "synthetic/xsub")
+  assert results["num_labelled"] == results["num_train"] and results["num_classes"] == NUM_CLASSES
+  assert 0.0 <= results["streams"]["joint"]["final_top1"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Bad input: clear errors, before any data is read or anything compiled.
+
+
+def test_init_from_missing_or_empty(tmp_path):
+  nowhere = str(tmp_path / "no_data")
+  with pytest.raises(ConfigError, match="config.init_from is empty: pass --config.init_from="):
+    downstream.train_and_evaluate(tiny_config("linear", "", nowhere), str(tmp_path / "w"))
+  with pytest.raises(FileNotFoundError, match="does not exist; expected a pretraining workdir"):
+    downstream.train_and_evaluate(tiny_config("knn", str(tmp_path / "nothing"), nowhere), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  with pytest.raises(ConfigError, match="is the pretraining workdir"):
+    downstream.train_and_evaluate(tiny_config("knn", str(tmp_path), nowhere), str(tmp_path))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+def test_semi_ratio_outside_zero_one(tmp_path, ratio):
+  with pytest.raises(ConfigError, match=r"config.label_ratio=.*expected a fraction"):
+    downstream.train_and_evaluate(tiny_config("semi", str(tmp_path), str(tmp_path), label_ratio=ratio),
+                                  str(tmp_path / "w"))
+
+
+def test_incompatible_checkpoints(pretrain_dir, tmp_path):
+  """Another layout (MSR Action3D: 20 joints), another hidden size than the checkpoint holds,
+  a stream that was not pretrained: ConfigError naming what was found and expected."""
+  nowhere = str(tmp_path / "no_data")  # never opened: the checks come first
+  with pytest.raises(ConfigError, match=r"layout ntu25.*'msr_action3d' has layout msr20"):
+    downstream.train_and_evaluate(tiny_config("linear", pretrain_dir, nowhere, name="msr_action3d"),
+                                  str(tmp_path / "a"))
+  edited = tmp_path / "edited"
+  shutil.copytree(pretrain_dir, edited)
+  with open(edited / "config.json", encoding="utf-8") as f:
+    raw = json.load(f)
+  raw["model"]["hidden_size"] = 12
+  (edited / "config.json").write_text(json.dumps(raw))
+  with pytest.raises(ConfigError, match=r"found modalities joint, motion, bone, hidden size 8.*hidden size 12"):
+    downstream.train_and_evaluate(tiny_config("knn", str(edited), nowhere), str(tmp_path / "b"))
+  joint_only = str(tmp_path / "joint_only")
+  make_workdir(joint_only, steps=(1,), modalities="joint")
+  with pytest.raises(ConfigError, match="asks for bone, but init_from=.* pretrained only joint"):
+    downstream.train_and_evaluate(tiny_config("semi", joint_only, nowhere, streams="joint,bone"), str(tmp_path / "c"))
+  with pytest.raises(ConfigError, match="config.streams='joint,hand'"):
+    downstream.train_and_evaluate(tiny_config("linear", joint_only, nowhere, streams="joint,hand"), str(tmp_path / "d"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Configs and launch.py.
+
+
+@pytest.mark.parametrize("module,names", [
+    (linear_config, linear_config.DATASETS), (knn_config, linear_config.DATASETS),
+    (semi_config, linear_config.DATASETS), (transfer_config, transfer_config.TRANSFERS)])
+def test_every_config_loads_and_is_locked(module, names):
+  for name in names:
+    c = module.get_config(name)
+    assert c.trainer in downstream.PROTOCOLS and c.init_from == "" and c.streams == "joint"
+    with pytest.raises(AttributeError):
+      c.optimizer_lr = 1.0  # a mistyped field
+    if c.trainer != "knn":
+      assert c.batch_size == 64 and c.optimizer.weight_decay == 0.0 and c.optimizer.momentum == 0.9
+      if name.startswith(("ntu", "pku")):
+        assert (c.num_epochs, tuple(c.optimizer.milestones)) == (80, (50, 70))
+  with pytest.raises(ValueError, match="unknown config 'ntu61'"):
+    module.get_config("ntu61")
+
+
+def test_reference_settings():
+  assert linear_config.get_config("ntu60_xsub").optimizer.lr == 0.1
+  assert linear_config.get_config("ntu60_xsub").reference_top1 == 79.8
+  assert [linear_config.get_config(n).reference_top1 for n in ("ntu60_xview", "ntu120_xsub", "ntu120_xset",
+                                                                "pku_mmd2_xsub")] == [86.9, 70.3, 71.5, 43.0]
+  semi = semi_config.get_config("ntu60_xview")
+  assert (semi.optimizer.lr, semi.label_ratio, semi.sampling, tuple(semi.seeds)) == (
+      0.01, 0.01, "global", (0, 1, 2, 3, 4))
+  transfer = transfer_config.get_config("ntu120_to_pku")
+  assert (transfer.data.dataset, transfer.data.benchmark, transfer.label_ratio, transfer.optimizer.lr) == (
+      "pku_mmd2", "xsub", 1.0, 0.01)
+  assert "unverified" in transfer.reference_note
+
+
+def test_launch_runs_a_protocol_and_its_errors(pretrain_dir, tiny_data, tmp_path, compilation_cache_dir):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compilation_cache_dir)
+
+  def launch(*args):
+    cmd = [sys.executable, "launch.py", "--config", "configs/knn.py:synthetic", f"--config.init_from={pretrain_dir}",
+           f"--config.data.data_dir={tiny_data}", "--config.eval_batch_size=12", *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  good = launch(f"--workdir={tmp_path / 'good'}")
+  typo = launch("--config.stream=bone", f"--workdir={tmp_path / 'typo'}")
+  missing = launch("--config.init_from=" + str(tmp_path / "absent"), f"--workdir={tmp_path / 'missing'}")
+  out = {name: p.communicate(timeout=300) for name, p in (("typo", typo), ("missing", missing), ("good", good))}
+  assert typo.returncode != 0 and "stream" in out["typo"][1] and not (tmp_path / "typo").exists()
+  assert missing.returncode != 0 and "does not exist; expected a pretraining workdir" in out["missing"][1]
+  assert len([line for line in out["missing"][1].splitlines() if line.strip()]) == 1, out["missing"][1]
+  assert good.returncode == 0, out["good"][1][-3000:]
+  assert "1-NN top-1" in out["good"][0]
+  with open(tmp_path / "good" / "results.json", encoding="utf-8") as f:
+    assert json.load(f)["streams"]["joint"]["final_top1"] >= 0.0
