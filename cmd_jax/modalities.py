@@ -69,3 +69,15 @@ def flatten(x: jnp.ndarray) -> jnp.ndarray:
   *lead, c, t, v, m = x.shape
   x = jnp.moveaxis(x, -4, -2)  # [..., T, V, C, M]
   return x.reshape(*lead, t, v * c * m)
+
+
+def parse_names(value, field: str) -> tuple[str, ...]:
+  """A comma-separated list of distinct modality names (a config field) as a tuple.
+
+  Raises ValueError naming ``field`` when it is empty, has an unknown name or a repeat.
+  """
+  names = tuple(m.strip() for m in str(value).split(",") if m.strip())
+  unknown = [m for m in names if m not in MODALITIES]
+  if not names or unknown or len(set(names)) != len(names):
+    raise ValueError(f"{field}={value!r}: expected distinct names from {', '.join(MODALITIES)}, comma-separated")
+  return names

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.pretrain_cmd import data_config
+
 DATASETS = {
     "synthetic": ("synthetic", "xsub"),
     "msr_action3d": ("msr_action3d", "xsub"),
@@ -51,20 +53,6 @@ REFERENCE_THREE_STREAM = {"ntu60_xsub": 84.1, "ntu60_xview": 90.9, "ntu120_xsub"
 def check_name(name: str, names, config_file: str) -> None:
   if name not in names:
     raise ValueError(f"{config_file}: unknown config {name!r}; expected one of {', '.join(names)}")
-
-
-def data_config(dataset: str, benchmark: str) -> ml_collections.ConfigDict:
-  """The downstream dataset (same fields as the pretraining configs' ``data``)."""
-  d = ml_collections.ConfigDict()
-  d.source = "tfds"                  # "tfds" (data_dir/dataset/benchmark) or "npy" (npy_folder)
-  d.data_dir = "data"
-  d.dataset = dataset
-  d.benchmark = benchmark
-  d.npy_folder = ""                  # the reference's <data>/<benchmark>/ folder when source == "npy"
-  d.prepare_synthetic = True         # build the synthetic set into data_dir if it is missing
-  d.read_threads = 4
-  d.prefetch_batches = 4
-  return d
 
 
 def base_config(name: str, trainer: str, dataset: str, benchmark: str) -> ml_collections.ConfigDict:

@@ -42,6 +42,20 @@ _DATASETS = {
 }
 
 
+def data_config(dataset: str, benchmark: str) -> ml_collections.ConfigDict:
+  """The ``data`` fields every config has (the downstream configs use it too)."""
+  d = ml_collections.ConfigDict()
+  d.source = "tfds"                  # "tfds" (data_dir/dataset/benchmark) or "npy" (npy_folder)
+  d.data_dir = "data"
+  d.dataset = dataset
+  d.benchmark = benchmark
+  d.npy_folder = ""                  # the reference's <data>/<benchmark>/ folder when source == "npy"
+  d.prepare_synthetic = True         # build the synthetic set into data_dir if it is missing
+  d.read_threads = 4
+  d.prefetch_batches = 4
+  return d
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "synthetic"
   if name not in _DATASETS:
@@ -52,15 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = "cmd_pretrain"
   c.seed = 42
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"              # "tfds" (data_dir/dataset/benchmark) or "npy" (npy_folder)
-  c.data.data_dir = "data"
-  c.data.dataset = dataset
-  c.data.benchmark = benchmark
-  c.data.npy_folder = ""              # the reference's <data>/<benchmark>/ folder when source == "npy"
-  c.data.prepare_synthetic = True     # build the synthetic set into data_dir if it is missing
-  c.data.read_threads = 4
-  c.data.prefetch_batches = 4
+  c.data = data_config(dataset, benchmark)
 
   c.modalities = "joint,motion,bone"   # comma-separated; one modality + cmd.weight=0 is MoCo
 

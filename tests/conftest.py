@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CMD_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -38,3 +40,29 @@ def pku_dir() -> Path:
 @pytest.fixture
 def msr_dir() -> Path:
   return shared_path("msr_action3d")
+
+
+@pytest.fixture(scope="module")
+def compilation_cache_dir(tmp_path_factory):
+  """A persistent JAX compilation cache for one test module (unless one is already configured),
+  so that the module's runs of the same tiny step compile once; also handed to subprocesses."""
+  existing = jax.config.jax_compilation_cache_dir
+  if existing:
+    yield existing
+    return
+  path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  compilation_cache.set_cache_dir(path)
+  compilation_cache.reset_cache()
+  try:
+    yield path
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
+def build_tiny_synthetic(out: Path) -> str:
+  """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val; 3 clips per class)."""
+  from data_prep import cli  # pylint: disable=import-outside-toplevel
+  cli.main(["build", "synthetic", "--out", str(out), "--option", "synthetic_subjects=2",
+            "--option", "synthetic_repetitions=1", "--quiet"])
+  return str(out)

@@ -31,6 +31,7 @@ from cmd_jax.evaluators import knn
 from cmd_jax.trainers import cmd_pretrain
 from configs import pretrain_cmd
 from data_prep import preprocess, synthetic
+from tests.conftest import build_tiny_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("joint", "motion", "bone")
@@ -56,10 +57,7 @@ def tiny_config(data_dir: str):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """(workdir, config, trained state): a one-epoch pretraining on 2 subjects x 1 repetition."""
-  from data_prep import cli  # pylint: disable=import-outside-toplevel
-  data_dir = tmp_path_factory.mktemp("data")
-  cli.main(["build", "synthetic", "--out", str(data_dir), "--option", "synthetic_subjects=2",
-            "--option", "synthetic_repetitions=1", "--quiet"])
+  data_dir = build_tiny_synthetic(tmp_path_factory.mktemp("data"))
   workdir = tmp_path_factory.mktemp("pretrain")
   config = tiny_config(str(data_dir))
   result = cmd_pretrain.train_and_evaluate(config, workdir)

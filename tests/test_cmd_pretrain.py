@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from cmd_jax import augment, checkpoint, data, losses, metrics as metrics_lib, modalities, sharding
 from cmd_jax.models import Encoder
 from cmd_jax.trainers import cmd_pretrain as cp
 from configs import pretrain_cmd
+from tests.conftest import build_tiny_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("joint", "motion", "bone")
@@ -95,31 +95,17 @@ def max_abs_diff(a, b) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-  """A persistent compilation cache for this module only (unless one is already configured)."""
-  existing = jax.config.jax_compilation_cache_dir
-  if existing:
-    yield existing
-    return
-  path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
-  compilation_cache.set_cache_dir(path)
-  compilation_cache.reset_cache()
-  try:
-    yield path
-  finally:
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
+def _module_compilation_cache(compilation_cache_dir):
+  """Every test of this module shares one compilation cache (tests/conftest.py)."""
+  return compilation_cache_dir
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
   """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val records)."""
-  from data_prep import cli  # pylint: disable=import-outside-toplevel
-  out = tmp_path_factory.mktemp("data")
-  cli.main(["build", "synthetic", "--out", str(out), "--option", "synthetic_subjects=2",
-            "--option", "synthetic_repetitions=1", "--quiet"])
-  assert len(data.open_split(tiny_config(**{"data.data_dir": str(out)}).data, "train")) == N * STEPS_PER_EPOCH + 4
-  return str(out)
+  out = build_tiny_synthetic(tmp_path_factory.mktemp("data"))
+  assert len(data.open_split(tiny_config(**{"data.data_dir": out}).data, "train")) == N * STEPS_PER_EPOCH + 4
+  return out
 
 
 # ---------------------------------------------------------------------------------------------

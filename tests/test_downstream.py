@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from cmd_jax import augment, data, metrics as metrics_lib, modalities, pretrained, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.trainers import cmd_pretrain, downstream, get_trainer
 from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
 from tests.test_pretrained import make_workdir, set_fields, tiny_pretrain_config
+from tests.conftest import build_tiny_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMS = ("joint", "motion", "bone")
@@ -52,30 +52,15 @@ PRETRAIN_STEPS = 4  # 36 training clips // batch 8
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-  """A persistent compilation cache for this module only (unless one is already configured)."""
-  existing = jax.config.jax_compilation_cache_dir
-  if existing:
-    yield existing
-    return
-  path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
-  compilation_cache.set_cache_dir(path)
-  compilation_cache.reset_cache()
-  try:
-    yield path
-  finally:
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
+def _module_compilation_cache(compilation_cache_dir):
+  """Every test of this module shares one compilation cache (tests/conftest.py)."""
+  return compilation_cache_dir
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
   """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val; 3 clips per class)."""
-  from data_prep import cli  # pylint: disable=import-outside-toplevel
-  out = tmp_path_factory.mktemp("data")
-  cli.main(["build", "synthetic", "--out", str(out), "--option", "synthetic_subjects=2",
-            "--option", "synthetic_repetitions=1", "--quiet"])
-  return str(out)
+  return build_tiny_synthetic(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

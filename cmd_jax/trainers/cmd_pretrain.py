@@ -72,12 +72,7 @@ class TrainState:
 
 
 def modality_names(config) -> tuple[str, ...]:
-  names = tuple(m.strip() for m in str(config.modalities).split(",") if m.strip())
-  unknown = [m for m in names if m not in modalities.MODALITIES]
-  if not names or unknown or len(set(names)) != len(names):
-    raise ValueError(f"config.modalities={config.modalities!r}: expected distinct names from "
-                     f"{', '.join(modalities.MODALITIES)}, comma-separated")
-  return names
+  return modalities.parse_names(config.modalities, "config.modalities")
 
 
 def make_model(config) -> Encoder:

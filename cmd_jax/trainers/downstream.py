@@ -117,12 +117,10 @@ DEVIATIONS = (
 
 def stream_names(config) -> tuple[str, ...]:
   """``config.streams`` ("joint", "joint,motion,bone", ...) as a tuple; ConfigError if malformed."""
-  names = tuple(s.strip() for s in str(config.streams).split(",") if s.strip())
-  unknown = [s for s in names if s not in modalities.MODALITIES]
-  if not names or unknown or len(set(names)) != len(names):
-    raise ConfigError(f"config.streams={config.streams!r}: expected distinct names from "
-                      f"{', '.join(modalities.MODALITIES)}, comma-separated")
-  return names
+  try:
+    return modalities.parse_names(config.streams, "config.streams")
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
 
 
 def fusion_name(streams: Sequence[str]) -> str | None:
