@@ -285,10 +285,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   ckpt = checkpoint.Checkpointer(workdir, int(config.keep_checkpoints))
   start = ckpt.latest_step() or 0
   if start:
-    state, data_state, _ = ckpt.restore(start, state, mesh)
+    state, data_state, meta = ckpt.restore(start, state, mesh)
+    if not data_state and "torch_epoch" in meta:
+      # A checkpoint imported from the PyTorch reference (cmd_jax.torch_import): its step is
+      # the reference's completed-epoch count and it has no data position. Continue after
+      # those epochs: step and data position at epoch * steps_per_epoch (fresh optimizer state).
+      completed = max(int(meta.get("torch_epoch") or 0), 0)
+      start = completed * steps_per_epoch
+      state = state.replace(step=sharding.put_replicated(np.int32(start), mesh))
+      data_state = {"next_index": start}
+      if jax.process_index() == 0:
+        print(f"Continuing the imported PyTorch checkpoint after epoch {completed} (step {start})")
     iterator.set_state(data_state)
     if jax.process_index() == 0:
-      print(f"Resumed from {ckpt.directory}/{start}")
+      print(f"Resumed from {ckpt.directory} at step {start}")
   else:
     state = sharding.put_replicated(state, mesh)
   step_fn = jit_train_step(config, layout, steps_per_epoch, mesh)
