@@ -32,21 +32,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.pretrain_cmd import data_config
+from configs.pretrain_cmd import DATASETS, REFERENCE_LINEAR, data_config
 
-DATASETS = {
-    "synthetic": ("synthetic", "xsub"),
-    "msr_action3d": ("msr_action3d", "xsub"),
-    "ntu60_xsub": ("ntu60", "xsub"),
-    "ntu60_xview": ("ntu60", "xview"),
-    "ntu120_xsub": ("ntu120", "xsub"),
-    "ntu120_xset": ("ntu120", "xset"),
-    "pku_mmd2_xsub": ("pku_mmd2", "xsub"),
-}
 CPU_SIZED = ("synthetic", "msr_action3d")
 
-REFERENCE_LINEAR = {"ntu60_xsub": 79.8, "ntu60_xview": 86.9, "ntu120_xsub": 70.3, "ntu120_xset": 71.5,
-                    "pku_mmd2_xsub": 43.0}
 REFERENCE_THREE_STREAM = {"ntu60_xsub": 84.1, "ntu60_xview": 90.9, "ntu120_xsub": 74.7, "ntu120_xset": 76.1}
 
 

@@ -31,7 +31,7 @@ import ml_collections
 REFERENCE_LINEAR = {"ntu60_xsub": 79.8, "ntu60_xview": 86.9, "ntu120_xsub": 70.3, "ntu120_xset": 71.5,
                     "pku_mmd2_xsub": 43.0}
 
-_DATASETS = {
+DATASETS = {
     "synthetic": ("synthetic", "xsub"),
     "msr_action3d": ("msr_action3d", "xsub"),
     "ntu60_xsub": ("ntu60", "xsub"),
@@ -58,9 +58,9 @@ def data_config(dataset: str, benchmark: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "synthetic"
-  if name not in _DATASETS:
-    raise ValueError(f"configs/pretrain_cmd.py: unknown config {name!r}; expected one of {', '.join(_DATASETS)}")
-  dataset, benchmark = _DATASETS[name]
+  if name not in DATASETS:
+    raise ValueError(f"configs/pretrain_cmd.py: unknown config {name!r}; expected one of {', '.join(DATASETS)}")
+  dataset, benchmark = DATASETS[name]
   c = ml_collections.ConfigDict()
   c.name = f"pretrain_cmd_{name}"
   c.trainer = "cmd_pretrain"
