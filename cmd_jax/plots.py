@@ -209,6 +209,17 @@ def _stream(path: str, prefix: str) -> str:
   return os.path.basename(path)[len(prefix):-len(".npz")]
 
 
+def _load_arrays(npz: str, names: Sequence[str], optional: Sequence[str] = ()) -> list:
+  """The arrays ``names`` (then ``optional`` ones, None when absent) of an npz file; a
+  ValueError naming the file, what it lacks and what it has."""
+  with np.load(npz) as z:
+    missing = set(names) - set(z.files)
+    if missing:
+      raise ValueError(f"plot_workdir: {npz} lacks {', '.join(sorted(missing))} (it has {', '.join(z.files)}); "
+                       f"expected arrays {' and '.join(repr(n) for n in names)}")
+    return [z[n] for n in names] + [z[n] if n in z.files else None for n in optional]
+
+
 def plot_workdir(workdir: str | os.PathLike, class_names: Sequence[str] | None = None, seed: int = 0,
                  max_points: int = 5000) -> list[str]:
   """``tsne_<stream>.png`` for every ``features_<stream>.npz`` and ``confusion_<stream>.png`` for
@@ -220,24 +231,15 @@ def plot_workdir(workdir: str | os.PathLike, class_names: Sequence[str] | None =
   written = []
   for npz in sorted(glob.glob(os.path.join(glob.escape(workdir), "features_*.npz"))):
     stream = _stream(npz, "features_")
-    with np.load(npz) as z:
-      missing = {"features", "labels"} - set(z.files)
-      if missing:
-        raise ValueError(f"plot_workdir: {npz} lacks {', '.join(sorted(missing))} (it has {', '.join(z.files)}); "
-                         "expected arrays 'features' and 'labels'")
-      feats, labels = z["features"], z["labels"]
+    feats, labels = _load_arrays(npz, ("features", "labels"))
     written.append(tsne_plot(feats, labels, os.path.join(workdir, f"tsne_{stream}.png"), class_names=class_names,
                              title=f"t-SNE of the {stream} features", seed=seed, max_points=max_points))
   for npz in sorted(glob.glob(os.path.join(glob.escape(workdir), "predictions_*.npz"))):
     stream = _stream(npz, "predictions_")
-    with np.load(npz) as z:
-      missing = {"labels", "predictions"} - set(z.files)
-      if missing:
-        raise ValueError(f"plot_workdir: {npz} lacks {', '.join(sorted(missing))} (it has {', '.join(z.files)}); "
-                         "expected arrays 'labels' and 'predictions'")
-      labels, predictions = z["labels"], z["predictions"]
-      num_classes = int(z["num_classes"]) if "num_classes" in z.files else None
-    if num_classes is None:
+    labels, predictions, num_classes = _load_arrays(npz, ("labels", "predictions"), optional=("num_classes",))
+    if num_classes is not None:
+      num_classes = int(num_classes)
+    else:
       num_classes = int(max(np.max(labels, initial=0), np.max(predictions, initial=0))) + 1
     written.append(confusion_matrix_plot(labels, predictions, num_classes,
                                          os.path.join(workdir, f"confusion_{stream}.png"), class_names=class_names,
