@@ -22,6 +22,11 @@ training set), a short schedule, key momentum 0.99 and milder spatial augmentati
 the reference's strength the small model stays at chance on instance discrimination in a
 CPU-sized run; measured on MSR Action3D, see README).
 Single-modality MoCo: ``--config.modalities=joint --config.cmd.weight=0``.
+
+Speed options (bench/RESULTS.md): ``model.stack_modalities``, ``model.input_projection``,
+``model.scan_unroll`` change how the step runs, not what it computes;
+``model.compute_dtype=bfloat16`` (bf16 matmul operands, float32 accumulation) is a
+DEVIATION from the reference's float32, off by default.
 """
 
 from __future__ import annotations
@@ -76,6 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.embed_dim = 128             # --contrast-dim
   c.model.mlp = True                  # --mlp
   c.model.bidirectional = False       # True: a true BiGRU (DEVIATION; the reference is forward-only)
+  # Speed options of the training step (bench/RESULTS.md). None changes what is computed
+  # except compute_dtype="bfloat16" (DEVIATION: bf16 matmul operands, float32 accumulation).
+  c.model.stack_modalities = False    # True: one vmap-ed encoder for all modalities (same function)
+  c.model.scan_unroll = 1             # time steps per scan iteration (same function)
+  c.model.input_projection = "auto"   # GRU input projection: auto | hoisted | per_step (same function)
+  c.model.compute_dtype = "float32"   # "float32" (reference) or "bfloat16"
 
   c.moco = ml_collections.ConfigDict()
   c.moco.queue_size = 16384           # --contrast-k

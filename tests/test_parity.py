@@ -2,8 +2,9 @@
 
 Follows issue 5 scope item 2 and reference_cmd.md 3 (``BIGRU``), 4.1-4.3 (the MoCo/CMD
 builder: modalities, queries, EMA, keys, InfoNCE, the six-term distillation, enqueue), 5.1
-(SGD) and 7 quirks 3, 4 and 13. The torch side below (``TorchBIGRU``, ``TorchCMD``) is
-written from that text, not copied from the reference repository:
+(SGD) and 7 quirks 3, 4 and 13. The torch side (``TorchBIGRU``, ``TorchCMD`` in
+``tests/torch_reference.py``, shared with the benchmarks) is written from that text, not
+copied from the reference repository:
 
 - ``TorchBIGRU``: ``BatchNorm1d(F)`` on ``(N, F, T)``; ``nn.GRU(F, H, L, bidirectional=True,
   batch_first=True)`` called once per time step on a length-1 slice with the carried
@@ -56,8 +57,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-tnn = torch.nn
-tF = torch.nn.functional
 
 from cmd_jax import augment, data, losses, modalities  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.layouts import NTU25  # noqa: E402  pylint: disable=wrong-import-position
@@ -66,10 +65,9 @@ from cmd_jax.trainers import cmd_pretrain as cp  # noqa: E402  pylint: disable=w
 from configs import pretrain_cmd  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax import torch_import  # noqa: E402  pylint: disable=wrong-import-position
 from tests.test_encoder import _flax_name  # noqa: E402  pylint: disable=wrong-import-position
+from tests.torch_reference import MODS, SUFFIX, TorchBIGRU, TorchCMD  # noqa: E402  pylint: disable=wrong-import-position
 
 ATOL = 1e-5
-MODS = ("joint", "motion", "bone")
-SUFFIX = {"joint": "", "motion": "_motion", "bone": "_bone"}
 DIRECTIONS = [(a, b) for a in MODS for b in MODS if a != b]
 
 # The small CMD setup.
@@ -78,135 +76,6 @@ C, V, M = 3, 25, 2
 F = V * C * M
 LR, SGD_MOMENTUM, WD, EMA_M = 0.1, 0.9, 1e-4, 0.9
 MOCO_T, TEACHER_T, STUDENT_T = 0.07, 0.05, 0.1
-
-# reference_cmd.md 4.2: the (v1, v2) bone pairs, 1-based.
-NTU_BONE_PAIRS = ((1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
-                  (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1),
-                  (18, 17), (19, 18), (20, 19), (21, 21), (22, 23), (23, 8), (24, 25), (25, 12))
-
-
-# ----------------------------------------------------------------------------------------
-# The reference architecture in PyTorch, from the spec
-# ----------------------------------------------------------------------------------------
-
-class TorchEncoderRNN(tnn.Module):
-  """``nn.GRU(bidirectional=True)`` called per time step with the carried ``h_n``."""
-
-  def __init__(self, input_size, hidden, layers):
-    super().__init__()
-    self.gru = tnn.GRU(input_size, hidden, num_layers=layers, bidirectional=True, batch_first=True)
-
-  def forward(self, x):
-    outs, h = [], None  # step 0 starts from zeros
-    for t in range(x.shape[1]):
-      out, h = self.gru(x[:, t:t + 1, :], h)
-      outs.append(out)
-    return torch.cat(outs, dim=1)[:, -1]  # the output at t = T - 1, (N, 2H)
-
-
-class TorchBIGRU(tnn.Module):
-  """The reference ``BIGRU``: input BN, the per-step GRU, the last step, ``fc`` / MLP head."""
-
-  def __init__(self, input_size=150, hidden=1024, layers=3, num_class=128, mlp=True):
-    super().__init__()
-    self.input_norm = tnn.BatchNorm1d(input_size)
-    self.encoder = TorchEncoderRNN(input_size, hidden, layers)
-    self.fc = tnn.Linear(2 * hidden, num_class)
-    if mlp:
-      self.fc = tnn.Sequential(tnn.Linear(2 * hidden, 2 * hidden), tnn.ReLU(), self.fc)
-
-  def forward(self, x, knn_eval=False):
-    x = self.input_norm(x.permute(0, 2, 1).contiguous()).permute(0, 2, 1).contiguous()
-    feature = self.encoder(x)
-    return feature if knn_eval else self.fc(feature)
-
-
-def torch_motion(x):
-  m = torch.zeros_like(x)
-  m[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
-  return m
-
-
-def torch_bone(x):
-  b = torch.zeros_like(x)
-  for v1, v2 in NTU_BONE_PAIRS:
-    b[:, :, :, v1 - 1] = x[:, :, :, v1 - 1] - x[:, :, :, v2 - 1]
-  return b
-
-
-def torch_flatten(x):
-  """(N, C, T, V, M) -> (N, T, V*C*M), permuted to (N, T, V, C, M) first."""
-  n, c, t, v, m = x.shape
-  return x.permute(0, 2, 3, 1, 4).reshape(n, t, v * c * m)
-
-
-class TorchCMD(tnn.Module):
-  """The reference builder (pretrain=True, mlp) with ``forward`` in the spec's order."""
-
-  def __init__(self, hidden, layers, dim, queue_size, momentum, temperature, topk,
-               teacher_t=0.05, student_t=0.1, cmd_weight=1.0):
-    super().__init__()
-    self.m, self.t, self.topk = momentum, temperature, topk
-    self.teacher_t, self.student_t, self.cmd_weight = teacher_t, student_t, cmd_weight
-    for s in SUFFIX.values():
-      setattr(self, f"encoder_q{s}", TorchBIGRU(F, hidden, layers, dim, mlp=True))
-      setattr(self, f"encoder_k{s}", TorchBIGRU(F, hidden, layers, dim, mlp=True))
-      for pq, pk in zip(self.enc("q", s).parameters(), self.enc("k", s).parameters()):
-        pk.data.copy_(pq.data)
-        pk.requires_grad = False
-      self.register_buffer(f"queue{s}", tF.normalize(torch.randn(dim, queue_size), dim=0))
-      self.register_buffer(f"queue_ptr{s}", torch.zeros(1, dtype=torch.long))
-
-  def enc(self, kind, suffix):
-    return getattr(self, f"encoder_{kind}{suffix}")
-
-  @torch.no_grad()
-  def _momentum_update_key_encoders(self):
-    for s in SUFFIX.values():
-      for pq, pk in zip(self.enc("q", s).parameters(), self.enc("k", s).parameters()):
-        pk.data = pk.data * self.m + pq.data * (1.0 - self.m)
-
-  @torch.no_grad()
-  def _dequeue_and_enqueue(self, keys):
-    for name, s in SUFFIX.items():
-      queue, ptr_buf = getattr(self, f"queue{s}"), getattr(self, f"queue_ptr{s}")
-      batch, ptr = keys[name].shape[0], int(ptr_buf)
-      assert queue.shape[1] % batch == 0
-      queue[:, ptr:ptr + batch] = keys[name].T
-      ptr_buf[0] = (ptr + batch) % queue.shape[1]
-
-  def forward(self, im_q, im_k):
-    streams_q = {"joint": im_q, "motion": torch_motion(im_q), "bone": torch_bone(im_q)}
-    streams_k = {"joint": im_k, "motion": torch_motion(im_k), "bone": torch_bone(im_k)}
-    q = {m: tF.normalize(self.enc("q", s)(torch_flatten(streams_q[m])), dim=1) for m, s in SUFFIX.items()}
-    with torch.no_grad():
-      self._momentum_update_key_encoders()
-      k = {m: tF.normalize(self.enc("k", s)(torch_flatten(streams_k[m])), dim=1) for m, s in SUFFIX.items()}
-    out = {"q": q, "k": k}
-    l_neg, lk_neg = {}, {}
-    for m, s in SUFFIX.items():
-      queue = getattr(self, f"queue{s}").clone().detach()
-      l_pos = torch.einsum("nc,nc->n", q[m], k[m]).unsqueeze(-1)
-      l_neg[m] = torch.einsum("nc,ck->nk", q[m], queue)
-      logits = torch.cat([l_pos, l_neg[m]], dim=1) / self.t
-      labels = torch.zeros(logits.shape[0], dtype=torch.long)
-      out[f"loss_{m}"] = tF.cross_entropy(logits, labels)
-      lk_neg[m] = torch.einsum("nc,ck->nk", k[m], queue)
-    kl = tnn.KLDivLoss(reduction="batchmean")
-    loss_cmd = 0.0
-    for teacher in MODS:
-      values, idx = torch.topk(lk_neg[teacher], self.topk, dim=-1)
-      for student in MODS:
-        if student == teacher:
-          continue
-        s = torch.gather(l_neg[student], 1, idx)
-        term = kl(tF.log_softmax(s / self.student_t, dim=1), tF.softmax(values / self.teacher_t, dim=1))
-        out[losses.kl_name(teacher, student)] = term
-        loss_cmd = loss_cmd + term
-    out["loss_cmd"] = loss_cmd * self.cmd_weight
-    out["loss"] = out["loss_joint"] + out["loss_motion"] + out["loss_bone"] + out["loss_cmd"]
-    self._dequeue_and_enqueue(k)
-    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -382,6 +251,48 @@ def test_full_size_encoder_forward():
                          numpy_init=True)
   print(f"  full-size encoder parity: {time.time() - start:.1f} s")
   assert len(diffs) == 6
+
+
+def test_sequence_impl_computes_the_step_impl_function():
+  """The benchmarks' "optimised PyTorch" encoder (each forward-only cell as one whole-sequence
+  ``nn.GRU`` call) computes the reference's per-step function: same weights -> same head
+  outputs, BN statistics and parameter gradients (float32, ``ATOL``)."""
+  torch.manual_seed(0)
+  step = TorchBIGRU(F, H, L, D, mlp=True, impl="step")
+  seq = TorchBIGRU(F, H, L, D, mlp=True, impl="sequence")
+  seq.copy_from(step)
+  x = torch.randn(N, T, F)
+  out_step, out_seq = step(x), seq(x)
+  out_step.square().sum().backward()
+  out_seq.square().sum().backward()
+  print()
+  check("head output, step vs sequence", to_np(out_seq), to_np(out_step))
+  check("BN running mean", to_np(seq.input_norm.running_mean), to_np(step.input_norm.running_mean))
+  grads_step = {k: to_np(p.grad) for k, p in step.named_parameters()}
+  for k in range(L):
+    for c, suffix in enumerate(("", "_reverse")):
+      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        check(f"grad {name}_l{k}{suffix}", to_np(getattr(seq.encoder.cells[2 * k + c], f"{name}_l0").grad),
+              grads_step[f"encoder.gru.{name}_l{k}{suffix}"])
+  check("grad fc", to_np(seq.fc[2].weight.grad), grads_step["fc.2.weight"])
+
+
+def test_sequence_impl_cmd_step_matches_step_impl():
+  """``TorchCMD(impl="sequence")`` and ``TorchCMD(impl="step")`` with the same weights give
+  the same losses for one forward (the benchmark compares the same function)."""
+  torch.manual_seed(1)
+  a = TorchCMD(H, L, D, K, EMA_M, MOCO_T, TOPK, TEACHER_T, STUDENT_T, impl="step")
+  b = TorchCMD(H, L, D, K, EMA_M, MOCO_T, TOPK, TEACHER_T, STUDENT_T, impl="sequence")
+  for name in ("", "_motion", "_bone"):
+    for kind in ("q", "k"):
+      b.enc(kind, name).copy_from(a.enc(kind, name))
+    getattr(b, f"queue{name}").copy_(getattr(a, f"queue{name}"))
+  views = skeleton_views(3)
+  im_q, im_k = torch.from_numpy(views[:, 0].copy()), torch.from_numpy(views[:, 1].copy())
+  out_a, out_b = a(im_q, im_k), b(im_q, im_k)
+  print()
+  for key in ["loss_joint", "loss_motion", "loss_bone", "loss_cmd", "loss"]:
+    check(f"{key}, step vs sequence", to_np(out_b[key]), to_np(out_a[key]))
 
 
 # ----------------------------------------------------------------------------------------

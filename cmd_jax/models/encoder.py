@@ -16,9 +16,11 @@ Computation (input ``[N, T, F]``, ``F = 150`` for NTU, see ``cmd_jax.modalities.
    default): the reference calls its ``nn.GRU(bidirectional=True)`` once per time step on a
    length-1 slice and carries ``h_n``, so *both* cells run forward in time on the same input
    (quirk 1). Their outputs are concatenated (``2H``); layers ``1..`` take that ``2H`` input.
-   ``h0 = 0``. The time loop is one ``lax.scan`` per layer; the input projection of both
-   cells (``x @ W_ih^T`` for all ``T``) is one matmul hoisted out of the scan, and the scan
-   body does only the recurrent matmul of both cells (one batched einsum).
+   ``h0 = 0``. The time loop is one ``lax.scan`` per layer with both cells in one batched
+   recurrent matmul per step; the input projection of both cells is one matmul, either
+   hoisted out of the loop for all ``T`` (GPU/TPU) or one per step (CPU), see
+   ``gru_layer``. The backward pass is hand-written (``_gru_cells_bwd``): a reverse loop
+   that only propagates ``dh``, then every weight gradient as one large matmul.
    **DEVIATION** (``bidirectional=True``, off by default, not the reference): a *true*
    bidirectional GRU, the ``_reverse`` cell running over the time-reversed sequence, i.e.
    what ``nn.GRU(bidirectional=True)`` computes when called once on the whole sequence.
@@ -35,6 +37,10 @@ GRU cell (PyTorch gate order r, z, n)::
   z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
   h' = (1 - z) * n + z * h
+
+Speed options (same function, ``bench/RESULTS.md``): ``input_projection``, ``scan_unroll``;
+and one numerical option, ``compute_dtype="bfloat16"`` (bf16 matmul operands, float32
+accumulation; a DEVIATION from the reference's float32, off by default).
 
 Parameter layout: **every weight is stored in PyTorch's layout** (``Linear.weight`` is
 ``[out, in]``, GRU ``weight_ih`` is ``[3H, in]`` with rows ``(r, z, n)``), so a reference
@@ -74,6 +80,7 @@ Initialisation (reference_cmd.md 3 "Weight init", quirk 2):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -85,6 +92,7 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 FC_INITS = ("xavier", "normal_0.01")
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 # ----------------------------------------------------------------------------------------
@@ -136,8 +144,12 @@ def gru_update(gi: Array, gh: Array, h: Array) -> Array:
   return (1.0 - z) * n + z * h
 
 
+PROJECTIONS = ("auto", "hoisted", "per_step")
+
+
 def gru_layer(x: Array, weight_ih: Array, weight_hh: Array, bias_ih: Array, bias_hh: Array,
-              reverse: Sequence[bool], precision: Any = None) -> Array:
+              reverse: Sequence[bool], precision: Any = None, dtype: Any = None,
+              unroll: int = 1, projection: str = "auto") -> Array:
   """``D`` GRU cells run side by side over the same time-major input, ``h0 = 0``.
 
   Args:
@@ -148,28 +160,161 @@ def gru_layer(x: Array, weight_ih: Array, weight_hh: Array, bias_ih: Array, bias
     reverse: ``D`` flags; cell ``d`` runs over the time-reversed sequence when set (its
       outputs are put back in forward time order).
     precision: matmul precision for ``jnp.einsum``.
+    dtype: the matmuls' operand dtype (``None``: the inputs' own, float32). With
+      ``jnp.bfloat16`` the input, the weights and the hidden state are rounded to bfloat16
+      as matmul operands, which accumulate in float32; biases, gates and the hidden state
+      itself stay float32 (``Encoder.compute_dtype``).
+    unroll: time steps per iteration of the scan loop (``lax.scan(unroll=...)``).
+    projection: where the input projection ``W_ih x_t + b_ih`` is computed: ``"hoisted"``:
+      for all steps and cells in one matmul before the time loop (best on GPUs/TPUs);
+      ``"per_step"``: inside the loop, one ``[N, F] x [F, D*3H]`` matmul per step (faster on
+      the CPU, where XLA's fused read of a precomputed step slice next to the gates'
+      ``exp``/``tanh`` is not vectorised); ``"auto"``: ``per_step`` when the default backend
+      is the CPU, else ``hoisted``. Cells running in reverse always use ``hoisted``.
   Returns:
-    ``[T, N, D*H]``: the cells' outputs at each step, concatenated in cell order.
+    ``[T, N, D*H]`` float32: the cells' outputs at each step, concatenated in cell order.
+
+  ``unroll`` and ``projection`` change the speed, not the function. The gradient is a
+  hand-written VJP (``_gru_cells_bwd``, the backward pass cuDNN uses): a reverse time loop
+  that only propagates ``dh`` (one ``[N, 3H] x [3H, H]`` matmul per step and cell, no
+  transcendental functions: the forward's gates are kept), then the weight and input
+  gradients as a few large matmuls over all ``T x N`` rows at once.
   """
-  num_cells, three_h, _ = weight_ih.shape
+  if projection not in PROJECTIONS:
+    raise ValueError(f"gru_layer: projection={projection!r}; expected one of {PROJECTIONS}")
+  flip = tuple(bool(r) for r in reverse)
+  if len(flip) != weight_ih.shape[0]:
+    raise ValueError(f"gru_layer: {len(flip)} reverse flags for {weight_ih.shape[0]} cells")
+  if projection == "auto":
+    projection = "per_step" if jax.default_backend() == "cpu" else "hoisted"
+  if any(flip):
+    projection = "hoisted"
+  out = _gru_cells(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dtype, int(unroll), projection)
+  return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+def _flip_cells(a: Array, flip: tuple[bool, ...], axis: int = 1) -> Array:
+  """Reverses time (axis 0) of the cells (``axis``) whose flag is set; an involution."""
+  if not any(flip):
+    return a
+  return jnp.stack([jnp.take(a, d, axis=axis)[::-1] if f else jnp.take(a, d, axis=axis)
+                    for d, f in enumerate(flip)], axis=axis)
+
+
+def _operands(dtype, *arrays):
+  return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
+
+
+def _gru_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dtype, unroll, projection,
+                 keep_gates: bool):
+  """The time loop, cell-major inside (``h [D, N, H]``: every matmul has its batch axes
+  leading, also under ``vmap``, so XLA inserts no per-step transposes).
+
+  Returns ``out [T, N, D, H]`` (forward time order) and, when ``keep_gates``, the
+  residuals of the backward pass, each ``[T, D, N, H]`` in scan order: the outputs ``h``,
+  the gates ``r, z, n`` and ``hn = W_hn h + b_hn``."""
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  num_cells, three_h, features = weight_ih.shape
   hidden = three_h // 3
-  # Input projection of every step and every cell in one matmul, outside the scan.
-  gi = jnp.einsum("tnf,dgf->tndg", x, weight_ih, precision=precision) + bias_ih
-  flip = [bool(r) for r in reverse]
-  if any(flip):
-    gi = jnp.stack([gi[::-1, :, d] if flip[d] else gi[:, :, d] for d in range(num_cells)], axis=2)
+  xo, w_ih, w_hh = _operands(dtype, x, weight_ih, weight_hh)
+  # Weights in the layouts the matmuls read, transposed once outside the loop.
+  w_in = jnp.transpose(w_ih, (2, 0, 1)).reshape(features, num_cells * three_h)  # [F, D*3H]
+  w_rec = jnp.swapaxes(w_hh, 1, 2)  # [D, H, 3H]
+  b_in = bias_ih[:, None, :]  # [D, 1, 3H]
+  b_rec = bias_hh[:, None, :]
 
-  def step(h, gi_t):
-    gh = jnp.einsum("ndh,dgh->ndg", h, weight_hh, precision=precision) + bias_hh
-    h = gru_update(gi_t, gh, h)
-    return h, h
+  def project(x_rows):  # [..., N, F] -> [..., D, N, 3H]
+    g = jnp.einsum("...nf,fk->...nk", x_rows, w_in, precision=precision, preferred_element_type=acc)
+    g = g.reshape(g.shape[:-1] + (num_cells, three_h))
+    return jnp.moveaxis(g, -2, -3) + b_in
 
-  h0 = jnp.zeros((x.shape[1], num_cells, hidden), gi.dtype)
-  _, out = lax.scan(step, h0, gi)  # [T, N, D, H]
-  if any(flip):
-    out = jnp.stack([out[::-1, :, d] if flip[d] else out[:, :, d] for d in range(num_cells)],
-                    axis=2)
-  return out.reshape(out.shape[0], out.shape[1], num_cells * hidden)
+  def step(h, inp):
+    gi_t = project(inp) if projection == "per_step" else inp
+    gh = jnp.einsum("dnh,dhg->dng", _operands(dtype, h)[0], w_rec, precision=precision,
+                    preferred_element_type=acc) + b_rec
+    if not keep_gates:
+      h = gru_update(gi_t, gh, h)
+      return h, h
+    i_r, i_z, i_n = jnp.split(gi_t, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(i_r + h_r)
+    z = jax.nn.sigmoid(i_z + h_z)
+    n = jnp.tanh(i_n + r * h_n)
+    h = (1.0 - z) * n + z * h
+    return h, (h, r, z, n, h_n)
+
+  xs = xo if projection == "per_step" else _flip_cells(project(xo), flip)
+  h0 = jnp.zeros((num_cells, x.shape[1], hidden), acc)
+  _, ys = lax.scan(step, h0, xs, unroll=unroll)
+  seq = ys if not keep_gates else ys[0]
+  out = jnp.swapaxes(_flip_cells(seq, flip), 1, 2)  # [T, N, D, H]
+  return out, (ys if keep_gates else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _gru_cells(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dtype, unroll, projection):
+  return _gru_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dtype, unroll, projection,
+                      keep_gates=False)[0]
+
+
+def _gru_cells_fwd(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dtype, unroll, projection):
+  out, saved = _gru_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dtype, unroll, projection,
+                            keep_gates=True)
+  return out, (x, weight_ih, weight_hh, saved)
+
+
+def _gru_cells_bwd(flip, precision, dtype, unroll, projection, residuals, d_out):
+  """Backpropagation through time for ``_gru_cells`` (in the scan's time order, cell-major).
+
+  With ``a_r = i_r + h_r``, ``a_z = i_z + h_z``, ``a_n = i_n + r * hn`` and
+  ``h_t = (1 - z) n + z h_{t-1}``, for ``g = dL/dh_t`` (output plus carried gradient)::
+
+    da_n = g (1 - z) (1 - n^2);  da_z = g (h_{t-1} - n) z (1 - z);  da_r = da_n hn r (1 - r)
+    dgi = [da_r, da_z, da_n];    dgh = [da_r, da_z, da_n r]
+    dL/dh_{t-1} = g z + dgh @ W_hh
+
+  then ``dW_hh = sum_t dgh_t^T h_{t-1}``, ``db_hh = sum dgh``, ``dW_ih = sum_t dgi_t^T x_t``,
+  ``db_ih = sum dgi``, ``dx_t = dgi_t @ W_ih`` as matmuls over all steps at once.
+  """
+  del projection  # the gradient does not depend on where the forward projected
+  x, weight_ih, weight_hh, (h_seq, r, z, n, hn) = residuals
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  num_cells, three_h, features = weight_ih.shape
+  w_ih, w_hh = _operands(dtype, weight_ih, weight_hh)
+  d_out = _flip_cells(jnp.swapaxes(d_out.astype(acc), 1, 2), flip)  # [T, D, N, H], scan order
+  h_prev = jnp.concatenate([jnp.zeros_like(h_seq[:1]), h_seq[:-1]], axis=0)
+
+  def step(dh, inp):
+    d_out_t, r_t, z_t, n_t, hn_t, hp_t = inp
+    g = d_out_t + dh
+    da_n = g * (1.0 - z_t) * (1.0 - n_t * n_t)
+    da_z = g * (hp_t - n_t) * z_t * (1.0 - z_t)
+    da_r = da_n * hn_t * r_t * (1.0 - r_t)
+    dgi = jnp.concatenate([da_r, da_z, da_n], axis=-1)
+    dgh = jnp.concatenate([da_r, da_z, da_n * r_t], axis=-1)
+    dh = g * z_t + jnp.einsum("dng,dgh->dnh", _operands(dtype, dgh)[0], w_hh, precision=precision,
+                              preferred_element_type=acc)
+    return dh, (dgi, dgh)
+
+  _, (d_gi, d_gh) = lax.scan(step, jnp.zeros_like(h_seq[0]), (d_out, r, z, n, hn, h_prev), reverse=True,
+                             unroll=unroll)
+  d_gh_o, h_prev_o = _operands(dtype, d_gh, h_prev)
+  d_weight_hh = jnp.einsum("tdng,tdnh->dgh", d_gh_o, h_prev_o, precision=precision, preferred_element_type=acc)
+  d_bias_hh = jnp.sum(d_gh, axis=(0, 2))
+  d_gi = _flip_cells(d_gi, flip)  # back to the input's time order
+  d_bias_ih = jnp.sum(d_gi, axis=(0, 2))
+  # [T, D, N, 3H] -> rows [T*N, D*3H] against x [T*N, F]: two plain matmuls.
+  d_rows = jnp.swapaxes(d_gi, 1, 2).reshape(-1, num_cells * three_h)
+  d_rows_o, x_o = _operands(dtype, d_rows, x.reshape(-1, features))
+  d_weight_ih = jnp.einsum("rk,rf->kf", d_rows_o, x_o, precision=precision,
+                           preferred_element_type=acc).reshape(num_cells, three_h, features)
+  d_x = jnp.einsum("rk,kf->rf", d_rows_o, w_ih.reshape(num_cells * three_h, features), precision=precision,
+                   preferred_element_type=acc).reshape(x.shape)
+  return (d_x.astype(x.dtype), d_weight_ih.astype(weight_ih.dtype), d_weight_hh.astype(weight_hh.dtype),
+          d_bias_ih.astype(weight_ih.dtype), d_bias_hh.astype(weight_hh.dtype))
+
+
+_gru_cells.defvjp(_gru_cells_fwd, _gru_cells_bwd)
 
 
 def batch_norm_stats(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
@@ -226,6 +371,7 @@ class TorchLinear(nn.Module):
   weight_init: Initializer | None = None  # None: PyTorch default U(+-1/sqrt(in))
   bias_init: Initializer | None = None  # None: PyTorch default U(+-1/sqrt(in))
   precision: Any = None
+  dtype: Any = None  # matmul operand dtype (None: float32); accumulation is float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -233,7 +379,10 @@ class TorchLinear(nn.Module):
     default = uniform_init(1.0 / fan_in ** 0.5)
     weight = self.param("weight", self.weight_init or default, (self.features, fan_in))
     bias = self.param("bias", self.bias_init or default, (self.features,))
-    return jnp.einsum("...i,oi->...o", x, weight, precision=self.precision) + bias
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    if self.dtype is not None:
+      x, weight = x.astype(self.dtype), weight.astype(self.dtype)
+    return jnp.einsum("...i,oi->...o", x, weight, precision=self.precision, preferred_element_type=acc) + bias
 
 
 class TorchGRU(nn.Module):
@@ -248,6 +397,9 @@ class TorchGRU(nn.Module):
   num_layers: int = 3
   bidirectional: bool = False
   precision: Any = None
+  dtype: Any = None
+  unroll: int = 1
+  projection: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -264,7 +416,8 @@ class TorchGRU(nn.Module):
         p["bias_hh"] = self.param(f"bias_hh_{suffix}", weight_b, (3 * h,))
       stacked = {name: jnp.stack([p[name] for p in cells.values()])
                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-      y = gru_layer(y, **stacked, reverse=(False, self.bidirectional), precision=self.precision)
+      y = gru_layer(y, **stacked, reverse=(False, self.bidirectional), precision=self.precision,
+                    dtype=self.dtype, unroll=self.unroll, projection=self.projection)
     return jnp.swapaxes(y, 0, 1)
 
 
@@ -286,6 +439,14 @@ class Encoder(nn.Module):
     precision: matmul precision of the GRU and head. ``None`` is JAX's default, which on
       GPU/TPU may compute float32 matmuls at reduced precision (TF32 / bf16 passes); pass
       ``"highest"`` for full float32 when comparing with the reference numerically.
+    compute_dtype: ``"float32"`` (default, the reference) or ``"bfloat16"``: the operands
+      of every GRU and head matmul rounded to bfloat16, accumulated in float32; parameters,
+      BatchNorm, biases, gates, the hidden state and everything after the encoder stay
+      float32 (a speed option for GPUs/TPUs, DEVIATION from the reference's float32;
+      tolerance in tests/test_encoder.py).
+    scan_unroll: time steps per scan-loop iteration (speed only; same result).
+    input_projection: ``"auto"``, ``"hoisted"`` or ``"per_step"``: where each layer's input
+      projection is computed (``gru_layer``; speed only, same result).
   """
 
   hidden_size: int = 1024
@@ -297,6 +458,9 @@ class Encoder(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   precision: Any = None
+  compute_dtype: str = "float32"
+  scan_unroll: int = 1
+  input_projection: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features_only: bool = False) -> Array:
@@ -308,10 +472,13 @@ class Encoder(nn.Module):
       raise ValueError(f"Encoder: expected input [N, T, F], got shape {x.shape}")
     if self.fc_init not in FC_INITS:
       raise ValueError(f"Encoder: unknown fc_init {self.fc_init!r}; expected one of {FC_INITS}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"Encoder: unknown compute_dtype {self.compute_dtype!r}; expected one of {tuple(COMPUTE_DTYPES)}")
+    dtype = COMPUTE_DTYPES[self.compute_dtype]
     y = TorchBatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="input_norm")(
         x, train)
-    y = TorchGRU(self.hidden_size, self.num_layers, self.bidirectional, self.precision,
-                 name="gru")(y)
+    y = TorchGRU(self.hidden_size, self.num_layers, self.bidirectional, self.precision, dtype,
+                 int(self.scan_unroll), self.input_projection, name="gru")(y)
     feature = y[:, -1]
     if self.num_outputs is None or (features_only and not self.is_initializing()):
       return feature
@@ -321,9 +488,9 @@ class Encoder(nn.Module):
     else:
       last_w, last_b = normal_init(0.01), nn.initializers.zeros
     if self.mlp:
-      h = TorchLinear(feature.shape[-1], precision=self.precision, name="fc_0")(feature)
+      h = TorchLinear(feature.shape[-1], precision=self.precision, dtype=dtype, name="fc_0")(feature)
       h = nn.relu(h)
-      out = TorchLinear(self.num_outputs, last_w, last_b, self.precision, name="fc_2")(h)
+      out = TorchLinear(self.num_outputs, last_w, last_b, self.precision, dtype, name="fc_2")(h)
     else:
-      out = TorchLinear(self.num_outputs, last_w, last_b, self.precision, name="fc")(feature)
+      out = TorchLinear(self.num_outputs, last_w, last_b, self.precision, dtype, name="fc")(feature)
     return feature if features_only else out

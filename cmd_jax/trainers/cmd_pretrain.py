@@ -25,6 +25,10 @@ from the latest checkpoint (train state and data iterator), log metrics, checkpo
 non-finite loss (the last checkpoint stays the last good one), and run the online kNN
 monitor every ``evaluator.every_epochs`` epochs.
 
+Speed options (``config.model``; bench/RESULTS.md): ``stack_modalities`` (one ``vmap``-ed
+encoder for all modalities), ``input_projection`` and ``scan_unroll`` (``Encoder``) leave the
+function unchanged; ``compute_dtype="bfloat16"`` (off by default) is a numerical deviation.
+
 Known deviations (also in the config docstring): PRNG streams differ from the reference's
 numpy/random ones (augmentations match in distribution, not bit by bit); batches are cut
 from a stream of per-epoch permutations, so a batch may straddle two epochs where the
@@ -75,10 +79,18 @@ def modality_names(config) -> tuple[str, ...]:
   return modalities.parse_names(config.modalities, "config.modalities")
 
 
-def make_model(config) -> Encoder:
+def make_model(config, training: bool = False) -> Encoder:
+  """The pretraining encoder. ``training=True`` adds the step's speed options
+  (``config.model.compute_dtype``, ``scan_unroll``, ``input_projection``); evaluation and
+  feature extraction (``training=False``) always compute in float32."""
+  speed = {}
+  if training:
+    speed = dict(compute_dtype=str(config.model.get("compute_dtype", "float32")),
+                 scan_unroll=int(config.model.get("scan_unroll", 1)),
+                 input_projection=str(config.model.get("input_projection", "auto")))
   return Encoder(hidden_size=config.model.hidden_size, num_layers=config.model.num_layers,
                  num_outputs=config.model.embed_dim, mlp=config.model.mlp,
-                 bidirectional=config.model.bidirectional, fc_init="xavier")
+                 bidirectional=config.model.bidirectional, fc_init="xavier", **speed)
 
 
 def lr_schedule(config, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
@@ -138,6 +150,13 @@ def _validate_config(config, num_train, num_devices, process_count) -> None:
     raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
   if int(config.augment.min_length) > 300 or int(config.augment.frames) <= 0:
     raise ValueError("config.augment: min_length must be <= 300 and frames > 0")
+  if str(config.model.get("compute_dtype", "float32")) not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.compute_dtype={config.model.compute_dtype!r}; expected 'float32' or 'bfloat16'")
+  if str(config.model.get("input_projection", "auto")) not in ("auto", "hoisted", "per_step"):
+    raise ValueError(f"config.model.input_projection={config.model.input_projection!r}; expected 'auto', "
+                     "'hoisted' or 'per_step'")
+  if int(config.model.get("scan_unroll", 1)) < 1:
+    raise ValueError(f"config.model.scan_unroll={config.model.scan_unroll} must be >= 1")
   if config.evaluator.name not in ("", "knn"):
     raise ValueError(f"config.evaluator.name={config.evaluator.name!r}; expected 'knn' or '' (none)")
 
@@ -169,11 +188,31 @@ def _embed(model, params, stats, x):
   return losses.l2_normalize(out), updated["batch_stats"]
 
 
+def embed_modalities(model, params, stats, inputs, names, stacked: bool):
+  """Every modality's encoder on its input: ``({m: embedding}, {m: BN stats})``.
+
+  ``stacked=False`` runs the encoders one after another (one scan per encoder and layer);
+  ``stacked=True`` stacks the modalities' parameters, statistics and inputs on a new leading
+  axis and runs ONE ``vmap``-ed encoder, so each layer is one scan whose matmuls cover all
+  modalities at once (batched GEMMs: fewer, larger kernels and loop iterations). Both
+  compute the same function; gradients flow back through the stacking to each modality.
+  """
+  if not stacked or len(names) == 1:
+    out = {m: _embed(model, params[m], stats[m], inputs[m]) for m in names}
+    return {m: out[m][0] for m in names}, {m: out[m][1] for m in names}
+  stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # pylint: disable=unnecessary-lambda-assignment
+  emb, new_stats = jax.vmap(functools.partial(_embed, model))(
+      stack([params[m] for m in names]), stack([stats[m] for m in names]), jnp.stack([inputs[m] for m in names]))
+  return ({m: emb[i] for i, m in enumerate(names)},
+          {m: jax.tree.map(lambda a, i=i: a[i], new_stats) for i, m in enumerate(names)})
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, config, layout: SkeletonLayout,
                tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict[str, jax.Array]]:
   """One CMD step (module docstring, steps 1-7). Pure: same state and batch, same result."""
   names = modality_names(config)
-  model = make_model(config)
+  model = make_model(config, training=True)
+  stacked = bool(config.model.get("stack_modalities", False))
   aug = config.augment
   step_key = jax.random.fold_in(state.rng, state.step)
   view_q, view_k = augment.pretrain_views(
@@ -185,15 +224,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, config, lay
 
   momentum = float(config.moco.momentum)
   key_params = jax.tree.map(lambda k, q: momentum * k + (1.0 - momentum) * q, state.key_params, state.params)
-  keys, key_stats = {}, {}
-  for m in names:
-    keys[m], key_stats[m] = _embed(model, key_params[m], state.key_batch_stats[m], inputs_k[m])
+  keys, key_stats = embed_modalities(model, key_params, state.key_batch_stats, inputs_k, names, stacked)
   keys = jax.lax.stop_gradient(keys)
 
   def loss_fn(params):
-    queries, stats = {}, {}
-    for m in names:
-      queries[m], stats[m] = _embed(model, params[m], state.batch_stats[m], inputs_q[m])
+    queries, stats = embed_modalities(model, params, state.batch_stats, inputs_q, names, stacked)
     loss, metrics = losses.cmd_loss(
         queries, keys, state.queues, topk=int(config.cmd.topk), temperature=float(config.moco.temperature),
         teacher_temperature=float(config.cmd.teacher_temperature),

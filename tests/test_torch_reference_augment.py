@@ -1,0 +1,254 @@
+"""Tests for the per-sample reference augmentation in tests/torch_reference.py (reference_cmd.md 2.2, 2.4-2.6).
+
+``tests/torch_reference.py`` is the baseline of ``bench/bench_augment.py``; these tests check
+it against the spec with independent numpy formulas (float64): the crop-resize (2.2) against
+half-pixel linear interpolation with the crop drawn as the spec says, the joint corruption
+(2.4) and the shear (2.5) against the point maps ``p @ A`` / ``S @ p``, and the per-view
+choice (2.6). The random draws are either fixed by monkeypatching ``np.random`` / ``random``
+(exact formulas) or seeded and read back from the output (the distributions' ranges). Also:
+``cmd_jax.augment.resize_linear`` gives what the reference's ``temporal_cropresize`` gives for
+the same crop.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from cmd_jax import augment  # noqa: E402
+from tests import torch_reference as ref  # noqa: E402
+
+T, V, M, OUT, K = 300, 25, 2, 64, 15
+
+
+# ----------------------------------------------------------------------------------------
+# independent numpy formulas (float64)
+# ----------------------------------------------------------------------------------------
+
+def np_resize(x: np.ndarray, start: int, length: int, out_len: int = OUT) -> np.ndarray:
+  """Spec 2.2 step 5: ``src_i = max((i + 0.5) L / out - 0.5, 0)``, linear between
+  ``floor(src_i)`` and ``min(floor(src_i) + 1, L - 1)`` of the crop."""
+  clip = np.asarray(x, np.float64)[:, start:start + length]
+  i = np.arange(out_len, dtype=np.float64)
+  src = np.maximum((i + 0.5) * length / out_len - 0.5, 0.0)
+  i0 = np.floor(src).astype(np.int64)
+  i1 = np.minimum(i0 + 1, length - 1)
+  lam = (src - i0)[None, :, None, None]
+  return (1.0 - lam) * clip[:, i0] + lam * clip[:, i1]
+
+
+def crop_length(num_frames: int, scale: float, min_len: int = 64) -> int:
+  """Spec 2.2 step 2: ``L = min(max(floor(F * scale), 64), F)``."""
+  return min(max(int(np.floor(num_frames * scale)), min_len), num_frames)
+
+
+def np_row_map(p: np.ndarray, a: np.ndarray) -> np.ndarray:
+  """``p' = p @ A`` for points stored as ``x[c, ...]``."""
+  return np.einsum("c...,cd->d...", np.asarray(p, np.float64), np.asarray(a, np.float64))
+
+
+def np_col_map(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+  """``p' = S @ p`` for points stored as ``x[c, ...]``."""
+  return np.einsum("cd,d...->c...", np.asarray(s, np.float64), np.asarray(p, np.float64))
+
+
+def random_clip(seed: int, t: int = T) -> np.ndarray:
+  return np.random.default_rng(seed).uniform(-1, 1, (3, t, V, M)).astype(np.float32)
+
+
+def frame_ramp(t: int = T) -> np.ndarray:
+  """``x[c, t, v, m] = t``: a resized crop of it reveals the crop's start and length."""
+  return np.broadcast_to(np.arange(t, dtype=np.float32)[None, :, None, None], (3, t, V, M)).copy()
+
+
+def points(x: np.ndarray) -> np.ndarray:
+  """``[3, ...]`` -> ``[n, 3]`` (one row per point)."""
+  return np.asarray(x, np.float64).reshape(3, -1).T
+
+
+class Draws:
+  """Fixed results for ``random.random`` / ``random.uniform`` / ``np.random.*`` calls, in order."""
+
+  def __init__(self, values):
+    self.values, self.calls = list(values), []
+
+  def __call__(self, *args, **kwargs):
+    self.calls.append((args, kwargs))
+    return self.values.pop(0)
+
+
+_resize_jit = jax.jit(augment.resize_linear, static_argnums=3)
+
+
+# ----------------------------------------------------------------------------------------
+# 2.2: temporal_cropresize
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_frames", [1, 5, 40, 63, 64, 65, 150, 299, 300])
+def test_cropresize_with_fixed_draws_is_the_spec_formula(num_frames, monkeypatch):
+  x = random_clip(num_frames)
+  for u in (0.0, 0.37, 0.999):
+    scale = 0.1 + 0.9 * u
+    length = crop_length(num_frames, scale)
+    start = (num_frames - length) // 3
+    rand, randint = Draws([np.array([u])]), Draws([start])
+    monkeypatch.setattr(np.random, "rand", rand)
+    monkeypatch.setattr(np.random, "randint", randint)
+    got = ref.temporal_cropresize(x, num_frames)
+    assert rand.calls == [((1,), {})]
+    assert randint.calls == [((0, num_frames - length + 1), {})]  # start in [0, F - L]
+    assert got.shape == (3, OUT, V, M) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np_resize(x, start, length), rtol=0, atol=1e-6)
+    # the JAX resize of the same crop
+    jax_out = np.asarray(_resize_jit(jnp.asarray(x), jnp.int32(start), jnp.int32(length), OUT))
+    np.testing.assert_allclose(jax_out, got, rtol=0, atol=1e-6)
+
+
+def test_cropresize_seeded_draws_follow_the_spec():
+  """Seeded np.random: the crop read back from a frame ramp is the spec's draw."""
+  ramp = frame_ramp()
+  for seed, num_frames in enumerate((64, 80, 150, 200, 299, 300)):
+    np.random.seed(seed)
+    got = ref.temporal_cropresize(ramp, num_frames)
+    np.random.seed(seed)  # the spec's draws, in the spec's order
+    scale = np.random.rand(1)[0] * 0.9 + 0.1
+    length = crop_length(num_frames, scale)
+    start = np.random.randint(0, num_frames - length + 1)
+    assert 64 <= length <= num_frames and 0 <= start <= num_frames - length
+    np.testing.assert_allclose(got, np_resize(ramp, start, length), rtol=0, atol=1e-4)
+    # slope L / 64 and first value start + L / 128 - 0.5 of the resized ramp
+    np.testing.assert_allclose(got[0, -1, 0, 0] - got[0, 0, 0, 0], length * 63 / 64, atol=1e-3)
+    np.testing.assert_allclose(got[0, 0, 0, 0], start + length / 128 - 0.5, atol=1e-3)
+
+
+def test_cropresize_matches_jax_resize_for_the_seeded_crop():
+  for seed, num_frames in enumerate((1, 30, 64, 97, 256, 300)):
+    x = random_clip(100 + seed)
+    np.random.seed(seed)
+    got = ref.temporal_cropresize(x, num_frames)
+    np.random.seed(seed)
+    scale = np.random.rand(1)[0] * 0.9 + 0.1
+    length = crop_length(num_frames, scale)
+    start = np.random.randint(0, num_frames - length + 1)
+    jax_out = np.asarray(_resize_jit(jnp.asarray(x), jnp.int32(start), jnp.int32(length), OUT))
+    np.testing.assert_allclose(jax_out, got, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# 2.4: joint corruption
+# ----------------------------------------------------------------------------------------
+
+JOINTS = np.array([0, 2, 3, 5, 7, 8, 11, 12, 13, 16, 18, 19, 21, 22, 24])
+OTHERS = np.setdiff1d(np.arange(V), JOINTS)
+
+
+def test_joint_corruption_zero_branch(monkeypatch):
+  x = random_clip(1, OUT)
+  choice = Draws([JOINTS])
+  monkeypatch.setattr(random, "random", Draws([0.49]))
+  monkeypatch.setattr(np.random, "choice", choice)
+  got = ref.joint_corruption(x)
+  assert choice.calls == [((V, K), {"replace": False})]
+  assert got.shape == x.shape and got.dtype == np.float32
+  assert np.all(got[:, :, JOINTS] == 0)
+  np.testing.assert_array_equal(got[:, :, OTHERS], x[:, :, OTHERS])
+
+
+def test_joint_corruption_transform_branch_is_row_vector_map(monkeypatch):
+  x = random_clip(2, OUT)
+  a = np.random.default_rng(3).uniform(-1, 1, (3, 3))
+  uniform = Draws(a.reshape(-1).tolist())  # row-major, as the nested list comprehension draws
+  monkeypatch.setattr(random, "random", Draws([0.5]))
+  monkeypatch.setattr(random, "uniform", uniform)
+  monkeypatch.setattr(np.random, "choice", Draws([JOINTS]))
+  got = ref.joint_corruption(x)
+  assert uniform.calls == [((-1, 1), {})] * 9
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got[:, :, JOINTS], np_row_map(x[:, :, JOINTS], a), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(got[:, :, OTHERS], x[:, :, OTHERS])
+  # row vectors: p @ A, not A @ p
+  assert np.abs(got[:, :, JOINTS] - np_col_map(x[:, :, JOINTS], a)).max() > 1e-2
+
+
+def test_joint_corruption_seeded_touches_15_joints_both_branches():
+  x = random_clip(4, OUT)
+  seen = set()
+  for seed in range(24):
+    random.seed(seed)
+    np.random.seed(seed)
+    got = ref.joint_corruption(x)
+    changed = np.flatnonzero(np.any(got != x, axis=(0, 1, 3)))
+    assert len(changed) == K
+    if np.all(got[:, :, changed] == 0):
+      seen.add("zero")
+      continue
+    seen.add("transform")
+    a, *_ = np.linalg.lstsq(points(x[:, :, changed]), points(got[:, :, changed]), rcond=None)
+    np.testing.assert_allclose(points(x[:, :, changed]) @ a, points(got[:, :, changed]), atol=1e-5)
+    assert np.all(np.abs(a) <= 1 + 1e-5)
+  assert seen == {"zero", "transform"}
+
+
+# ----------------------------------------------------------------------------------------
+# 2.5: shear
+# ----------------------------------------------------------------------------------------
+
+def test_shear_with_fixed_draws_is_column_vector_map(monkeypatch):
+  x = random_clip(5, OUT)
+  x[:, 10:20] = 0
+  off = [0.3, -0.7, 0.9, -0.2, 0.55, -0.95]  # S[0,1], S[0,2], S[1,0], S[1,2], S[2,0], S[2,1]
+  uniform = Draws(off)
+  monkeypatch.setattr(random, "uniform", uniform)
+  got = ref.pose_augmentation(x)
+  assert uniform.calls == [((-1, 1), {})] * 6
+  s = np.array([[1, off[0], off[1]], [off[2], 1, off[3]], [off[4], off[5], 1]])
+  assert got.shape == x.shape and got.dtype == np.float32
+  np.testing.assert_allclose(got, np_col_map(x, s), rtol=1e-6, atol=1e-6)
+  assert np.all(got[:, 10:20] == 0)  # zeros stay zero
+  assert np.abs(got - np_row_map(x, s)).max() > 1e-2  # S @ p, not p @ S
+
+
+def test_shear_seeded_matrix_has_unit_diagonal_and_bounded_off_diagonal():
+  x = random_clip(6, OUT)
+  for seed in range(5):
+    random.seed(seed)
+    got = ref.pose_augmentation(x)
+    st, *_ = np.linalg.lstsq(points(x), points(got), rcond=None)  # points @ S^T
+    s = st.T
+    np.testing.assert_allclose(np.diag(s), 1.0, atol=1e-5)
+    assert np.all(np.abs(s[~np.eye(3, dtype=bool)]) <= 1 + 1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# 2.6: the per-view choice and the two views
+# ----------------------------------------------------------------------------------------
+
+def test_pretrain_view_crops_then_chooses_corruption_or_shear(monkeypatch):
+  calls = []
+  monkeypatch.setattr(ref, "temporal_cropresize", lambda x, f: calls.append(("crop", f)) or np.full((3, OUT, V, M), 7.0))
+  monkeypatch.setattr(ref, "joint_corruption", lambda v: calls.append("corrupt") or v)
+  monkeypatch.setattr(ref, "pose_augmentation", lambda v: calls.append("shear") or v)
+  x = np.zeros((3, T, V, M), np.float32)
+  monkeypatch.setattr(random, "random", Draws([0.2, 0.8]))
+  ref.reference_pretrain_view(x, 350)  # F = min(num_frames, 300)
+  ref.reference_pretrain_view(x, 120)
+  assert calls == [("crop", 300), "corrupt", ("crop", 120), "shear"]
+
+
+@pytest.mark.parametrize("num_frames", [1, 40, 64, 200, 300, 350])
+def test_pretrain_views_shapes_and_independence(num_frames):
+  x = random_clip(7)
+  x[:, min(num_frames, T):] = 0
+  random.seed(num_frames)
+  np.random.seed(num_frames)
+  v1, v2 = ref.reference_pretrain_views(x, num_frames)
+  for v in (v1, v2):
+    assert v.shape == (3, OUT, V, M) and v.dtype == np.float32 and np.all(np.isfinite(v))
+  assert np.abs(v1 - v2).max() > 0  # two independent draws
