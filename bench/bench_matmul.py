@@ -21,7 +21,10 @@ import common  # noqa: E402  pylint: disable=wrong-import-position
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-  parser.add_argument("--shape", default="4096,512,1536", help="M,K,N")
+  parser.add_argument("--size", choices=("cpu", "full"), default="cpu",
+                      help="cpu: [4096, 512] @ [512, 1536] (a CPU-size layer's input projection); "
+                           "full: [4096, 2048] @ [2048, 6144] (the full size's)")
+  parser.add_argument("--shape", default=None, help="M,K,N (overrides --size)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--calls", type=int, default=10)
   args = parser.parse_args(argv)
@@ -30,7 +33,8 @@ def main(argv=None) -> int:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  m, k, n = (int(v) for v in args.shape.split(","))
+  shape = args.shape or {"cpu": "4096,512,1536", "full": "4096,2048,6144"}[args.size]
+  m, k, n = (int(v) for v in shape.split(","))
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.random((m, k), np.float32))
   b = jnp.asarray(rng.random((k, n), np.float32))

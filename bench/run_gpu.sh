@@ -8,7 +8,7 @@ out=bench/results
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/gpu_machine.txt" || true
 
-python bench/bench_matmul.py | tee "$out/gpu_matmul.jsonl"
+python bench/bench_matmul.py --size full | tee "$out/gpu_matmul.jsonl"
 python bench/bench_step.py --size full --rounds 3 --steps 10 --warmup 3 \
   --jax-options model.stack_modalities=true \
   --jax-options model.compute_dtype=bfloat16 \
