@@ -276,7 +276,7 @@ def main(argv=None) -> int:
   references = [r for r in rows if r["impl"].startswith(REFERENCE)]
   for r in rows:
     if r["impl"] == "jax_batched" and references:
-      r["ratio_vs"] = {o["impl"]: round(r["samples_per_s"] / o["samples_per_s"], 2) for o in references}
+      r["ratio_vs"] = common.ratios(r, references, digits=2)
       if REFERENCE in r["ratio_vs"]:
         r["goal_50x"] = {"vs": REFERENCE, "ratio": r["ratio_vs"][REFERENCE], "met": r["ratio_vs"][REFERENCE] >= GOAL}
     elif r["impl"] != REFERENCE and r["impl"].startswith(REFERENCE):

@@ -59,8 +59,7 @@ def main(argv=None) -> int:
       rows = bench_step.run_rounds([(impl, "") for impl in impls], passthrough, args.rounds, args.timeout, s)
       jax_row = next((r for r in rows if r["impl"] == "jax"), None)
       if jax_row is not None:
-        jax_row["ratio_vs"] = {r["impl"]: round(jax_row["samples_per_s"] / r["samples_per_s"], 3)
-                               for r in rows if r is not jax_row}
+        jax_row["ratio_vs"] = common.ratios(jax_row, rows)
       for r in rows:
         r.pop("machine", None)
         r.pop("step_s_all", None)

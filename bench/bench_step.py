@@ -305,9 +305,7 @@ def main(argv=None) -> int:
   jax_rows = [r for r in rows if r["impl"].startswith("jax")]
   for r in jax_rows:
     others = [o for o in rows if not o["impl"].startswith("jax")]
-    r["ratio_vs"] = {o["impl"]: round(r["samples_per_s"] / o["samples_per_s"], 3) for o in others}
-    if jax_rows[0] is not r:
-      r["ratio_vs"][jax_rows[0]["impl"]] = round(r["samples_per_s"] / jax_rows[0]["samples_per_s"], 3)
+    r["ratio_vs"] = common.ratios(r, others + jax_rows[:1])
   for r in rows:
     common.emit(**r)
   return 0 if rows and len(rows) == len(jobs) else 1

@@ -112,11 +112,7 @@ def run_worker(script: str | Path, args: Sequence[str], timeout: float | None = 
   return results
 
 
-def add_ratios(results: list[dict[str, Any]], numerator: str, key: str = "samples_per_s") -> None:
-  """``ratio_vs`` on the ``numerator`` impl's rows: its ``key`` over every other impl's."""
-  by_impl = {r["impl"]: r for r in results if "impl" in r and key in r}
-  if numerator not in by_impl:
-    return
-  top = by_impl[numerator]
-  top["ratio_vs"] = {impl: round(top[key] / r[key], 3) for impl, r in by_impl.items()
-                     if impl != numerator and r[key] > 0}
+def ratios(row: dict[str, Any], others: list[dict[str, Any]], key: str = "samples_per_s",
+           digits: int = 3) -> dict[str, float]:
+  """The ``ratio_vs`` field: ``row[key]`` over each other row's, keyed by their ``impl``."""
+  return {o["impl"]: round(row[key] / o[key], digits) for o in others if o is not row}

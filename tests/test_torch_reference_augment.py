@@ -24,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from cmd_jax import augment  # noqa: E402
 from tests import torch_reference as ref  # noqa: E402
+from tests.test_augment import frame_ramp, np_col_map, np_resize, np_row_map, random_clip  # noqa: E402
 
 T, V, M, OUT, K = 300, 25, 2, 64, 15
 
@@ -32,40 +33,9 @@ T, V, M, OUT, K = 300, 25, 2, 64, 15
 # independent numpy formulas (float64)
 # ----------------------------------------------------------------------------------------
 
-def np_resize(x: np.ndarray, start: int, length: int, out_len: int = OUT) -> np.ndarray:
-  """Spec 2.2 step 5: ``src_i = max((i + 0.5) L / out - 0.5, 0)``, linear between
-  ``floor(src_i)`` and ``min(floor(src_i) + 1, L - 1)`` of the crop."""
-  clip = np.asarray(x, np.float64)[:, start:start + length]
-  i = np.arange(out_len, dtype=np.float64)
-  src = np.maximum((i + 0.5) * length / out_len - 0.5, 0.0)
-  i0 = np.floor(src).astype(np.int64)
-  i1 = np.minimum(i0 + 1, length - 1)
-  lam = (src - i0)[None, :, None, None]
-  return (1.0 - lam) * clip[:, i0] + lam * clip[:, i1]
-
-
 def crop_length(num_frames: int, scale: float, min_len: int = 64) -> int:
   """Spec 2.2 step 2: ``L = min(max(floor(F * scale), 64), F)``."""
   return min(max(int(np.floor(num_frames * scale)), min_len), num_frames)
-
-
-def np_row_map(p: np.ndarray, a: np.ndarray) -> np.ndarray:
-  """``p' = p @ A`` for points stored as ``x[c, ...]``."""
-  return np.einsum("c...,cd->d...", np.asarray(p, np.float64), np.asarray(a, np.float64))
-
-
-def np_col_map(p: np.ndarray, s: np.ndarray) -> np.ndarray:
-  """``p' = S @ p`` for points stored as ``x[c, ...]``."""
-  return np.einsum("cd,d...->c...", np.asarray(s, np.float64), np.asarray(p, np.float64))
-
-
-def random_clip(seed: int, t: int = T) -> np.ndarray:
-  return np.random.default_rng(seed).uniform(-1, 1, (3, t, V, M)).astype(np.float32)
-
-
-def frame_ramp(t: int = T) -> np.ndarray:
-  """``x[c, t, v, m] = t``: a resized crop of it reveals the crop's start and length."""
-  return np.broadcast_to(np.arange(t, dtype=np.float32)[None, :, None, None], (3, t, V, M)).copy()
 
 
 def points(x: np.ndarray) -> np.ndarray:

@@ -126,22 +126,19 @@ def normal_init(std: float) -> Initializer:
 # Pure math
 # ----------------------------------------------------------------------------------------
 
-def gru_update(gi: Array, gh: Array, h: Array) -> Array:
-  """One PyTorch GRU step from the two projections.
+def gru_gates(gi: Array, gh: Array) -> tuple[Array, Array, Array, Array]:
+  """The gates of one PyTorch GRU step: ``(r, z, n, hn)`` with ``hn = W_hn h + b_hn``.
 
   Args:
     gi: ``W_ih x + b_ih``, ``[..., 3H]`` with gates ``(r, z, n)`` along the last axis.
     gh: ``W_hh h + b_hh``, ``[..., 3H]``.
-    h: the previous hidden state ``[..., H]``.
-  Returns:
-    the new hidden state ``[..., H]``.
   """
   i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
   h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
   r = jax.nn.sigmoid(i_r + h_r)
   z = jax.nn.sigmoid(i_z + h_z)
   n = jnp.tanh(i_n + r * h_n)
-  return (1.0 - z) * n + z * h
+  return r, z, n, h_n
 
 
 PROJECTIONS = ("auto", "hoisted", "per_step")
@@ -232,16 +229,9 @@ def _gru_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, flip, precision, dty
     gi_t = project(inp) if projection == "per_step" else inp
     gh = jnp.einsum("dnh,dhg->dng", _operands(dtype, h)[0], w_rec, precision=precision,
                     preferred_element_type=acc) + b_rec
-    if not keep_gates:
-      h = gru_update(gi_t, gh, h)
-      return h, h
-    i_r, i_z, i_n = jnp.split(gi_t, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(i_r + h_r)
-    z = jax.nn.sigmoid(i_z + h_z)
-    n = jnp.tanh(i_n + r * h_n)
+    r, z, n, h_n = gru_gates(gi_t, gh)
     h = (1.0 - z) * n + z * h
-    return h, (h, r, z, n, h_n)
+    return h, ((h, r, z, n, h_n) if keep_gates else h)
 
   xs = xo if projection == "per_step" else _flip_cells(project(xo), flip)
   h0 = jnp.zeros((num_cells, x.shape[1], hidden), acc)

@@ -59,6 +59,7 @@ from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.models import Encoder
+from cmd_jax.models import encoder as encoder_lib
 
 
 @flax.struct.dataclass
@@ -150,11 +151,11 @@ def _validate_config(config, num_train, num_devices, process_count) -> None:
     raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
   if int(config.augment.min_length) > 300 or int(config.augment.frames) <= 0:
     raise ValueError("config.augment: min_length must be <= 300 and frames > 0")
-  if str(config.model.get("compute_dtype", "float32")) not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.compute_dtype={config.model.compute_dtype!r}; expected 'float32' or 'bfloat16'")
-  if str(config.model.get("input_projection", "auto")) not in ("auto", "hoisted", "per_step"):
-    raise ValueError(f"config.model.input_projection={config.model.input_projection!r}; expected 'auto', "
-                     "'hoisted' or 'per_step'")
+  for field, allowed, default in (("compute_dtype", tuple(encoder_lib.COMPUTE_DTYPES), "float32"),
+                                  ("input_projection", encoder_lib.PROJECTIONS, "auto")):
+    if str(config.model.get(field, default)) not in allowed:
+      choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+      raise ValueError(f"config.model.{field}={config.model[field]!r}; expected {choices}")
   if int(config.model.get("scan_unroll", 1)) < 1:
     raise ValueError(f"config.model.scan_unroll={config.model.scan_unroll} must be >= 1")
   if config.evaluator.name not in ("", "knn"):
