@@ -8,8 +8,8 @@ otherwise the shear; amplitudes 1.0). The clips are random normal values, zero a
 ``num_frames``, with ``num_frames`` uniform in [1, 300] (seeded; the same clips for every
 implementation). Runs, one after another in fresh worker processes on the same machine:
 
-* ``jax_batched``: ``cmd_jax.augment.pretrain_views`` with the reference's parameters (as
-  ``cmd_jax.trainers.cmd_pretrain.train_step`` calls it) jitted on a batch ``[B, 3, 300, 25,
+* ``jax_batched``: ``cmd_jax.methods.cmd.views.pretrain_views`` with the reference's parameters (as
+  ``cmd_jax.trainers.pretrain.train_step`` calls it) jitted on a batch ``[B, 3, 300, 25,
   2]`` + ``num_frames int32 [B]`` already on the default JAX device, a new key every call
   (``fold_in(key, i)`` inside the jitted function); one row per ``--batches`` entry, each
   in its own worker. Timed: ``--steps`` calls, each waited for with ``block_until_ready``,
@@ -99,15 +99,15 @@ def jax_worker(args, s: dict) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cmd_jax import augment  # pylint: disable=import-outside-toplevel
+  from cmd_jax.methods.cmd import views as cmd_views  # pylint: disable=import-outside-toplevel
 
   base = jax.random.key(args.seed)
 
   @jax.jit
   def views(i, x, f):
-    return augment.pretrain_views(jax.random.fold_in(base, i), x, f, ratio_range=RATIO_RANGE, min_len=MIN_LEN,
-                                  out_len=s["frames"], num_corrupted=s["corrupted_joints"],
-                                  shear_amplitude=AMPLITUDE, corruption_amplitude=AMPLITUDE)
+    return cmd_views.pretrain_views(jax.random.fold_in(base, i), x, f, ratio_range=RATIO_RANGE, min_len=MIN_LEN,
+                                    out_len=s["frames"], num_corrupted=s["corrupted_joints"],
+                                    shear_amplitude=AMPLITUDE, corruption_amplitude=AMPLITUDE)
 
   clips, frames = make_clips(s["batch"], args.seed, s)
   x, f = jax.device_put(clips), jax.device_put(frames)

@@ -1,9 +1,10 @@
 """One modality's encoder: forward (train mode, as the keys) and forward + backward (as the queries).
 
-Times ``cmd_jax.models.Encoder`` (the reference BiGRU: input BN, 3-layer two-cell GRU, MLP
+Times ``cmd_jax.models.gru.GRUEncoder`` (the reference BiGRU: input BN, 3-layer two-cell GRU, MLP
 head) at a step's per-encoder workload, jitted, interleaved over ``--rounds`` rounds of
 ``--calls`` calls, best round kept. ``--before-rev REV`` also loads
-``cmd_jax/models/encoder.py`` as it was at git revision ``REV`` (``git show``) and times it
+``cmd_jax/models/encoder.py`` (the module's name before the GRU got its own file,
+``cmd_jax/models/gru.py``) as it was at git revision ``REV`` (``git show``) and times it
 side by side in the same process, which is how the before/after figures of
 bench/RESULTS.md were made. ``--options`` adds rows with Encoder options, e.g.
 ``input_projection=hoisted`` or ``compute_dtype=bfloat16``.
@@ -31,9 +32,16 @@ FEATURES = 150
 
 
 def load_module_at(rev: str):
-  """``cmd_jax/models/encoder.py`` at git revision ``rev``, imported as a separate module."""
-  source = subprocess.run(["git", "show", f"{rev}:cmd_jax/models/encoder.py"], cwd=common.REPO, check=True,
-                          capture_output=True, text=True).stdout
+  """The GRU encoder module at git revision ``rev`` (``cmd_jax/models/gru.py``, or
+  ``cmd_jax/models/encoder.py`` before it was renamed), imported as a separate module; its
+  class is ``GRUEncoder`` (or ``Encoder``)."""
+  for path_at_rev in ("cmd_jax/models/gru.py", "cmd_jax/models/encoder.py"):
+    shown = subprocess.run(["git", "show", f"{rev}:{path_at_rev}"], cwd=common.REPO, capture_output=True, text=True)
+    if shown.returncode == 0:
+      source = shown.stdout
+      break
+  else:
+    raise SystemExit(f"git revision {rev} has neither cmd_jax/models/gru.py nor cmd_jax/models/encoder.py")
   path = Path(tempfile.mkdtemp()) / f"encoder_{rev}.py"
   path.write_text(source, encoding="utf-8")
   name = f"encoder_at_{rev}"
@@ -57,7 +65,7 @@ def main(argv=None) -> int:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from cmd_jax.models import encoder as current  # pylint: disable=import-outside-toplevel
+  from cmd_jax.models import gru as current  # pylint: disable=import-outside-toplevel
 
   s = SIZES[args.size]
   x = jnp.asarray(np.random.default_rng(0).normal(size=(s["batch"], s["frames"], FEATURES)).astype(np.float32))
@@ -70,7 +78,8 @@ def main(argv=None) -> int:
 
   fns = {}
   for name, module, kwargs in variants:
-    model = module.Encoder(hidden_size=s["hidden"], num_layers=s["layers"], num_outputs=128, mlp=True, **kwargs)
+    encoder_class = getattr(module, "GRUEncoder", None) or module.Encoder
+    model = encoder_class(hidden_size=s["hidden"], num_layers=s["layers"], num_outputs=128, mlp=True, **kwargs)
     variables = jax.jit(model.init, static_argnames="train")(jax.random.PRNGKey(0), x, train=False)
 
     def forward(v, x, model=model):

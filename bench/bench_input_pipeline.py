@@ -1,6 +1,6 @@
 """Input-pipeline throughput: samples/s the project's grain loader delivers from ArrayRecord shards.
 
-Measures what ``cmd_jax.trainers.cmd_pretrain.train_and_evaluate`` feeds its training step:
+Measures what ``cmd_jax.trainers.pretrain.train_and_evaluate`` feeds its training step:
 ``cmd_jax.input_pipeline.global_batches`` over the train split of a TFDS dataset built by
 ``python -m data_prep build`` (ArrayRecord reads, TFDS decoding, ``ToBatchable``, stacking
 into global batches ``{"skeleton": float32 [B, 3, 300, V, M], "num_frames", "label",

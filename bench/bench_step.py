@@ -2,7 +2,7 @@
 
 Runs, one after another in fresh worker processes on the same machine:
 
-* ``jax``: ``cmd_jax.trainers.cmd_pretrain.jit_train_step`` (what ``launch.py`` runs): the
+* ``jax``: ``cmd_jax.trainers.pretrain.jit_train_step`` (what ``launch.py`` runs): the
   on-device augmentation of the raw clips (two views), modalities, EMA, keys, queries, the
   CMD loss and its gradient, SGD, enqueue; state donated. Options of the model
   (``--jax-options``, e.g. ``model.stack_modalities=false`` or ``model.compute_dtype=bfloat16``)
@@ -93,7 +93,7 @@ def jax_worker(s: dict, args, options: list[str]) -> dict:
 
   from cmd_jax import sharding  # pylint: disable=import-outside-toplevel
   from cmd_jax.layouts import NTU25  # pylint: disable=import-outside-toplevel
-  from cmd_jax.trainers import cmd_pretrain as cp  # pylint: disable=import-outside-toplevel
+  from cmd_jax.trainers import pretrain as cp  # pylint: disable=import-outside-toplevel
   from configs import pretrain_cmd  # pylint: disable=import-outside-toplevel
 
   config = pretrain_cmd.get_config("ntu60_xsub")

@@ -2,8 +2,8 @@
 
 This module owns ``load_encoder`` and ``EncoderHandle``: loading one modality's frozen query
 encoder from a pretraining workdir, and computing its features for a numpy array of
-skeletons with the same preprocessing and centre crop as the downstream protocols
-(reference_cmd.md 1.6, 2.3, 5.2, 5.4).
+skeletons with the same preprocessing and test view as the downstream protocols. Any
+pretraining workdir works: any method, any encoder.
 
 Example::
 
@@ -24,17 +24,22 @@ What ``features`` computes, in order:
 
 1. ``preprocess=True`` (the default, for raw recordings): what the dataset converter does to
    every sample (``data_prep.convert``): sample ``i`` keeps its first ``num_frames[i]``
-   frames, zero-padded or truncated to 300, then the reference's ``pre_normalization``
-   (loop-padding of null frames, centring, the two rotations). So a raw recording gives the
-   same features as its record in the converted dataset. With ``crop=None`` the clip is
-   normalised as given (no padding to 300).
+   frames, zero-padded or truncated to 300, then the conversion of the data variant the
+   encoder was pretrained on: CMD's ``pre_normalization`` (loop-padding of null frames,
+   centring, the two rotations; with ``crop=None`` the clip is normalised as given, no
+   padding to 300) or, for a 50-frame (HiCLR) pretraining, ``data_prep.frame50`` (centring,
+   the linear resize of the valid frames to 50, the per-frame rotation). So a raw recording
+   gives the same features as its record in the converted dataset.
 2. ``crop="center"``: the protocols' test view (linear-evaluation test set, kNN on both
-   splits): frames ``[int(0.025 F), F - int(0.025 F))`` of the ``F = min(num_frames, 300)``
-   valid frames, linearly resized to the pretraining's ``config.augment.frames``. A float
-   ``crop`` is a centre crop of that ratio. ``crop=None`` feeds all T frames as given.
-3. The modality (joint, motion or bone) of the clip, flattened to ``[N, T, V*3*M]``, through
-   the encoder in eval mode (BatchNorm running statistics) with ``features_only``: the
-   ``2H``-d last-step GRU output, before any head (the reference's ``knn_eval=True``).
+   splits): for CMD, frames ``[int(0.025 F), F - int(0.025 F))`` of the ``F = min(num_frames,
+   300)`` valid frames, linearly resized to the pretraining's ``config.augment.frames``; for a
+   50-frame pretraining, the clip as it is. A float ``crop`` is a centre crop of that ratio.
+   ``crop=None`` feeds all T frames as given.
+3. The modality (joint, motion or bone) of the clip through the encoder in eval mode
+   (BatchNorm running statistics, no dropout) with ``features_only``: the pooled feature
+   before any head (CMD's GRU: the ``2H``-d last-step output, the reference's
+   ``knn_eval=True``; ST-GCN and DSTA-Net: the 256-d pooled feature, HiCLR's
+   ``return_feat``). With ``crop=None, preprocess=False`` this is exactly the encoder on x.
 
 Batches of ``batch_size`` (rounded up to a multiple of the device count) are sharded over
 all devices (a 1-D ``data`` mesh); the last batch is zero-padded and the padding dropped,
@@ -62,17 +67,16 @@ from cmd_jax.layouts import SkeletonLayout
 MAX_FRAMES = 300  # the converter's stored length (data_prep.datasets.MAX_FRAMES)
 
 
-def _load_workdir(path: str, modality: str, step: int | None, mesh) -> tuple[ml_collections.ConfigDict,
-                                                                              SkeletonLayout, int, dict]:
-  """(config, layout, step, variables placed on ``mesh``) of ``modality``'s query encoder in a
-  pretraining workdir, through ``cmd_jax.pretrained.load_pretrained`` (the protocols' loader)."""
+def _load_workdir(path: str, modality: str, step: int | None, mesh):
+  """The ``Pretrained`` encoders of a pretraining workdir (``cmd_jax.pretrained.load_pretrained``,
+  the protocols' loader) and ``modality``'s variables placed on ``mesh``."""
   from cmd_jax import pretrained  # pylint: disable=import-outside-toplevel
 
   pre = pretrained.load_pretrained(path, step, mesh=mesh)
   if modality not in pre.params:
-    raise ValueError(f"load_encoder: modality {modality!r} was not pretrained in {path} (its config.modalities is "
-                     f"{pre.config.modalities!r}); expected one of {', '.join(pre.params)}")
-  return pre.config, pre.layout, int(pre.step), sharding.put_replicated(pre.variables(modality), mesh)
+    raise ValueError(f"load_encoder: modality {modality!r} was not pretrained in {path} (pretrained: "
+                     f"{', '.join(pre.params)}); expected one of them")
+  return pre, sharding.put_replicated(pre.variables(modality), mesh)
 
 
 # ----------------------------------------------------------------------------------------
@@ -95,27 +99,26 @@ class EncoderHandle:
   Calling the handle is ``features``: ``encoder(x)`` is ``encoder.features(x)``.
   """
 
-  def __init__(self, *, config, layout: SkeletonLayout, modality: str, variables: Any, step: int, path: str,
-               mesh: jax.sharding.Mesh):
-    from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
-    self.config = config
-    self.layout = layout
+  def __init__(self, *, pretrained, modality: str, variables: Any, mesh: jax.sharding.Mesh):
+    self.config = pretrained.config
+    self.layout = pretrained.layout
     self.modality = modality
     self.variables = variables
-    self.step = step
-    self.path = path
+    self.step = int(pretrained.step)
+    self.path = pretrained.workdir
     self.mesh = mesh
-    self.model = cmd_pretrain.make_model(config)
-    self.frames = int(config.augment.frames)
-    features = layout.num_joints * 3 * layout.num_persons
-    shape = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False, features_only=True), variables,
-                           jax.ShapeDtypeStruct((1, self.frames, features), np.float32)).shape
-    self.feature_dim = int(shape[-1])
+    self.method = pretrained.method
+    self.variant = pretrained.variant
+    self.model = pretrained.model(num_outputs=None)
+    self.frames = pretrained.frames
+    self.default_crop = pretrained.eval_crop  # the protocols' test view: a centre-crop ratio, or None (as given)
+    self.feature_dim = pretrained.feature_dim
     self._jitted: dict[Any, Callable] = {}
 
   def __repr__(self) -> str:
-    return (f"EncoderHandle(path={self.path!r}, modality={self.modality!r}, step={self.step}, "
-            f"layout={self.layout.name}, frames={self.frames}, feature_dim={self.feature_dim})")
+    return (f"EncoderHandle(path={self.path!r}, method={self.method!r}, encoder={self.config.model.get('name', 'gru')!r}, "
+            f"modality={self.modality!r}, step={self.step}, layout={self.layout.name}, frames={self.frames}, "
+            f"feature_dim={self.feature_dim})")
 
   # -- the feature functions ------------------------------------------------------------
 
@@ -128,8 +131,7 @@ class EncoderHandle:
 
         def fn(variables, skeleton, num_frames):
           del num_frames
-          x = modalities.flatten(modalities.modality(skeleton, name, layout))
-          return model.apply(variables, x, train=False, features_only=True)
+          return model.apply(variables, modalities.modality(skeleton, name, layout), train=False, features_only=True)
       else:
         fn = knn.make_feature_fn(self.model, self.layout, self.modality, self.frames, ratio)
       rep, batch = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
@@ -174,14 +176,24 @@ class EncoderHandle:
     if not preprocess:
       return x, frames
     from data_prep.preprocess import pre_normalization  # pylint: disable=import-outside-toplevel
+    if self.variant == "frame50":  # HiCLR's conversion: the first num_frames frames to 50 frames
+      from data_prep.frame50 import frame50_normalization  # pylint: disable=import-outside-toplevel
+      clips = frame50_normalization(self._fixed_length(x, frames), self.layout)
+      return clips, np.full((len(clips),), clips.shape[2], np.int32)
     if crop_ratio is None:  # the clip as given: normalised at its own length
       return pre_normalization(x, self.layout), frames
-    n, c, t, v, m = x.shape
-    fixed = np.zeros((n, c, MAX_FRAMES, v, m), np.float32)  # data_prep.datasets.to_fixed_length per sample
+    return pre_normalization(self._fixed_length(x, frames), self.layout), frames  # num_frames: the original length
+
+  @staticmethod
+  def _fixed_length(x: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Sample ``i``'s first ``frames[i]`` frames, zero-padded or truncated to 300, as the
+    converter stores a recording (``data_prep.datasets.to_fixed_length`` per sample)."""
+    n, c, _, v, m = x.shape
+    fixed = np.zeros((n, c, MAX_FRAMES, v, m), np.float32)
     for i, f in enumerate(frames):
       kept = min(int(f), MAX_FRAMES)
       fixed[i, :, :kept] = x[i, :, :kept]
-    return pre_normalization(fixed, self.layout), frames  # num_frames stays the original length, as stored
+    return fixed
 
   def features(self, x, num_frames=None, crop: str | float | None = "center", batch_size: int = 256,
                preprocess: bool = True) -> np.ndarray:
@@ -204,16 +216,17 @@ class EncoderHandle:
     """
     x = self._check_input(x)
     n, _, t, _, _ = x.shape
+    resized = preprocess and self.variant == "frame50"  # the preprocessing itself resizes to 50 frames
     frames = self._check_frames(num_frames, n, t, allow_longer=not preprocess and crop is not None)
     if crop is None:
       ratio = None
-      if np.any(frames != t):
+      if np.any(frames != t) and not resized:
         raise ValueError(f"features: crop=None feeds all T = {t} frames as given, but num_frames has values "
                          f"{sorted(set(frames.tolist()))[:5]}; trim x to the frames to use, or pass crop='center'")
     elif isinstance(crop, str):
       if crop != "center":
         raise ValueError(f"features: crop={crop!r}; expected 'center', a ratio in (0, 1], or None")
-      ratio = augment.CENTER_CROP_RATIO
+      ratio = self.default_crop
     else:
       ratio = float(crop)
       if not 0 < ratio <= 1:
@@ -255,9 +268,8 @@ def load_encoder(path: str | os.PathLike, modality: str = "joint", *, step: int 
     raise ValueError(f"load_encoder: unknown modality {modality!r}; expected one of {', '.join(modalities.MODALITIES)}")
   path = os.path.abspath(os.fspath(path))
   mesh = sharding.make_mesh()
-  config, layout, step, variables = _load_workdir(path, modality, step, mesh)
-  return EncoderHandle(config=config, layout=layout, modality=modality, variables=variables, step=step, path=path,
-                       mesh=mesh)
+  pre, variables = _load_workdir(path, modality, step, mesh)
+  return EncoderHandle(pretrained=pre, modality=modality, variables=variables, mesh=mesh)
 
 
 __all__ = ["EncoderHandle", "load_encoder"]

@@ -1,10 +1,10 @@
 """Skeleton augmentations as pure, PRNG-keyed JAX functions (reference_cmd.md 2.2-2.7, quirks 7, 8).
 
-This module owns everything the reference's feeders do to a stored clip before it reaches
-the model: the temporal crop + linear resize (2.2, 2.3), the joint corruption (2.4), the
-shear (2.5), the per-view choice between them (2.6), and the batch-level view builders
-for pretraining (2.6) and the downstream protocols (2.7). Modalities (motion, bone) are
-*not* computed here: the model derives them from the augmented, resized joints.
+This module owns the augmentation primitives of the CMD reference's feeders: the temporal
+crop + linear resize (2.2, 2.3), the joint corruption (2.4), the shear (2.5), and the
+batch-level views of the downstream protocols (2.7). A method composes its pretraining
+views from them (CMD: ``cmd_jax.methods.cmd.views``). Modalities (motion, bone) are *not*
+computed here: the model derives them from the augmented, resized joints.
 
 Conventions:
 
@@ -229,59 +229,9 @@ def shear(key: jax.Array, x: jax.Array, amplitude: float = 1.0) -> jax.Array:
   return shear_with(x, shear_params(key, amplitude))
 
 
-def spatial_augment(key: jax.Array, x: jax.Array,
-                    num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
-                    corruption_amplitude: float = 1.0) -> jax.Array:
-  """Spec 2.6 step 2: joint corruption with probability 0.5, otherwise the shear.
-
-  Net: 50% shear, 25% "zero K joints", 25% "row-vector linear map on K joints".
-  Both branches are computed and one is selected (``jnp.where``), which is what a
-  ``lax.cond`` becomes under ``vmap`` anyway; they are cheap point maps (a single
-  per-joint-matrix map was measured 7x slower on the CPU: its broadcasts do not vectorise).
-  The amplitudes scale the random matrices' off-diagonal / entry ranges; 1.0 is the
-  reference.
-  """
-  branch_key, corruption_key, shear_key = jax.random.split(key, 3)
-  corrupt = jax.random.uniform(branch_key, ()) < 0.5
-  return jnp.where(corrupt, joint_corruption(corruption_key, x, num_corrupted, corruption_amplitude),
-                   shear(shear_key, x, shear_amplitude))
-
-
 # ----------------------------------------------------------------------------------------
-# 2.6 / 2.7: batch views
+# 2.7: the downstream protocols' batch views
 # ----------------------------------------------------------------------------------------
-
-def pretrain_view(key: jax.Array, x: jax.Array, num_frames,
-                  ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
-                  min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
-                  num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
-                  corruption_amplitude: float = 1.0) -> jax.Array:
-  """One pretraining view of one sample (spec 2.6): crop-resize, then spatial augment."""
-  crop_key, spatial_key = jax.random.split(key)
-  clip = temporal_crop_resize(crop_key, x, num_frames, ratio_range, min_len, out_len)
-  return spatial_augment(spatial_key, clip, num_corrupted, shear_amplitude, corruption_amplitude)
-
-
-def pretrain_views(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
-                   ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
-                   min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
-                   num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
-                   corruption_amplitude: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """The two views ``(view_q, view_k)`` of a batch (spec 2.6), each ``[N, C, out_len, V, M]``.
-
-  Every sample and every view gets its own key (``jax.random.split(key, (N, 2))``), so the
-  two views of a sample are independent draws, as in the reference feeder.
-  """
-  n = batch_x.shape[0]
-  keys = jax.random.split(key, (n, 2))
-
-  def one_view(k, x, f):
-    return pretrain_view(k, x, f, ratio_range, min_len, out_len, num_corrupted, shear_amplitude,
-                         corruption_amplitude)
-
-  batched = jax.vmap(one_view)
-  return batched(keys[:, 0], batch_x, batch_num_frames), batched(keys[:, 1], batch_x, batch_num_frames)
-
 
 def downstream_train_view(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
                           ratio_range: Sequence[float] = DOWNSTREAM_TRAIN_RATIO_RANGE,

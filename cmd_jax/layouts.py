@@ -49,6 +49,8 @@ class SkeletonLayout:
     for j in (self.center_joint, *self.zaxis, *self.xaxis):
       if not 0 <= j < v:
         raise ValueError(f"layout {self.name}: joint index {j} outside [0, {v})")
+    if len(self._roots()) != 1:
+      raise ValueError(f"layout {self.name}: {len(self._roots())} bone pairs (j, j); expected exactly one root")
 
   @property
   def num_joints(self) -> int:
@@ -58,6 +60,50 @@ class SkeletonLayout:
   def bone_parents(self) -> np.ndarray:
     """int array [V]: the parent of each joint (itself for the root)."""
     return np.array([p for _, p in self.bone_pairs], dtype=np.int32)
+
+  @property
+  def root(self) -> int:
+    """The bone tree's root, the joint whose bone pair is ``(j, j)`` (NTU: 20, spine shoulder;
+    MSR: 2, neck). It is the centre of the ST-GCN graph's spatial partitioning and the
+    joint the 50-frame (HiCLR) preprocessing centres on."""
+    return self.bone_pairs[self._roots()[0]][0]
+
+  @property
+  def length_joint(self) -> int:
+    """The joint whose non-zero frames of person 0 are counted as a clip's length by the
+    50-frame (HiCLR) preprocessing: the bottom of the spine vector, ``zaxis[0]`` (NTU: 0,
+    spine base, the joint HiCLR's code counts; MSR: 6, hip centre)."""
+    return self.zaxis[0]
+
+  @property
+  def edges(self) -> tuple[tuple[int, int], ...]:
+    """The skeleton's neighbour links ``(joint, parent)``: the bone pairs without the root's
+    self pair (NTU: the 24 links of the ST-GCN graph, in the same order)."""
+    return tuple((a, b) for a, b in self.bone_pairs if a != b)
+
+  @property
+  def mirror(self) -> tuple[int, ...]:
+    """The left-right mirror of the joints: ``mirror[j]`` is the joint whose name swaps the
+    ``left_`` / ``right_`` prefix of joint ``j``'s name (joints with neither prefix map to
+    themselves). ``x[..., mirror, :]`` is the spatial flip of HiCLR's strong augmentation
+    (NTU: ``0 1 2 3 8 9 10 11 4 5 6 7 16 17 18 19 12 13 14 15 20 23 24 21 22``, the
+    reference's order). An involution; raises ``ValueError`` if a side has no counterpart."""
+    index = {name: j for j, name in enumerate(self.joint_names)}
+    out = []
+    for name in self.joint_names:
+      if name.startswith("left_"):
+        other = "right_" + name[len("left_"):]
+      elif name.startswith("right_"):
+        other = "left_" + name[len("right_"):]
+      else:
+        other = name
+      if other not in index:
+        raise ValueError(f"layout {self.name}: joint {name!r} has no mirror joint {other!r}")
+      out.append(index[other])
+    return tuple(out)
+
+  def _roots(self) -> list[int]:
+    return [i for i, (a, b) in enumerate(self.bone_pairs) if a == b]
 
 
 # NTU RGB+D (Kinect v2), reference_cmd.md joint table.

@@ -1,7 +1,7 @@
-"""A random-access data source over the PyTorch reference's ``.npy``/``.pkl`` dataset format.
+"""A random-access data source over the PyTorch references' ``.npy``/``.pkl`` dataset formats.
 
-The reference's data generators (reference_cmd.md 1.5, 1.7) write, per benchmark folder and
-part (``train`` / ``val``):
+CMD's reference data generators (reference_cmd.md 1.5, 1.7) write, per benchmark folder
+and part (``train`` / ``val``), the ``cmd`` format:
 
 - ``{part}_data_joint.npy``: float32 ``(N, 3, 300, V, M)``, preprocessed joints;
 - ``{part}_num_frame.npy``: 1-D integer ``(N,)``, the ORIGINAL frame counts (PKU-MMD II
@@ -9,6 +9,16 @@ part (``train`` / ``val``):
 - ``{part}_label.pkl``: a pickle of the tuple ``(names, labels)``. NTU labels are Python
   ints; PKU-MMD II labels are float64 (``class - 1`` from ``np.loadtxt``), so integral
   floats are accepted and cast to int.
+
+HiCLR's 50-frame folders hold the ``hiclr`` format:
+
+- ``{part}_position.npy``: float32 ``(N, 3, 50, V, M)``, the 50-frame clips;
+- ``{part}_label.pkl``: as above.
+
+There are no frame counts in it: every record's ``num_frames`` is the file's T (50), the
+resize having filled every frame. ``NpySource`` detects the format from the files present
+(``{part}_data_joint.npy`` -> cmd, else ``{part}_position.npy`` -> hiclr), or takes it as
+``fmt``.
 
 ``NpySource(folder, part)`` validates the three files once (clear errors naming the file and
 what was expected), memory-maps the joints and serves the project's record contract, the
@@ -21,7 +31,7 @@ grain worker processes (the memory map is reopened in the worker, not copied), w
 ``repr`` that names the data but not its absolute path, so a grain iterator state saved
 with the data in one place restores with the data moved elsewhere.
 
-Writing this format is the converter's job (``data_prep``); this module only reads.
+Writing these formats is the converter's job (``data_prep``); this module only reads.
 """
 
 from __future__ import annotations
@@ -36,19 +46,36 @@ import numpy as np
 
 from data_prep.errors import DataFormatError
 
-MAX_FRAMES = 300  # T of every sample in the reference format
+MAX_FRAMES = 300  # T of every sample in the cmd format
+HICLR_FRAMES = 50  # T of every sample in the hiclr format
 
 PARTS = ("train", "val")
+FORMATS = ("cmd", "hiclr")
+FORMAT_FRAMES = {"cmd": MAX_FRAMES, "hiclr": HICLR_FRAMES}
+_FORMAT_DEFAULT = object()  # max_frames default: the format's T
 
 
-def npy_paths(folder: str | os.PathLike, part: str) -> dict[str, Path]:
-  """The three files of ``part`` in ``folder``: keys ``data``, ``num_frame``, ``label``."""
+def npy_paths(folder: str | os.PathLike, part: str, fmt: str = "cmd") -> dict[str, Path]:
+  """The files of ``part`` in ``folder``: keys ``data``, ``num_frame`` (cmd only), ``label``."""
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown npy format {fmt!r}; expected one of {', '.join(FORMATS)} (or 'auto')")
   folder = Path(folder)
+  if fmt == "hiclr":
+    return {"data": folder / f"{part}_position.npy", "label": folder / f"{part}_label.pkl"}
   return {
       "data": folder / f"{part}_data_joint.npy",
       "num_frame": folder / f"{part}_num_frame.npy",
       "label": folder / f"{part}_label.pkl",
   }
+
+
+def detect_format(folder: str | os.PathLike, part: str) -> str:
+  """``cmd`` if ``{part}_data_joint.npy`` is in ``folder``, else ``hiclr`` if
+  ``{part}_position.npy`` is, else ``cmd`` (whose missing files the error then names)."""
+  folder = Path(folder)
+  if not (folder / f"{part}_data_joint.npy").is_file() and (folder / f"{part}_position.npy").is_file():
+    return "hiclr"
+  return "cmd"
 
 
 def _load_labels(path: Path, n: int) -> tuple[list[str], np.ndarray]:
@@ -111,39 +138,51 @@ class NpySource:
   Attributes:
     folder: the folder holding the files.
     part: ``"train"`` or ``"val"`` (any prefix the files use is accepted).
+    format: ``"cmd"`` or ``"hiclr"``.
     names: the sample names, as str.
     labels: int64 ``(N,)``, 0-based.
-    num_frames: int64 ``(N,)``, original frame counts (may exceed 300).
+    num_frames: int64 ``(N,)``, original frame counts (may exceed 300) in the cmd format;
+      the file's T (50) for every sample in the hiclr format.
     shape: the per-sample skeleton shape ``(3, T, V, M)``.
   """
 
-  def __init__(self, folder: str | os.PathLike, part: str, *, max_frames: int | None = MAX_FRAMES):
+  def __init__(self, folder: str | os.PathLike, part: str, *, max_frames: Any = _FORMAT_DEFAULT,
+               fmt: str = "auto"):
     """Opens and validates the files.
 
     Args:
       folder: the benchmark folder, e.g. ``data/NTU-RGB-D-60-AGCN/xsub``.
       part: file prefix, ``"train"`` or ``"val"``.
-      max_frames: the T every sample must have (300 in the reference format); None
-        accepts any T.
+      max_frames: the T every sample must have; default: the format's (300 for cmd, 50
+        for hiclr); None accepts any T.
+      fmt: ``"cmd"``, ``"hiclr"`` or ``"auto"`` (``detect_format``: from the files present).
 
     Raises:
-      FileNotFoundError: the folder or one of the three files is missing.
+      FileNotFoundError: the folder or one of the format's files is missing.
       DataFormatError: a file does not follow the format (the message names the file
         and what was expected).
+      ValueError: an unknown ``fmt``.
     """
     self.folder = Path(folder)
     self.part = str(part)
-    self._max_frames = max_frames
-    paths = npy_paths(self.folder, self.part)
+    if fmt != "auto" and fmt not in FORMATS:
+      raise ValueError(f"NpySource: fmt={fmt!r}; expected 'auto' or one of {', '.join(FORMATS)}")
     if not self.folder.is_dir():
       raise FileNotFoundError(f"reference-format folder {self.folder} does not exist")
+    self.format = detect_format(self.folder, self.part) if fmt == "auto" else fmt
+    if max_frames is _FORMAT_DEFAULT:
+      max_frames = FORMAT_FRAMES[self.format]
+    self._max_frames = max_frames
+    paths = npy_paths(self.folder, self.part, self.format)
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
       present = sorted(e for e in os.listdir(self.folder) if e.endswith((".npy", ".pkl")))
+      expected = ("{part}_data_joint.npy, {part}_num_frame.npy and {part}_label.pkl (or, in HiCLR's format, "
+                  "{part}_position.npy and {part}_label.pkl)" if self.format == "cmd"
+                  else "{part}_position.npy and {part}_label.pkl in HiCLR's format")
       raise FileNotFoundError(
           f"{self.folder}: missing {', '.join(missing)} for part {self.part!r}; a reference-format "
-          f"folder holds {{part}}_data_joint.npy, {{part}}_num_frame.npy and {{part}}_label.pkl "
-          f"(present: {', '.join(present) or 'no .npy/.pkl files'})")
+          f"folder holds {expected} (present: {', '.join(present) or 'no .npy/.pkl files'})")
     data = self._open_data()
     n = data.shape[0]
     if data.ndim != 5 or data.shape[1] != 3:
@@ -155,6 +194,10 @@ class NpySource:
                                            f"per sample, i.e. (N, 3, {max_frames}, V, M)")
     self._data = data
     self.shape = tuple(int(s) for s in data.shape[1:])
+    if self.format == "hiclr":
+      self.num_frames = np.full(n, data.shape[2], np.int64)  # the resize fills every frame
+      self.names, self.labels = _load_labels(paths["label"], n)
+      return
 
     try:
       num_frames = np.load(paths["num_frame"], allow_pickle=False)
@@ -174,12 +217,12 @@ class NpySource:
     self.names, self.labels = _load_labels(paths["label"], n)
 
   def _open_data(self) -> np.ndarray:
-    path = npy_paths(self.folder, self.part)["data"]
+    path = npy_paths(self.folder, self.part, self.format)["data"]
     try:
       return np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:
       raise DataFormatError(path, f"cannot be read as a .npy array ({err}); expected float32 "
-                                  "(N, 3, 300, V, M)") from err
+                                  f"(N, 3, {FORMAT_FRAMES[self.format]}, V, M)") from err
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -201,7 +244,8 @@ class NpySource:
   def __repr__(self) -> str:
     # Stable across runs and machines: grain compares it when restoring an iterator state.
     where = "/".join(self.folder.resolve().parts[-2:])
-    return f"NpySource(folder=.../{where}, part={self.part!r}, num_records={len(self)}, shape={self.shape})"
+    fmt = "" if self.format == "cmd" else f", format={self.format!r}"  # the cmd repr is as it always was
+    return f"NpySource(folder=.../{where}, part={self.part!r}{fmt}, num_records={len(self)}, shape={self.shape})"
 
   # Pickling (grain worker processes): send the small arrays, reopen the memory map.
   def __getstate__(self):
@@ -211,7 +255,9 @@ class NpySource:
 
   def __setstate__(self, state):
     self.__dict__.update(state)
+    self.__dict__.setdefault("format", "cmd")  # a state pickled before the hiclr format existed
     self._data = self._open_data()
 
 
-__all__ = ["NpySource", "npy_paths", "MAX_FRAMES", "PARTS", "DataFormatError"]
+__all__ = ["NpySource", "npy_paths", "detect_format", "MAX_FRAMES", "HICLR_FRAMES", "FORMATS", "PARTS",
+           "DataFormatError"]

@@ -1,33 +1,29 @@
-"""Loading a pretraining workdir's query encoders for the downstream protocols (reference_cmd.md 5.2, 4.4).
+"""Loading any pretraining workdir's query encoders for the downstream protocols.
 
-This module owns the step from "a CMD pretraining workdir" to "the encoders a downstream
-protocol starts from". The reference's ``load_pretrained`` keeps every key of the
-pretraining ``state_dict`` that starts with ``encoder_q`` (the joint, motion and bone
-*query* encoders), drops the projection head (every ``.fc`` key) and loads the rest, BN
-running statistics included, into ``MoCo(pretrain=False)``, whose three ``fc`` layers are
-new. Here the same selection is made on our train state:
+This module owns the step from "a pretraining workdir" (any method, any encoder) to "the
+encoders a downstream protocol starts from", as the references' ``load_pretrained`` does:
+the *query* encoders of every pretrained stream, without their projection heads (every
+``fc``/``fc_0``/``fc_2``), BatchNorm running statistics included; key encoders, queues,
+method parameters (e.g. HiCLR's mask value) and optimizer state are not used.
 
-- ``TrainState.params[m]`` minus its head (``fc``, ``fc_0``, ``fc_2``) -> ``Pretrained.params[m]``
-  (input BatchNorm scale/bias and every GRU weight and bias);
-- ``TrainState.batch_stats[m]`` (the query encoder's BN running mean/var) ->
-  ``Pretrained.batch_stats[m]``;
-- the key (momentum) encoders, queues and optimizer state are not used.
-
-A pretraining workdir (``cmd_jax.trainers.cmd_pretrain.train_and_evaluate``) holds
-``config.json`` (the pretraining config, from which the encoders are rebuilt) and orbax
-checkpoints ``checkpoints/<step>/{state,data,meta}`` (``cmd_jax.checkpoint``). The train
-state is restored with the structure ``create_train_state(config, layout, 1)`` gives, after
-its shapes have been checked against the checkpoint's metadata, so a checkpoint that does
-not fit its ``config.json`` (another hidden size, layer count, layout or modality set) is
-reported with what was found and what was expected instead of an orbax traceback.
+A pretraining workdir (``cmd_jax.trainers.pretrain.train_and_evaluate``) holds
+``config.json`` (the pretraining config, from which the method's state and the encoders are
+rebuilt: ``config.method``, ``config.model.name``; configs written before those fields
+existed are CMD with the GRU) and orbax checkpoints ``checkpoints/<step>/{state,data,meta}``
+(``cmd_jax.checkpoint``). The train state is restored with the structure the method's
+``create_state`` gives, after its shapes have been checked against the checkpoint's
+metadata, so a checkpoint that does not fit its ``config.json`` (another hidden size, layer
+count, layout or stream set) is reported with what was found and what was expected
+instead of an orbax traceback. The method picks the encoders
+(``method.query_encoders``).
 
 ``load_pretrained(workdir, random_init=True)`` returns the encoders the pretraining
-*started* from (``create_train_state`` is deterministic in ``config.seed``): the "same
-encoder at random initialisation" baseline of the protocols, without reading a checkpoint.
+*started* from (``create_state`` is deterministic in ``config.seed``): the "same encoder
+at random initialisation" baseline of the protocols, without reading a checkpoint.
 
 ``check_compatible(pretrained, data_config, streams)`` is the downstream side's check:
-the downstream dataset must have the pretraining's skeleton layout (the encoders' input
-width is ``V * 3 * M``) and every requested stream must have been pretrained.
+the downstream dataset must have the pretraining's skeleton layout and data variant, and
+every requested stream must have been pretrained.
 """
 
 from __future__ import annotations
@@ -43,12 +39,11 @@ import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 
-from cmd_jax import checkpoint, data, modalities as modalities_lib, sharding
+from cmd_jax import checkpoint, data, models, modalities as modalities_lib, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.models import Encoder
-
-HEAD_PREFIX = "fc"  # fc (plain head), fc_0 / fc_2 (the pretraining MLP): all dropped (spec 5.2 step 2)
+from cmd_jax.methods import PRETRAIN_TRAINERS, get_method, method_name
+from cmd_jax.models import strip_head
 
 
 @dataclasses.dataclass
@@ -60,8 +55,8 @@ class Pretrained:
     config: the pretraining config (``config.json``).
     layout: the skeleton layout the encoders were pretrained on.
     step: the checkpoint step restored (0 for ``random_init``).
-    params: ``{modality: encoder params without the head}``.
-    batch_stats: ``{modality: BN running statistics}``.
+    params: ``{stream: encoder params without the head}``.
+    batch_stats: ``{stream: BN running statistics}``.
     random_init: whether these are the pretraining's initial (random) weights.
   """
 
@@ -78,35 +73,48 @@ class Pretrained:
     return tuple(self.params)
 
   @property
-  def hidden_size(self) -> int:
-    return int(self.config.model.hidden_size)
+  def method(self) -> str:
+    return method_name(self.config)
+
+  @property
+  def model_name(self) -> str:
+    return models.model_name(self.config.model)
 
   @property
   def feature_dim(self) -> int:
-    """The 2H-d last-step feature the protocols use."""
-    return 2 * self.hidden_size
+    """The size of the pooled feature the protocols use (CMD's GRU: 2H)."""
+    return models.feature_dim(self.config.model)
 
   @property
   def frames(self) -> int:
-    """The clip length (``augment.frames``) the encoders were pretrained on."""
-    return int(self.config.augment.frames)
+    """The clip length the encoders were pretrained on."""
+    return get_method(self.method).eval_view(self.config)[0]
+
+  @property
+  def eval_crop(self) -> float | None:
+    """The test view's centre-crop ratio (None: the stored clip as it is)."""
+    return get_method(self.method).eval_view(self.config)[1]
 
   @property
   def min_length(self) -> int:
-    """The pretraining's minimum crop length (``augment.min_length``)."""
-    return int(self.config.augment.min_length)
+    """The pretraining's minimum crop length (the downstream train view's default)."""
+    return get_method(self.method).min_length(self.config)
+
+  @property
+  def variant(self) -> str:
+    """The data variant the encoders were pretrained on (``config.data.variant``)."""
+    return str(self.config.data.get("variant", "standard"))
 
   @property
   def dataset(self) -> str:
     return f"{self.config.data.dataset}/{self.config.data.benchmark}"
 
-  def model(self, num_outputs: int | None = None, fc_init: str = "normal_0.01") -> Encoder:
-    """The encoder architecture; ``num_outputs=None``: no head (the call returns the 2H feature);
-    otherwise a new downstream ``fc`` (``N(0, 0.01)`` weight, zero bias by default, spec 5.3)."""
-    model_config = self.config.model
-    return Encoder(hidden_size=int(model_config.hidden_size), num_layers=int(model_config.num_layers),
-                   num_outputs=num_outputs, mlp=False, bidirectional=bool(model_config.bidirectional),
-                   fc_init=fc_init)
+  def model(self, num_outputs: int | None = None, fc_init: str = "normal_0.01"):
+    """The encoder architecture; ``num_outputs=None``: no head (the call returns the pooled
+    feature); otherwise a new downstream ``fc`` of that size (by default ``N(0, 0.01)``
+    weight and zero bias, the CMD protocols' classifier)."""
+    return models.build_encoder(self.config.model, self.layout, num_outputs=num_outputs, mlp=False,
+                                fc_init=fc_init)
 
   def variables(self, modality: str) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` of one modality's encoder (no head)."""
@@ -137,16 +145,19 @@ def read_pretrain_config(workdir: str | os.PathLike) -> ml_collections.ConfigDic
   if not isinstance(raw, dict):
     raise ConfigError(f"{path} holds a JSON {type(raw).__name__}; expected the pretraining config (an object)")
   config = ml_collections.ConfigDict(raw)
-  missing = [f for f in ("modalities", "seed", "model.hidden_size", "model.num_layers", "model.embed_dim",
-                         "model.mlp", "model.bidirectional", "data.dataset", "augment.frames")
+  trainer = config.get("trainer", "cmd_pretrain")
+  try:
+    method = get_method(method_name(config))
+  except ValueError as err:
+    raise ConfigError(f"{path}: {err}") from None
+  missing = [f for f in (*method.REQUIRED_FIELDS, "seed", "data.dataset", "model.embed_dim")
              if not _has_field(config, f)]
   if missing:
-    raise ConfigError(f"{path} lacks {', '.join(missing)}; expected a CMD pretraining config "
-                      f"(trainer cmd_pretrain), found trainer={config.get('trainer')!r}")
-  trainer = config.get("trainer", "cmd_pretrain")
-  if trainer != "cmd_pretrain":
+    raise ConfigError(f"{path} lacks {', '.join(missing)}; expected a {method_name(config).upper()} pretraining "
+                      f"config (trainer pretrain), found trainer={trainer!r}")
+  if trainer not in PRETRAIN_TRAINERS:
     raise ConfigError(f"{path} is the config of a {trainer!r} run; expected a pretraining workdir "
-                      "(trainer cmd_pretrain)")
+                      "(trainer pretrain)")
   return config
 
 
@@ -159,24 +170,22 @@ def _has_field(config, dotted: str) -> bool:
   return True
 
 
-def strip_head(params: dict[str, Any]) -> dict[str, Any]:
-  """An encoder's params without its head (``fc``, ``fc_0``, ``fc_2``): spec 5.2 step 2."""
-  return {k: v for k, v in params.items() if not (k == HEAD_PREFIX or k.startswith(HEAD_PREFIX + "_"))}
-
-
 def _tree_shapes(tree) -> dict[str, tuple]:
   leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
   return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(x.shape) for path, x in leaves}
 
 
-def _describe(params_shapes: dict[str, tuple]) -> str:
-  """"modalities ..., hidden size H, L layer(s), F input features" read off encoder param shapes."""
+def _describe(params_shapes: dict[str, tuple], state_field: str) -> str:
+  """What a state's parameter shapes say about its encoders: for the GRU "modalities ...,
+  hidden size H, L layer(s), F input features", otherwise the streams and the array count."""
   names = sorted({k.split("/")[0] for k in params_shapes}, key=lambda m: (
       modalities_lib.MODALITIES.index(m) if m in modalities_lib.MODALITIES else 99, m))
   if not names:
     return "no encoders"
   first = names[0]
   hh = params_shapes.get(f"{first}/gru/weight_hh_l0")
+  if hh is None:
+    return f"{state_field} {', '.join(names)} ({len(params_shapes)} arrays)"
   ih = params_shapes.get(f"{first}/gru/weight_ih_l0")
   layers = sum(1 for k in params_shapes if k.startswith(f"{first}/gru/weight_hh_l") and not k.endswith("_reverse"))
   hidden = hh[1] if hh and len(hh) == 2 else "?"
@@ -184,18 +193,23 @@ def _describe(params_shapes: dict[str, tuple]) -> str:
   return f"modalities {', '.join(names)}, hidden size {hidden}, {layers} layer(s), {features} input features"
 
 
-def _check_shapes(expected_state, stored_tree, where: str) -> None:
-  """The checkpoint's query encoders must have the shapes ``config.json`` implies."""
+_NOT_COMPARED = ("step", "opt_state", "rng")  # opt_state mirrors params; step and rng are scalars/keys
+
+
+def _check_shapes(expected_state, stored_tree, where: str, method: str) -> None:
+  """The checkpoint's state must have the shapes ``config.json`` implies (every field but
+  the optimizer state, the step and the key)."""
   problems = []
   summary = None
-  for part in ("params", "batch_stats"):
+  parts = [f.name for f in dataclasses.fields(expected_state) if f.name not in _NOT_COMPARED]
+  for part in parts:
     if part not in stored_tree:
       raise ConfigError(f"{where}: the checkpoint state has no {part!r} (found {', '.join(sorted(stored_tree))}); "
-                        "expected a CMD pretraining train state")
+                        f"expected a {method.upper()} pretraining train state")
     expected = _tree_shapes(getattr(expected_state, part))
     found = _tree_shapes(stored_tree[part])
     if part == "params":
-      summary = f"found {_describe(found)}; config.json implies {_describe(expected)}"
+      summary = f"found {_describe(found, part)}; config.json implies {_describe(expected, part)}"
     for name in sorted(set(expected) | set(found)):
       if expected.get(name) != found.get(name):
         problems.append(f"{part}/{name}: found {found.get(name, 'nothing')}, expected {expected.get(name, 'nothing')}")
@@ -217,23 +231,25 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
 
   Raises:
     FileNotFoundError: no such workdir, no ``config.json``, no checkpoint, no such step.
-    ConfigError: ``config.json`` is not a CMD pretraining config, or the checkpoint's
-      arrays do not have the shapes it implies.
+    ConfigError: ``config.json`` is not a pretraining config, or the checkpoint's arrays
+      do not have the shapes it implies.
   """
   # Imported here: the trainer module imports the whole training stack.
-  from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
+  from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
 
   workdir = os.path.abspath(os.fspath(workdir))
   config = read_pretrain_config(workdir)
+  method = get_method(method_name(config))
   try:
-    names = cmd_pretrain.modality_names(config)
+    names = method.streams(config)
     layout = data.layout_of(config.data)
+    models.validate(config.model, layout)
   except ValueError as err:
     raise ConfigError(f"{workdir}/config.json: {err}") from None
-  expected = jax.eval_shape(lambda: cmd_pretrain.create_train_state(config, layout, steps_per_epoch=1))
+  expected = jax.eval_shape(lambda: pretrain.create_train_state(config, layout, steps_per_epoch=1))
 
   if random_init:
-    state = cmd_pretrain.create_train_state(config, layout, steps_per_epoch=1)
+    state = pretrain.create_train_state(config, layout, steps_per_epoch=1)
     restored_step = 0
   else:
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -252,7 +268,7 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
       stored = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
     except (FileNotFoundError, ValueError, OSError) as err:
       raise FileNotFoundError(f"{state_dir} is not a readable orbax checkpoint ({err})") from None
-    _check_shapes(expected, stored, f"checkpoint {state_dir}")
+    _check_shapes(expected, stored, f"checkpoint {state_dir}", method_name(config))
     mesh = mesh if mesh is not None else sharding.make_mesh()
     ckpt = checkpoint.Checkpointer(workdir, keep=len(steps) + 1)
     try:
@@ -260,8 +276,9 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
     finally:
       ckpt.close()
 
-  params = {m: to_host(strip_head(state.params[m])) for m in names}
-  stats = {m: to_host(state.batch_stats[m]) for m in names}
+  encoders = method.query_encoders(state, config)
+  params = {m: to_host(strip_head(encoders[m]["params"])) for m in names}
+  stats = {m: to_host(encoders[m]["batch_stats"]) for m in names}
   return Pretrained(workdir=workdir, config=config, layout=layout, step=restored_step, params=params,
                     batch_stats=stats, random_init=random_init)
 
@@ -296,5 +313,11 @@ def check_compatible(pretrained: Pretrained, data_config, streams: Sequence[str]
   missing = [s for s in streams if s not in pretrained.params]
   if missing:
     raise ConfigError(f"config.streams asks for {', '.join(missing)}, but init_from={pretrained.workdir} "
-                      f"pretrained only {', '.join(pretrained.modalities)} (its config.modalities="
-                      f"{pretrained.config.modalities!r})")
+                      f"pretrained only {', '.join(pretrained.modalities)} ({pretrained.method} pretraining; "
+                      f"{get_method(pretrained.method).STREAMS_FIELD}="
+                      f"{pretrained.config.get(get_method(pretrained.method).STREAMS_FIELD.split('.', 1)[1])!r})")
+  variant = str(data_config.get("variant", "") or pretrained.variant)
+  if variant != pretrained.variant:
+    raise ConfigError(f"config.data.variant={variant!r}, but init_from={pretrained.workdir} was pretrained on the "
+                      f"{pretrained.variant!r} variant of its data; expected the same variant (leave "
+                      "config.data.variant empty to use the pretraining's)")

@@ -71,7 +71,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cmd_jax import checkpoint, data, modalities as modalities_lib
+from cmd_jax import checkpoint, data, modalities as modalities_lib, optim
+from cmd_jax.methods import PRETRAIN_TRAINERS
 
 DEFAULT_CONFIG = "configs/pretrain_cmd.py:ntu60_xsub"
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,9 +142,9 @@ def load_config(spec: str | ml_collections.ConfigDict | None) -> ml_collections.
     sys.path.insert(0, _REPO)
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
-  if config.get("trainer") != "cmd_pretrain":
+  if config.get("trainer") not in PRETRAIN_TRAINERS:
     raise TorchImportError(f"{spec} is a {config.get('trainer')!r} config; expected a pretraining config "
-                           f"(trainer cmd_pretrain), e.g. {DEFAULT_CONFIG}")
+                           f"(trainer pretrain), e.g. {DEFAULT_CONFIG}")
   return ml_collections.ConfigDict(config.to_dict())  # unlocked copy
 
 
@@ -216,8 +217,8 @@ def resolve_config(state_dict: Mapping[str, Any], config=None, *, hidden_size: i
 # ----------------------------------------------------------------------------------------
 
 def _base_state(config):
-  from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
-  return cmd_pretrain.create_train_state(config, data.layout_of(config.data), steps_per_epoch=1)
+  from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
+  return pretrain.create_train_state(config, data.layout_of(config.data), steps_per_epoch=1)
 
 
 def _leaves(tree) -> list[tuple[str, str, Any]]:
@@ -228,8 +229,8 @@ def _leaves(tree) -> list[tuple[str, str, Any]]:
 def expected_keys(config, kind: str = "pretrain", like_state=None) -> dict[str, tuple[tuple[int, ...], str]]:
   """Every reference key the config's architecture has: ``{key: (shape, dtype kind)}``."""
   if like_state is None:
-    from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
-    like_state = jax.eval_shape(lambda: cmd_pretrain.create_train_state(config, data.layout_of(config.data), 1))
+    from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
+    like_state = jax.eval_shape(lambda: pretrain.create_train_state(config, data.layout_of(config.data), 1))
   out: dict[str, tuple[tuple[int, ...], str]] = {}
   encoders = [(QUERY_PREFIX, like_state.params, like_state.batch_stats)]
   if kind == "pretrain":
@@ -357,8 +358,7 @@ def state_dict_to_state(state_dict: Mapping[str, Any], config, *, epoch: int | N
     ptr = jnp.asarray(next(iter(ptrs.values())), jnp.int32)
   else:
     queues, ptr = base.queues, base.queue_ptr
-  from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
-  tx = cmd_pretrain.make_optimizer(config, 1)
+  tx = optim.make_optimizer(config, 1)
   step = int(epoch or 0)
   state = base.replace(step=jnp.asarray(step, jnp.int32), params=params, key_params=key_params, batch_stats=stats,
                        key_batch_stats=key_stats, queues=queues, queue_ptr=ptr, opt_state=tx.init(params))
@@ -468,28 +468,48 @@ def _write_atomically(workdir: str, write) -> None:
 
 
 def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, config=None, *,
-                      hidden_size: int | None = None, num_layers: int | None = None) -> dict[str, Any]:
+                      hidden_size: int | None = None, num_layers: int | None = None, method: str | None = None,
+                      epoch: int | None = None) -> dict[str, Any]:
   """Converts a reference checkpoint file into a new pretraining workdir; returns the meta written.
 
-  ``config``: None (``DEFAULT_CONFIG``, sizes from the checkpoint), a ``path.py[:arg]``
-  spec or a ConfigDict (sizes checked). Raises ``TorchImportError`` with nothing written.
+  ``method``: ``"cmd"`` or ``"hiclr"``; None detects it from the keys (``cmd_jax.torch_hiclr.is_hiclr``).
+  ``config``: None (the method's default config, sizes from the checkpoint), a
+  ``path.py[:arg]`` spec or a ConfigDict (sizes checked). ``epoch`` overrides the
+  checkpoint's epoch (HiCLR files hold none: it is read from ``epoch<N>_model.pt`` names).
+  Raises ``TorchImportError`` with nothing written.
   """
+  from cmd_jax import torch_hiclr  # pylint: disable=import-outside-toplevel
+
   path = os.path.abspath(os.fspath(path))
   workdir = os.path.abspath(os.fspath(workdir))
   if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
     raise TorchImportError(f"{workdir} already exists and is not empty; expected a new workdir")
-  state_dict, epoch = read_checkpoint(path)
-  config = resolve_config(state_dict, config, hidden_size=hidden_size, num_layers=num_layers)
+  if method not in (None, "cmd", "hiclr"):
+    raise TorchImportError(f"method {method!r}; expected 'cmd' or 'hiclr' (or none: detected from the keys)")
+  state_dict, stored_epoch = read_checkpoint(path)
+  if method is None:
+    method = "hiclr" if torch_hiclr.is_hiclr(state_dict) else "cmd"
+  if epoch is None:
+    epoch = stored_epoch if stored_epoch is not None else torch_hiclr.epoch_from_name(path)
+  if method == "hiclr":
+    if hidden_size is not None or num_layers is not None:
+      raise TorchImportError("--hidden-size/--num-layers are CMD's GRU sizes; a HiCLR checkpoint's sizes are read "
+                             "off its shapes (or give --config)")
+    config = torch_hiclr.resolve_config(state_dict, config)
+    convert = torch_hiclr.state_dict_to_state
+  else:
+    config = resolve_config(state_dict, config, hidden_size=hidden_size, num_layers=num_layers)
+    convert = state_dict_to_state
   try:
     data.layout_of(config.data)
   except ValueError as err:
     raise TorchImportError(str(err)) from None
-  state, meta = state_dict_to_state(state_dict, config, epoch=epoch)
+  state, meta = convert(state_dict, config, epoch=epoch)
   step = int(epoch or 0)
   config.torch_import = ml_collections.ConfigDict(
       {"source": path, "epoch": -1 if epoch is None else epoch, "kind": meta["kind"]})
   config.name = f"{config.name}_torch_import_epoch{epoch if epoch is not None else 'unknown'}"
-  meta.update({"config": config.name, "epoch": step, "step": step, "source": path})
+  meta.update({"config": config.name, "epoch": step, "step": step, "source": path, "method": method})
 
   def write(tmp):
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
@@ -505,11 +525,13 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
 
 
 def export_checkpoint(workdir: str | os.PathLike, out_path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-  """Writes the latest (or ``step``) checkpoint of a pretraining workdir as a reference
-  checkpoint ``{'epoch', 'state_dict', 'optimizer': None}``; returns that dict."""
+  """Writes the latest (or ``step``) checkpoint of a pretraining workdir as the reference
+  of its method writes one: CMD ``{'epoch', 'state_dict', 'optimizer': None}``; HiCLR a bare
+  ``state_dict`` (torchlight's ``save_model``). Returns ``{'epoch', 'state_dict', ...}``."""
   import torch  # pylint: disable=import-outside-toplevel
-  from cmd_jax import pretrained, sharding  # pylint: disable=import-outside-toplevel
-  from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
+  from cmd_jax import pretrained, sharding, torch_hiclr  # pylint: disable=import-outside-toplevel
+  from cmd_jax.methods import method_name  # pylint: disable=import-outside-toplevel
+  from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
 
   workdir = os.path.abspath(os.fspath(workdir))
   config = pretrained.read_pretrain_config(workdir)
@@ -521,11 +543,12 @@ def export_checkpoint(workdir: str | os.PathLike, out_path: str | os.PathLike, s
     step = max(steps) if step is None else int(step)
     if step not in steps:
       raise FileNotFoundError(f"{workdir} has no step {step} (steps: {', '.join(map(str, sorted(steps)))})")
-    like = jax.eval_shape(lambda: cmd_pretrain.create_train_state(config, data.layout_of(config.data), 1))
+    like = jax.eval_shape(lambda: pretrain.create_train_state(config, data.layout_of(config.data), 1))
     state, _, meta = ckpt.restore(step, like, sharding.make_mesh())
   finally:
     ckpt.close()
-  state_dict = state_to_state_dict(state, config, meta)
+  hiclr = method_name(config) == "hiclr"
+  state_dict = (torch_hiclr.state_to_state_dict if hiclr else state_to_state_dict)(state, config, meta)
   epoch = meta.get("torch_epoch")
   if epoch is None:
     epoch = int(math.floor(float(meta.get("epoch", step))))
@@ -533,7 +556,7 @@ def export_checkpoint(workdir: str | os.PathLike, out_path: str | os.PathLike, s
   out_path = os.path.abspath(os.fspath(out_path))
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
   tmp = out_path + ".tmp"
-  torch.save(out, tmp)
+  torch.save(state_dict if hiclr else out, tmp)
   os.replace(tmp, out_path)
   return out
 
@@ -545,13 +568,19 @@ def export_checkpoint(workdir: str | os.PathLike, out_path: str | os.PathLike, s
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m cmd_jax.torch_import",
-      description="Import a PyTorch reference CMD checkpoint into a workdir, or --export a workdir to one.")
-  parser.add_argument("checkpoint", nargs="?", help="reference checkpoint (.pth.tar) to import")
+      description="Import a PyTorch reference CMD or HiCLR checkpoint into a workdir, or --export a workdir to one.")
+  parser.add_argument("checkpoint", nargs="?", help="reference checkpoint to import (CMD: checkpoint_0450.pth.tar; "
+                      "HiCLR: epoch300_model.pt)")
   parser.add_argument("--workdir", help="the new workdir to write (import)")
-  parser.add_argument("--config", default=None, help=f"pretraining config (default {DEFAULT_CONFIG} with the "
-                      "model sizes read off the checkpoint; given: sizes are checked)")
-  parser.add_argument("--hidden-size", type=int, default=None, help="expected GRU hidden size")
-  parser.add_argument("--num-layers", type=int, default=None, help="expected GRU layer count")
+  parser.add_argument("--method", choices=("cmd", "hiclr"), default=None,
+                      help="the checkpoint's method (default: detected from its keys)")
+  parser.add_argument("--config", default=None, help=f"pretraining config (default {DEFAULT_CONFIG}, or "
+                      "configs/pretrain_hiclr.py:ntu60_xsub[_dsta] for HiCLR, with the model sizes read off the "
+                      "checkpoint; given: sizes are checked)")
+  parser.add_argument("--epoch", type=int, default=None, help="the checkpoint's epoch (default: its own 'epoch', or "
+                      "N of an epoch<N>_model.pt name, else 0)")
+  parser.add_argument("--hidden-size", type=int, default=None, help="CMD: expected GRU hidden size")
+  parser.add_argument("--num-layers", type=int, default=None, help="CMD: expected GRU layer count")
   parser.add_argument("--export", nargs=2, metavar=("WORKDIR", "OUT"), help="export WORKDIR to OUT (.pth.tar)")
   args = parser.parse_args(argv)
   try:
@@ -564,8 +593,9 @@ def main(argv=None) -> int:
       if not args.checkpoint or not args.workdir:
         parser.error("give a checkpoint and --workdir (import), or --export WORKDIR OUT")
       meta = import_checkpoint(args.checkpoint, args.workdir, args.config, hidden_size=args.hidden_size,
-                               num_layers=args.num_layers)
-      print(f"wrote {args.workdir}: {meta['kind']} checkpoint, epoch {meta['torch_epoch']}, step {meta['step']}; "
+                               num_layers=args.num_layers, method=args.method, epoch=args.epoch)
+      print(f"wrote {args.workdir}: {meta['method'].upper()} {meta['kind']} checkpoint, epoch {meta['torch_epoch']}, "
+            f"step {meta['step']}; "
             f"key encoders {meta['key_encoders']}; queues {meta['queues']}; optimizer {meta['optimizer']}")
   except (TorchImportError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)

@@ -55,6 +55,7 @@ def base_config(name: str, trainer: str, dataset: str, benchmark: str) -> ml_col
   c.seed = 0
   c.streams = "joint"                # comma-separated: joint, motion, bone (the reference: joint only)
   c.data = data_config(dataset, benchmark)
+  c.data.variant = ""                # "": the pretraining's data variant (standard or frame50)
   c.num_classes = 0                  # 0: the dataset's
   c.augment = ml_collections.ConfigDict()
   c.augment.frames = 0               # clip length fed to the encoder (0: the pretraining's augment.frames)

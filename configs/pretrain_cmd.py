@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from cmd_jax import models
+
 REFERENCE_LINEAR = {"ntu60_xsub": 79.8, "ntu60_xview": 86.9, "ntu120_xsub": 70.3, "ntu120_xset": 71.5,
                     "pku_mmd2_xsub": 43.0}
 
@@ -54,6 +56,7 @@ def data_config(dataset: str, benchmark: str) -> ml_collections.ConfigDict:
   d.data_dir = "data"
   d.dataset = dataset
   d.benchmark = benchmark
+  d.variant = "standard"             # "standard" (CMD's 300-frame conversion) or "frame50" (HiCLR's 50-frame clips)
   d.npy_folder = ""                  # the reference's <data>/<benchmark>/ folder when source == "npy"
   d.prepare_synthetic = True         # build the synthetic set into data_dir if it is missing
   d.read_threads = 4
@@ -68,25 +71,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, benchmark = DATASETS[name]
   c = ml_collections.ConfigDict()
   c.name = f"pretrain_cmd_{name}"
-  c.trainer = "cmd_pretrain"
+  c.trainer = "pretrain"
+  c.method = "cmd"
   c.seed = 42
 
   c.data = data_config(dataset, benchmark)
 
   c.modalities = "joint,motion,bone"   # comma-separated; one modality + cmd.weight=0 is MoCo
 
-  c.model = ml_collections.ConfigDict()
-  c.model.hidden_size = 1024
-  c.model.num_layers = 3
+  # The encoder (cmd_jax.models): the reference's GRU by default; any encoder by name
+  # (--config.model.name=stgcn|dsta, their fields under config.model.stgcn / config.model.dsta).
+  c.model = models.default_config()
   c.model.embed_dim = 128             # --contrast-dim
   c.model.mlp = True                  # --mlp
-  c.model.bidirectional = False       # True: a true BiGRU (DEVIATION; the reference is forward-only)
-  # Speed options of the training step (bench/RESULTS.md). None changes what is computed
-  # except compute_dtype="bfloat16" (DEVIATION: bf16 matmul operands, float32 accumulation).
-  c.model.stack_modalities = False    # True: one vmap-ed encoder for all modalities (same function)
-  c.model.scan_unroll = 1             # time steps per scan iteration (same function)
-  c.model.input_projection = "auto"   # GRU input projection: auto | hoisted | per_step (same function)
-  c.model.compute_dtype = "float32"   # "float32" (reference) or "bfloat16"
 
   c.moco = ml_collections.ConfigDict()
   c.moco.queue_size = 16384           # --contrast-k

@@ -1,8 +1,13 @@
 """The data command line: ``python -m data_prep {build,export-npy,list} ...``.
 
   build       raw files -> TFDS ArrayRecord datasets, every benchmark of a dataset
-  export-npy  raw files -> the PyTorch reference's .npy/.pkl files for one benchmark
+              (--variant standard: CMD's 300-frame conversion, the default; frame50:
+              HiCLR's 50-frame clips, configs <benchmark>_frame50; all: both)
+  export-npy  raw files -> a PyTorch reference's .npy/.pkl files for one benchmark
+              (--format cmd: CMD's, the default; hiclr: HiCLR's 50-frame files)
   list        the datasets and their benchmarks
+
+The commands are thin wrappers of ``data_prep.build.build_dataset`` and ``export_npy``.
 
 Both conversions parse and normalise in parallel (--workers, default all cores), show
 progress, and resume after an interruption: finished chunks of the conversion cache and
@@ -14,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-from pathlib import Path
 
-from data_prep import convert, datasets
+from data_prep import datasets
 
 
 def _options(args) -> dict:
@@ -57,19 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
 
   b = sub.add_parser("build", help="convert a dataset into TFDS ArrayRecord shards (all benchmarks)",
                      description="Convert raw files into TFDS ArrayRecord datasets, one builder config per "
-                     "benchmark, written to <out>/<dataset>/<benchmark>/<version>/. Read them with "
-                     "tfds.data_source('<dataset>/<benchmark>', data_dir=<out>) or cmd_jax.input_pipeline.")
+                     "benchmark and variant, written to <out>/<dataset>/<config>/<version>/ (config: the benchmark "
+                     "for --variant standard, <benchmark>_frame50 for frame50). Read them with "
+                     "tfds.data_source('<dataset>/<config>', data_dir=<out>) or cmd_jax.input_pipeline.")
   _add_common(b)
   b.add_argument("--out", default="data", help="TFDS data_dir to write into (default: ./data)")
   b.add_argument("--benchmarks", help="comma-separated subset of the dataset's benchmarks (default: all)")
+  b.add_argument("--variant", default="standard", metavar="{standard,frame50,all}",
+                 help="standard (default): CMD's conversion, 300 frames, configs <benchmark>; frame50: HiCLR's "
+                 "50-frame clips, configs <benchmark>_frame50; all: both")
 
-  e = sub.add_parser("export-npy", help="write the reference's {train,val}_data_joint.npy / _num_frame.npy / _label.pkl",
-                     description="Write one benchmark in the PyTorch reference's format: "
+  e = sub.add_parser("export-npy", help="write a reference's .npy/.pkl files (CMD's by default, or HiCLR's)",
+                     description="Write one benchmark in a PyTorch reference's format into --out. --format cmd: "
                      "{train,val}_data_joint.npy (N, 3, 300, V, M) float32, {train,val}_num_frame.npy, "
-                     "{train,val}_label.pkl (names, labels), into --out.")
+                     "{train,val}_label.pkl (names, labels). --format hiclr: {train,val}_position.npy "
+                     "(N, 3, 50, V, M) float32 and {train,val}_label.pkl.")
   _add_common(e)
   e.add_argument("--benchmark", required=True, help="e.g. xsub, xview, xset")
   e.add_argument("--out", required=True, help="folder for the files (the reference's <data>/<benchmark>/)")
+  e.add_argument("--format", default="cmd", metavar="{cmd,hiclr}",
+                 help="cmd (default): CMD's 300-frame files; hiclr: HiCLR's 50-frame files")
 
   sub.add_parser("list", help="list the datasets and their benchmarks")
   return parser
@@ -77,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _raw(args, spec) -> str | None:
   if not spec.needs_raw:
-    if args.raw:
-      print(f"note: {spec.name} is generated; --raw is ignored")
-    return None
+    return args.raw  # build_dataset / export_npy note that it is ignored
   if not args.raw:
     raise SystemExit(f"error: {spec.name} needs --raw (the folder of raw files)")
   if not os.path.isdir(args.raw):
@@ -87,23 +95,17 @@ def _raw(args, spec) -> str | None:
   return args.raw
 
 
-def _print_summary(cache: convert.Cache) -> int:
-  summary = cache.summary()
-  print("\n".join(summary.lines()))
-  return len(summary.skipped)
-
-
-def _remove_cache(cache_dir: Path) -> None:
-  """Deletes a finished conversion cache, and its parent folder when that is left empty."""
-  shutil.rmtree(cache_dir)
-  if not any(cache_dir.parent.iterdir()):
-    cache_dir.parent.rmdir()
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+  """``value`` if allowed, else a one-line error naming the flag and the allowed values."""
+  if value not in allowed:
+    raise SystemExit(f"error: {flag} {value!r}: expected one of {', '.join(allowed)}")
+  return value
 
 
 def cmd_build(args) -> int:
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from data_prep.builders import load_builder_class  # pylint: disable=import-outside-toplevel
+  from data_prep.build import VARIANT_CHOICES, build_dataset  # pylint: disable=import-outside-toplevel
 
+  variant = _choice("--variant", args.variant, VARIANT_CHOICES)
   spec = datasets.get_spec(args.dataset)
   raw = _raw(args, spec)
   benchmarks = args.benchmarks.split(",") if args.benchmarks else list(spec.benchmarks)
@@ -112,54 +114,24 @@ def cmd_build(args) -> int:
       datasets.check_benchmark(spec, b)
     except ValueError as err:
       raise SystemExit(f"error: {err}") from None
-  out = Path(args.out)
-  cache_dir = out / ".cache" / spec.name
-  builder_cls = load_builder_class(spec.name)
-  options = _options(args)
-  if args.quiet:
-    tfds.disable_progress_bar()
-    from absl import logging  # pylint: disable=import-outside-toplevel
-    logging.set_verbosity(logging.ERROR)  # TFDS warns about every not-yet-built config folder
-  pending = [b for b in benchmarks
-             if not builder_cls(config=b, data_dir=str(out), file_format="array_record").is_prepared()]
-  if pending:  # convert once for all benchmarks; listing errors surface here, before any writing
-    convert.prepare(spec, raw, cache_dir, options, args.workers, progress=not args.quiet)
-  for benchmark in benchmarks:
-    for stale in (out / spec.name / benchmark).glob("incomplete.*"):
-      shutil.rmtree(stale)  # left by an interrupted earlier run
-    builder = builder_cls(config=benchmark, data_dir=str(out), file_format="array_record", options=options,
-                          workers=args.workers, cache_dir=cache_dir, progress=not args.quiet)
-    if builder.is_prepared():
-      print(f"{spec.name}/{benchmark}: already built in {builder.data_dir}")
-      continue
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw),
-                                 file_format="array_record")
-    splits = builder.info.splits
-    print(f"{spec.name}/{benchmark}: train {splits['train'].num_examples}, val {splits['val'].num_examples} "
-          f"examples in {builder.data_dir}")
-  if pending:
-    _print_summary(convert.prepare(spec, raw, cache_dir, options, args.workers, progress=False))
-    if not args.keep_cache:
-      _remove_cache(cache_dir)
+  build_dataset(spec.name, args.out, raw=raw, benchmarks=benchmarks, variant=variant, options=_options(args),
+                workers=args.workers, progress=not args.quiet, keep_cache=args.keep_cache)
   return 0
 
 
 def cmd_export(args) -> int:
   from data_prep import npy_export  # pylint: disable=import-outside-toplevel
+  from data_prep.build import export_npy  # pylint: disable=import-outside-toplevel
 
+  fmt = _choice("--format", args.format, npy_export.FORMATS)
   spec = datasets.get_spec(args.dataset)
   try:
     datasets.check_benchmark(spec, args.benchmark)
   except ValueError as err:
     raise SystemExit(f"error: {err}") from None
   raw = _raw(args, spec)
-  cache_dir = Path(args.out) / ".cmd_jax_cache" / spec.name
-  cache = convert.prepare(spec, raw, cache_dir, _options(args), args.workers, progress=not args.quiet)
-  counts = npy_export.export(cache, args.benchmark, args.out)
-  print(f"{spec.name}/{args.benchmark}: wrote train ({counts['train']}) and val ({counts['val']}) to {args.out}")
-  _print_summary(cache)
-  if not args.keep_cache:
-    _remove_cache(cache_dir)
+  export_npy(spec.name, args.benchmark, args.out, raw=raw, fmt=fmt, options=_options(args), workers=args.workers,
+             progress=not args.quiet, keep_cache=args.keep_cache)
   return 0
 
 

@@ -1,16 +1,22 @@
 """The conversion engine: raw samples -> normalised fixed-length arrays, in parallel, resumable.
 
-``prepare(spec, raw_dir, cache_dir, ...)`` lists a dataset's samples, splits them (in name
-order) into chunks, and converts each chunk in a worker process: load the raw
-coordinates, zero-pad/truncate to 300 frames, and apply the reference's
-``pre_normalization`` to the whole chunk at once. Each finished chunk is written
+``prepare(spec, raw_dir, cache_dir, ..., variant=...)`` lists a dataset's samples, splits
+them (in name order) into chunks, and converts each chunk in a worker process: load the
+raw coordinates (``datasets.load``: the variant's reader), zero-pad/truncate to 300
+frames, and normalise the whole chunk at once: the reference's ``pre_normalization``
+(variant ``standard``, 300 frames stored, ``num_frames`` = the original frame count) or
+HiCLR's ``frame50_normalization`` (variant ``frame50``, 50 frames stored, ``num_frames`` =
+50, the valid frames of the stored clip). In ``frame50`` a sample of length 0 (person 0's
+length joint zero in every frame: HiCLR's resize fails on it) is skipped and reported. Each finished chunk is written
 atomically (temporary file + rename) into ``cache_dir``, so an interrupted conversion
 rerun with the same inputs converts only the chunks that are missing. A bad sample is
 reported and skipped, never fatal; the summary lists every skipped sample with its reason.
 
 The TFDS builders and the npy export read the finished cache through ``Cache``; the
 cache is shared by all benchmarks of a dataset (they differ only in the split), so each
-raw file is parsed once.
+raw file is parsed once per variant. Each variant has its own cache folder (the callers
+use ``<root>/<dataset>/<variant>/``, see ``cache_folder``) and the variant is part of the
+cache's fingerprint.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import tqdm
 from data_prep import datasets
 from data_prep.datasets import DatasetSpec, Sample
 from data_prep.errors import DataFormatError
+from data_prep.frame50 import clip_lengths, frame50_normalization
 from data_prep.preprocess import pre_normalization
 
 CHUNK_SIZE = 128
@@ -46,9 +53,11 @@ class Summary:
   converted: int
   skipped: list[tuple[str, str]]  # (sample name, reason)
   all_zero_kept: list[str]
+  variant: str = "standard"
 
   def lines(self) -> list[str]:
-    out = [f"{self.dataset}: {self.converted} of {self.listed} samples converted, {len(self.skipped)} skipped"]
+    what = self.dataset if self.variant == "standard" else f"{self.dataset} ({self.variant})"
+    out = [f"{what}: {self.converted} of {self.listed} samples converted, {len(self.skipped)} skipped"]
     for name, reason in self.skipped:
       out.append(f"  skipped {name}: {reason}")
     if self.all_zero_kept:
@@ -57,15 +66,21 @@ class Summary:
     return out
 
 
-def _convert_chunk(job: tuple[str, list[Sample], str]) -> tuple[str, int]:
+def cache_folder(root: str | os.PathLike, dataset: str, variant: str) -> Path:
+  """The conversion cache of one dataset and variant under ``root``: ``<root>/<dataset>/<variant>``."""
+  datasets.check_variant(variant)
+  return Path(root) / dataset / variant
+
+
+def _convert_chunk(job: tuple[str, list[Sample], str, str]) -> tuple[str, int]:
   """Worker: converts one chunk and writes it atomically. Returns (path, number of samples)."""
-  spec_name, samples, path = job
+  spec_name, samples, path, variant = job
   spec = datasets.get_spec(spec_name)
   layout = spec.layout
   arrays, frames, labels, names, skipped, all_zero = [], [], [], [], [], []
   for sample in samples:
     try:
-      raw = np.asarray(spec.load(sample))
+      raw = np.asarray(datasets.load(spec, sample, variant))
       expected = (3, layout.num_joints, layout.num_persons)
       if raw.ndim != 4 or (raw.shape[0], raw.shape[2], raw.shape[3]) != expected:
         raise ValueError(f"loaded array has shape {raw.shape}; expected (3, T, {layout.num_joints}, {layout.num_persons})")
@@ -79,14 +94,23 @@ def _convert_chunk(job: tuple[str, list[Sample], str]) -> tuple[str, int]:
       if spec.drop_all_zero:
         skipped.append((sample.name, "all coordinates are zero (no skeleton recorded)"))
         continue
-      all_zero.append(sample.name)
+      if variant == "standard":
+        all_zero.append(sample.name)
+    if variant == "frame50":
+      if clip_lengths(fixed[None], layout)[0] == 0:
+        joint = layout.length_joint
+        skipped.append((sample.name, f"length 0: person 0's joint {joint} ({layout.joint_names[joint]}) is zero in "
+                        "every frame, so HiCLR's 50-frame resize has no frame to use (its cv2.resize fails)"))
+        continue
+      num_frames = datasets.VARIANT_FRAMES["frame50"]  # the stored clip's valid frames: all 50
     arrays.append(fixed)
     frames.append(num_frames)
     labels.append(sample.label)
     names.append(sample.name)
   v, m = layout.num_joints, layout.num_persons
-  data = (pre_normalization(np.stack(arrays), layout) if arrays
-          else np.zeros((0, 3, datasets.MAX_FRAMES, v, m), np.float32))
+  normalise = pre_normalization if variant == "standard" else frame50_normalization
+  data = (normalise(np.stack(arrays), layout) if arrays
+          else np.zeros((0, 3, datasets.VARIANT_FRAMES[variant], v, m), np.float32))
   tmp = f"{path}.tmp.{os.getpid()}.npz"
   np.savez(tmp, skeleton=data, num_frames=np.array(frames, np.int64), label=np.array(labels, np.int64),
            name=np.array(names, dtype=str), skipped=np.array(skipped, dtype=str).reshape(-1, 2),
@@ -95,9 +119,10 @@ def _convert_chunk(job: tuple[str, list[Sample], str]) -> tuple[str, int]:
   return path, len(samples)
 
 
-def _fingerprint(spec: DatasetSpec, samples: list[Sample], options: Mapping[str, Any]) -> str:
+def _fingerprint(spec: DatasetSpec, samples: list[Sample], options: Mapping[str, Any], variant: str) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps([spec.name, spec.layout.name, spec.drop_all_zero, CHUNK_SIZE]).encode())
+  h.update(json.dumps([spec.name, spec.layout.name, spec.drop_all_zero, CHUNK_SIZE, variant,
+                       datasets.VARIANT_FRAMES[variant]]).encode())
   for s in samples:
     h.update(f"{s.name}\t{s.label}\t{sorted(s.train)}\t{s.source!r}\n".encode())
   return h.hexdigest()
@@ -110,6 +135,12 @@ class Cache:
   spec: DatasetSpec
   samples: list[Sample]
   chunk_paths: list[Path]
+  variant: str = "standard"
+
+  @property
+  def frames(self) -> int:
+    """T of every stored skeleton: 300 (standard) or 50 (frame50)."""
+    return datasets.VARIANT_FRAMES[self.variant]
 
   def split_names(self, benchmark: str, train: bool) -> set[str]:
     """Names of the listed samples in one part of a benchmark (before skipping bad ones)."""
@@ -136,25 +167,29 @@ class Cache:
         skipped += [tuple(r) for r in z["skipped"].tolist()]
         all_zero += z["all_zero"].tolist()
         converted += len(z["name"])
-    return Summary(self.spec.name, len(self.samples), converted, skipped, all_zero)
+    return Summary(self.spec.name, len(self.samples), converted, skipped, all_zero, self.variant)
 
 
 def prepare(spec: DatasetSpec, raw_dir: str | os.PathLike | None, cache_dir: str | os.PathLike,
             options: Mapping[str, Any] | None = None, workers: int | None = None,
-            progress: bool = True) -> Cache:
+            progress: bool = True, variant: str = "standard") -> Cache:
   """Converts every sample of ``spec`` into ``cache_dir``, reusing chunks already there.
 
   Args:
     spec: the dataset.
     raw_dir: the raw files (None for generated datasets).
-    cache_dir: where the chunks go; a cache made from a different listing is discarded.
+    cache_dir: where the chunks go; a cache made from a different listing or variant is
+      discarded. Use one folder per variant (``cache_folder``).
     options: dataset-specific options (see the spec's ``list_samples``).
     workers: processes (default: all cores); 1 converts in this process.
     progress: show a tqdm bar.
+    variant: ``"standard"`` (CMD, 300 frames) or ``"frame50"`` (HiCLR, 50 frames).
 
   Raises:
     FileNotFoundError: a missing raw directory, or no samples.
+    ValueError: an unknown variant.
   """
+  datasets.check_variant(variant)
   options = dict(options or {})
   if spec.needs_raw:
     if raw_dir is None:
@@ -169,24 +204,26 @@ def prepare(spec: DatasetSpec, raw_dir: str | os.PathLike | None, cache_dir: str
     raise ValueError(f"{spec.name}: duplicate sample names in the listing")
 
   folder = Path(cache_dir)
-  fingerprint = _fingerprint(spec, samples, options)
+  fingerprint = _fingerprint(spec, samples, options, variant)
   manifest = folder / _MANIFEST
   if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
     print(f"{spec.name}: the cache in {folder} was made from other inputs; converting again")
     shutil.rmtree(folder)
   folder.mkdir(parents=True, exist_ok=True)
   if not manifest.exists():
-    manifest.write_text(json.dumps({"dataset": spec.name, "fingerprint": fingerprint, "samples": len(samples)}))
+    manifest.write_text(json.dumps({"dataset": spec.name, "variant": variant, "fingerprint": fingerprint,
+                                    "samples": len(samples)}))
   for stale in folder.glob("*.tmp.*"):
     stale.unlink()
 
   chunks = [samples[i:i + CHUNK_SIZE] for i in range(0, len(samples), CHUNK_SIZE)]
   paths = [folder / f"chunk_{k:05d}.npz" for k in range(len(chunks))]
-  todo = [(spec.name, chunk, str(path)) for chunk, path in zip(chunks, paths) if not path.exists()]
+  todo = [(spec.name, chunk, str(path), variant) for chunk, path in zip(chunks, paths) if not path.exists()]
   done = len(samples) - sum(len(job[1]) for job in todo)
   workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
   if todo:
-    bar = tqdm.tqdm(total=len(samples), initial=done, unit="sample", desc=f"converting {spec.name}",
+    desc = f"converting {spec.name}" + ("" if variant == "standard" else f" ({variant})")
+    bar = tqdm.tqdm(total=len(samples), initial=done, unit="sample", desc=desc,
                     disable=not progress)
     with bar:
       if workers == 1:
@@ -196,4 +233,4 @@ def prepare(spec: DatasetSpec, raw_dir: str | os.PathLike | None, cache_dir: str
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
           for _, n in pool.imap_unordered(_convert_chunk, todo):
             bar.update(n)
-  return Cache(folder, spec, samples, paths)
+  return Cache(folder, spec, samples, paths, variant)

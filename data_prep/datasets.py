@@ -8,11 +8,27 @@ coordinates ``(3, T, V, M)`` (before padding and normalisation). The converter
 
 ``SPECS`` maps the CLI names (ntu60, ntu120, pku_mmd2, msr_action3d, synthetic) to specs;
 each reader module defines its own spec next to its reader.
+
+Every dataset converts in two *variants*:
+
+* ``standard``: CMD's conversion, 300 frames (``data_prep.preprocess.pre_normalization``),
+  NTU bodies ranked by motion energy; the TFDS configs are named after the benchmarks
+  (``xsub``, ...);
+* ``frame50``: HiCLR's conversion, 50 frames (``data_prep.frame50``), bodies in file
+  order; the TFDS configs are ``<benchmark>_frame50``. NTU files are read with the first
+  two bodies of each frame (``ntu.read_xyz(..., selection="file_order")``) and PKU-MMD II
+  instances are cut as HiCLR's scripts cut them (``load_pku_hiclr``); MSR Action3D and the
+  synthetic set load as in ``standard`` (their readers already keep the bodies in order).
+  As in ``standard``, an NTU file longer than 300 frames (none is expected) keeps its first
+  300 (HiCLR's converter would fail on it).
+
+``load(spec, sample, variant)`` is the variant's reader; ``VARIANT_FRAMES`` the stored T.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -25,6 +41,8 @@ from data_prep import ntu
 from data_prep.errors import DataFormatError
 
 MAX_FRAMES = 300  # T of every stored sample, as in the reference
+VARIANTS = ("standard", "frame50")
+VARIANT_FRAMES = {"standard": MAX_FRAMES, "frame50": 50}  # T of the stored samples of each variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +147,11 @@ def load_ntu(sample: Sample) -> np.ndarray:
   return ntu.read_xyz(sample.source)
 
 
+def load_ntu_file_order(sample: Sample) -> np.ndarray:
+  """HiCLR's NTU reading: the first two bodies of each frame, in file order."""
+  return ntu.read_xyz(sample.source, selection="file_order")
+
+
 NTU60 = DatasetSpec(
     name="ntu60", layout=NTU25, num_classes=60, benchmarks=("xsub", "xview"),
     list_samples=_ntu_lister("ntu60", 17, ("xsub", "xview")), load=load_ntu,
@@ -163,6 +186,77 @@ def check_benchmark(spec: DatasetSpec, benchmark: str) -> None:
     raise ValueError(f"{spec.name} has no benchmark {benchmark!r}; expected one of {', '.join(spec.benchmarks)}")
 
 
+def check_variant(variant: str) -> None:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown conversion variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+_FRAME50_SUFFIX = "_frame50"
+
+
+def config_name(benchmark: str, variant: str) -> str:
+  """The TFDS builder config of a benchmark in a variant: ``xsub`` or ``xsub_frame50``."""
+  check_variant(variant)
+  return benchmark if variant == "standard" else benchmark + _FRAME50_SUFFIX
+
+
+def parse_config_name(name: str) -> tuple[str, str]:
+  """``(benchmark, variant)`` of a TFDS builder config name (inverse of ``config_name``)."""
+  if name.endswith(_FRAME50_SUFFIX):
+    return name[:-len(_FRAME50_SUFFIX)], "frame50"
+  return name, "standard"
+
+
+# ---------------------------------------------------------------------------------------
+# The frame50 variant's readers
+
+@functools.lru_cache(maxsize=2)
+def _pku_skeleton(path: str, mtime_ns: int, size: int) -> np.ndarray:
+  from data_prep import pku  # pylint: disable=import-outside-toplevel  (pku imports this module)
+  data = pku.read_skeleton(path)
+  data.flags.writeable = False
+  return data
+
+
+def load_pku_hiclr(sample: Sample) -> np.ndarray:
+  """A PKU-MMD II instance as HiCLR's scripts cut and read it: float64 ``(3, T, 25, 2)``, T <= 300.
+
+  HiCLR writes each label row (class, start, end, ...) as an NTU-style file of the video's
+  frames ``start - 1 .. end - 1`` (the 1-based, inclusive ``[start, end]``; CMD's reader
+  takes ``[start, end)`` instead), with body 2 only in the frames where the sum of its 75
+  values is non-zero, and its reader keeps the centre 300 frames of a longer clip (from
+  ``(T - 300) // 2``). A row with start 0 makes its script write a file that its reader
+  cannot parse; it is reported (``DataFormatError``) and skipped.
+  """
+  from data_prep import pku  # pylint: disable=import-outside-toplevel
+  src = sample.source
+  if src.start < 1:
+    raise DataFormatError(src.label_file, f"start frame {src.start}: HiCLR cuts frames start-1..end-1 (1-based "
+                          "labels), so start must be >= 1 (its script writes an unreadable clip for start 0)",
+                          src.line)
+  stat = os.stat(src.skeleton)
+  seq = _pku_skeleton(src.skeleton, stat.st_mtime_ns, stat.st_size)
+  pku.check_instance(src.label_file, src.line, src.start - 1, src.end, seq.shape[1])
+  clip = np.array(seq[:, src.start - 1:src.end])  # (3, T, 25, 2)
+  second = clip[..., 1].transpose(1, 2, 0).reshape(clip.shape[1], -1)  # [T, 75] in file order
+  clip[:, second.sum(axis=1) == 0, :, 1] = 0.0
+  if clip.shape[1] > MAX_FRAMES:
+    start = (clip.shape[1] - MAX_FRAMES) // 2
+    clip = clip[:, start:start + MAX_FRAMES]
+  return clip
+
+
+_FRAME50_LOADERS = {"ntu60": load_ntu_file_order, "ntu120": load_ntu_file_order, "pku_mmd2": load_pku_hiclr}
+
+
+def load(spec: DatasetSpec, sample: Sample, variant: str = "standard") -> np.ndarray:
+  """The raw coordinates ``(3, T, V, M)`` of a sample as the variant's reference reads them."""
+  check_variant(variant)
+  if variant == "frame50" and spec.name in _FRAME50_LOADERS:
+    return _FRAME50_LOADERS[spec.name](sample)
+  return spec.load(sample)
+
+
 def to_fixed_length(data: np.ndarray, max_frames: int = MAX_FRAMES) -> tuple[np.ndarray, int]:
   """Zero-pads/truncates raw ``(3, T, V, M)`` to ``(3, max_frames, V, M)`` float32.
 
@@ -175,5 +269,6 @@ def to_fixed_length(data: np.ndarray, max_frames: int = MAX_FRAMES) -> tuple[np.
   return out, t
 
 
-__all__ = ["Sample", "DatasetSpec", "get_spec", "check_benchmark", "to_fixed_length",
-           "DATASET_NAMES", "MAX_FRAMES", "DataFormatError"]
+__all__ = ["Sample", "DatasetSpec", "get_spec", "check_benchmark", "check_variant", "config_name",
+           "parse_config_name", "load", "to_fixed_length", "DATASET_NAMES", "MAX_FRAMES", "VARIANTS",
+           "VARIANT_FRAMES", "DataFormatError"]

@@ -1,15 +1,27 @@
-"""Reference-format export: the files the PyTorch reference's feeders read (reference_cmd.md 1.5).
+"""Reference-format export: the files the PyTorch references' feeders read.
 
-For one benchmark, ``export(cache, benchmark, out_dir)`` writes, for part in (train, val):
+For one benchmark, ``export(cache, benchmark, out_dir, fmt)`` writes, for part in (train, val),
+in one of two formats:
+
+``cmd`` (CMD's reference, reference_cmd.md 1.5; from a ``standard`` conversion)::
 
   {part}_data_joint.npy   float32 (N, 3, 300, V, M), after pre_normalization
   {part}_num_frame.npy    int64 (N,), the original frame counts
   {part}_label.pkl        pickle of (list of sample names, list of int labels)
 
-Samples are in name order (the reference uses ``os.listdir`` order, which is arbitrary).
+``hiclr`` (HiCLR's ``*_frame50`` folders; from a ``frame50`` conversion)::
+
+  {part}_position.npy     float32 (N, 3, 50, V, M), after HiCLR's 50-frame preprocessing
+  {part}_label.pkl        pickle of (list of sample names, list of int labels)
+
+(HiCLR's own scripts also write ``{part}_motion.npy`` and an int64 ``{part}_label.npy``,
+which its training never reads; they are not written.)
+
+Samples are in name order (the references use ``os.listdir`` order, which is arbitrary).
 Each file is written under a temporary name and renamed when complete; the data file is
-renamed last, so a part is complete exactly when its ``_data_joint.npy`` exists, and a
-rerun skips complete parts. ``cmd_jax.npy_source.NpySource`` reads these files back.
+renamed last, so a part is complete exactly when its data file (``_data_joint.npy``,
+``_position.npy``) exists, and a rerun skips complete parts.
+``cmd_jax.npy_source.NpySource`` reads both formats back.
 """
 
 from __future__ import annotations
@@ -25,22 +37,45 @@ from data_prep import datasets
 from data_prep.convert import Cache
 
 PARTS = (("train", True), ("val", False))
+FORMAT_VARIANTS = {"cmd": "standard", "hiclr": "frame50"}  # each format is written from this conversion
+FORMATS = tuple(FORMAT_VARIANTS)
 
 
-def part_paths(out_dir: str | os.PathLike, part: str) -> dict[str, Path]:
+def check_format(fmt: str) -> None:
+  if fmt not in FORMAT_VARIANTS:
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def part_paths(out_dir: str | os.PathLike, part: str, fmt: str = "cmd") -> dict[str, Path]:
+  """The files of one part in a format; the key ``data`` is the file renamed last."""
+  check_format(fmt)
   out = Path(out_dir)
+  if fmt == "hiclr":
+    return {"data": out / f"{part}_position.npy", "label": out / f"{part}_label.pkl"}
   return {"data": out / f"{part}_data_joint.npy", "num_frame": out / f"{part}_num_frame.npy",
           "label": out / f"{part}_label.pkl"}
 
 
-def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike) -> dict[str, int]:
-  """Writes both parts of ``benchmark`` into ``out_dir``; returns the sample count per part."""
+def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike, fmt: str = "cmd") -> dict[str, int]:
+  """Writes both parts of ``benchmark`` into ``out_dir``; returns the sample count per part.
+
+  ``fmt``: ``"cmd"`` (needs a ``standard`` conversion) or ``"hiclr"`` (a ``frame50`` one).
+  """
+  check_format(fmt)
+  if cache.variant != FORMAT_VARIANTS[fmt]:
+    raise ValueError(f"the {fmt} format is written from the {FORMAT_VARIANTS[fmt]!r} conversion; this cache holds "
+                     f"the {cache.variant!r} one")
   datasets.check_benchmark(cache.spec, benchmark)
   out = Path(out_dir)
+  for other in FORMATS:
+    clash = [part_paths(out, part, other)["data"] for part, _ in PARTS] if other != fmt else []
+    if any(p.exists() for p in clash):
+      raise ValueError(f"{out} already holds the {other} format ({next(p for p in clash if p.exists()).name}); "
+                       f"export the {fmt} format into another folder (both formats use {{part}}_label.pkl)")
   out.mkdir(parents=True, exist_ok=True)
   counts = {}
   for part, train in PARTS:
-    paths = part_paths(out, part)
+    paths = part_paths(out, part, fmt)
     names = cache.split_names(benchmark, train)
     if not names:
       raise ValueError(f"{cache.spec.name} {benchmark}: the {part} part is empty")
@@ -53,7 +88,7 @@ def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike) -> dict[str
     n = len(records)
     v, m = cache.spec.layout.num_joints, cache.spec.layout.num_persons
     tmp = {k: p.with_name(p.name + ".partial") for k, p in paths.items()}
-    data = open_memmap(tmp["data"], mode="w+", dtype=np.float32, shape=(n, 3, datasets.MAX_FRAMES, v, m))
+    data = open_memmap(tmp["data"], mode="w+", dtype=np.float32, shape=(n, 3, cache.frames, v, m))
     frames = np.zeros(n, np.int64)
     labels, sample_names = [], []
     for i, record in enumerate(cache.iter_split(benchmark, train)):
@@ -64,8 +99,9 @@ def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike) -> dict[str
     assert len(sample_names) == n, (len(sample_names), n)
     data.flush()
     del data
-    np.save(tmp["num_frame"], frames)
-    os.replace(str(tmp["num_frame"]) + ".npy", paths["num_frame"])  # np.save appends .npy
+    if "num_frame" in paths:
+      np.save(tmp["num_frame"], frames)
+      os.replace(str(tmp["num_frame"]) + ".npy", paths["num_frame"])  # np.save appends .npy
     with open(tmp["label"], "wb") as f:
       pickle.dump((sample_names, labels), f)
     os.replace(tmp["label"], paths["label"])

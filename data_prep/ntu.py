@@ -7,7 +7,10 @@ Follows the reference's ``data_gen/ntu_gendata.py`` (reference_cmd.md 1.1-1.4):
   are not tracked by ID), bodies beyond the 4th are dropped;
 * ``select_bodies`` keeps the two slots of highest energy (sum over x, y, z of the
   population std over non-empty frames x joints) and returns ``(3, T, 25, 2)``;
-* ``read_xyz`` is both.
+* ``first_bodies`` keeps the first two slots, i.e. the first two bodies listed in each
+  frame in file order, as HiCLR's converter does (the "frame50" variant);
+* ``read_xyz`` is the parser and one of the two selections (``selection``: ``"energy"``,
+  the default, or ``"file_order"``).
 
 Only x, y, z of each joint line are used, and they are exactly the values ``float()``
 gives (as the reference's parser). The parser has no Python loop over lines or numbers:
@@ -412,6 +415,27 @@ def select_bodies(data: np.ndarray, max_body_true: int = MAX_BODY_TRUE) -> np.nd
   return data[order].transpose(3, 1, 2, 0)
 
 
-def read_xyz(path: str | os.PathLike) -> np.ndarray:
-  """Reads a ``.skeleton`` file as the reference does: float64 ``(3, T, 25, 2)``."""
-  return select_bodies(read_bodies(path))
+def first_bodies(data: np.ndarray, max_body_true: int = MAX_BODY_TRUE) -> np.ndarray:
+  """Keeps the first ``max_body_true`` slots: ``(4, T, V, 3)`` -> ``(3, T, V, max_body_true)``.
+
+  Slot m holds the m-th body listed in each frame, so this is HiCLR's reading (bodies in
+  file order, no energy ranking, no tracking by body ID); a frame listing fewer bodies
+  leaves the rest zero.
+  """
+  return data[:max_body_true].transpose(3, 1, 2, 0)
+
+
+SELECTIONS = ("energy", "file_order")
+
+
+def read_xyz(path: str | os.PathLike, selection: str = "energy") -> np.ndarray:
+  """Reads a ``.skeleton`` file into float64 ``(3, T, 25, 2)``.
+
+  ``selection="energy"`` (default): the two bodies of highest energy, as CMD's reference
+  (``select_bodies``); ``"file_order"``: the first two bodies of each frame, as HiCLR's
+  converter (``first_bodies``).
+  """
+  if selection not in SELECTIONS:
+    raise ValueError(f"body selection {selection!r}: expected one of {', '.join(SELECTIONS)}")
+  bodies = read_bodies(path)
+  return select_bodies(bodies) if selection == "energy" else first_bodies(bodies)

@@ -60,9 +60,11 @@ def compilation_cache_dir(tmp_path_factory):
     compilation_cache.reset_cache()
 
 
+TINY_SYNTHETIC = {"synthetic_subjects": 2, "synthetic_repetitions": 1}
+
+
 def build_tiny_synthetic(out: Path) -> str:
   """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val; 3 clips per class)."""
-  from data_prep import cli  # pylint: disable=import-outside-toplevel
-  cli.main(["build", "synthetic", "--out", str(out), "--option", "synthetic_subjects=2",
-            "--option", "synthetic_repetitions=1", "--quiet"])
+  import data_prep  # pylint: disable=import-outside-toplevel
+  data_prep.build_dataset("synthetic", str(out), options=TINY_SYNTHETIC, progress=False)
   return str(out)

@@ -58,7 +58,8 @@ def sharded_step(out_path: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
 
   from cmd_jax import augment, data, sharding  # pylint: disable=import-outside-toplevel
-  from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
+  from cmd_jax.methods.cmd import views as cmd_views  # pylint: disable=import-outside-toplevel
+  from cmd_jax.trainers import pretrain as cmd_pretrain  # pylint: disable=import-outside-toplevel
 
   if jax.device_count() != 8:
     raise SystemExit(f"expected 8 fake CPU devices, got {jax.device_count()} (XLA_FLAGS not set?)")
@@ -97,7 +98,7 @@ def sharded_step(out_path: str) -> None:
   # The first step's views, with the step's key (fold_in(rng, 0)), on one device outside any mesh.
   fresh = cmd_pretrain.create_train_state(config, layout, steps_per_epoch)
   aug = config.augment
-  view_q, view_k = augment.pretrain_views(
+  view_q, view_k = cmd_views.pretrain_views(
       jax.random.fold_in(fresh.rng, 0), host_batches[0]["skeleton"], host_batches[0]["num_frames"],
       ratio_range=(aug.crop_ratio_min, aug.crop_ratio_max), min_len=int(aug.min_length),
       out_len=int(aug.frames), num_corrupted=int(aug.num_corrupted_joints),

@@ -28,7 +28,8 @@ import pytest
 
 from cmd_jax import api, data, modalities, sharding
 from cmd_jax.evaluators import knn
-from cmd_jax.trainers import cmd_pretrain
+from cmd_jax.methods import cmd as cmd_method
+from cmd_jax.trainers import pretrain as cmd_pretrain
 from configs import pretrain_cmd
 from data_prep import preprocess, synthetic
 from tests.conftest import build_tiny_synthetic
@@ -117,7 +118,8 @@ def test_raw_recordings_give_the_protocols_features(run, val_split, encoders, mo
   """Raw generation + the API's preprocessing == converted records + the kNN evaluator's features."""
   _, config, state = run
   source, records, raw, lengths = val_split
-  fn = knn.make_feature_fn(cmd_pretrain.make_model(config), data.layout_of(config.data), modality, FRAMES,
+  fn = knn.make_feature_fn(cmd_method.make_model(config, data.layout_of(config.data)), data.layout_of(config.data),
+                           modality, FRAMES,
                            float(config.evaluator.crop_ratio))
   expected, _ = knn.extract_features(fn, run_variables(state, modality), source, batch_size=8,
                                      mesh=sharding.make_mesh())
@@ -139,7 +141,7 @@ def test_crop_none_is_the_encoder_on_the_clip(run, encoders, modality):
   _, config, state = run
   layout = data.layout_of(config.data)
   x = np.random.default_rng(1).normal(size=(5, 3, 12, 25, 2)).astype(np.float32)
-  model = cmd_pretrain.make_model(config)
+  model = cmd_method.make_model(config, data.layout_of(config.data))
 
   def direct(clip):
     flat = modalities.flatten(modalities.modality(jnp.asarray(clip), modality, layout))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cmd_jax import augment
+from cmd_jax.methods.cmd import views as cmd_views
 
 T = 300
 
@@ -287,7 +288,7 @@ def test_shear_params():
 def test_spatial_augment_branch_frequencies():
   x = random_clip(24, t=4)
   keys = jax.random.split(jax.random.key(5), 2000)
-  out = np.asarray(jax.jit(jax.vmap(lambda k: augment.spatial_augment(k, jnp.asarray(x))))(keys))
+  out = np.asarray(jax.jit(jax.vmap(lambda k: cmd_views.spatial_augment(k, jnp.asarray(x))))(keys))
   kind = classify(x, out)
   assert np.all(kind >= 0)
   assert 0.45 < np.mean(kind == 0) < 0.55
@@ -299,7 +300,7 @@ def test_spatial_augment_branch_frequencies():
 # 2.6 / 2.7 batch views
 # ----------------------------------------------------------------------------------------
 
-_pretrain_views_jit = jax.jit(augment.pretrain_views)
+_pretrain_views_jit = jax.jit(cmd_views.pretrain_views)
 
 
 @pytest.mark.parametrize("v,m", [(25, 2), (20, 1)])

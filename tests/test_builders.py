@@ -176,7 +176,8 @@ def test_interrupted_build_does_not_look_complete(tmp_path, ntu_dir, monkeypatch
   assert not (tmp_path / "data" / "ntu60" / "xsub" / "1.0.0").exists()
   with pytest.raises(Exception):
     tfds.data_source("ntu60/xsub", data_dir=str(tmp_path / "data"), try_gcs=False)
-  chunks = sorted((tmp_path / "data" / ".cache" / "ntu60").glob("chunk_*.npz"))
+  chunks = sorted((tmp_path / "data" / ".cache" / "ntu60" / "standard").glob("chunk_*.npz"))
+  assert chunks  # the standard variant's cache: <data_dir>/.cache/<dataset>/<variant>/
   stamps = [c.stat().st_mtime_ns for c in chunks]
 
   monkeypatch.setattr(convert.Cache, "iter_split", real)
@@ -216,6 +217,28 @@ def test_cli_export_npy_reads_back(tmp_path, ntu_dir):
   assert cli.main(["export-npy", "ntu120", "--benchmark", "xset", "--raw", str(raw), "--out", str(out),
                    "--missing-list", "none", "--quiet"]) == 0
   assert (out / "val_data_joint.npy").stat().st_mtime_ns == stamp
+
+
+def test_builder_configs_per_variant():
+  assert [c.name for c in load_builder_class("ntu60").BUILDER_CONFIGS] == [
+      "xsub", "xview", "xsub_frame50", "xview_frame50"]
+  assert [c.name for c in load_builder_class("msr_action3d").BUILDER_CONFIGS] == ["xsub", "xsub_frame50"]
+
+
+def test_cli_build_frame50_variant_only(tmp_path, msr_dir):
+  raw = _msr_raw(tmp_path, msr_dir)
+  out = tmp_path / "data"
+  assert cli.main(["build", "msr_action3d", "--raw", str(raw), "--out", str(out), "--variant", "frame50",
+                   "--workers", "1", "--quiet"]) == 0
+  assert sorted(p.name for p in (out / "msr_action3d").iterdir() if not p.name.startswith(".")) == ["xsub_frame50"]
+  assert not (out / ".cache").exists()
+  builder = load_builder_class("msr_action3d")(config="xsub_frame50", data_dir=str(out))
+  assert builder.info.metadata["variant"] == "frame50" and builder.info.metadata["layout"] == "msr20"
+  assert [s[0] for s in builder.info.metadata["skipped"]] == ["a13_s09_e02"]
+  source = tfds.data_source("msr_action3d/xsub_frame50", data_dir=str(out), try_gcs=False)
+  assert len(source["train"]) + len(source["val"]) == 9
+  record = source["train"][0]
+  assert record["skeleton"].shape == (3, 50, 20, 1) and record["num_frames"] == 50
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -3,8 +3,8 @@
 Follows reference_cmd.md 4.1-4.3 (one MoCo/CMD step), 5.1 (optimizer, schedule, weight
 decay) and 7 quirks 3, 4 and 13. The expected values are computed here, without the
 trainer: the EMA and SGD-with-momentum updates and the BatchNorm statistics in numpy, the
-gradients with ``jax.grad`` of ``losses.cmd_loss`` on query encoders applied by hand, the
-views re-drawn with ``augment.pretrain_views(fold_in(rng, step))``, the lr schedules as
+gradients with ``jax.grad`` of ``cmd_losses.cmd_loss`` on query encoders applied by hand, the
+views re-drawn with ``cmd_views.pretrain_views(fold_in(rng, step))``, the lr schedules as
 hand-worked numbers. The loop tests (non-finite loss, kill-and-resume, ``launch.py``) run a
 tiny model on a tiny synthetic TFDS set built into a temporary folder.
 
@@ -30,8 +30,12 @@ import optax
 import pytest
 
 from cmd_jax import augment, checkpoint, data, losses, metrics as metrics_lib, modalities, sharding
-from cmd_jax.models import Encoder
-from cmd_jax.trainers import cmd_pretrain as cp
+from cmd_jax.models.gru import GRUEncoder as Encoder
+from cmd_jax.trainers import pretrain as cp
+from cmd_jax import optim
+from cmd_jax.methods import cmd as cmd_method
+from cmd_jax.methods.cmd import views as cmd_views
+from cmd_jax.methods.cmd import losses as cmd_losses
 from configs import pretrain_cmd
 from tests.conftest import build_tiny_synthetic
 
@@ -125,7 +129,7 @@ def recompute_step(layout, rng, step, skeleton, num_frames, ema, key_params, key
   (train-mode BN); the loss on the PRE-enqueue queues and its gradient w.r.t. the query
   params only. Also returns, to show the checks have power, the keys eval-mode BN or the
   pre-EMA key params would give."""
-  view_q, view_k = augment.pretrain_views(jax.random.fold_in(rng, step), skeleton, num_frames, ratio_range=(0.1, 1.0),
+  view_q, view_k = cmd_views.pretrain_views(jax.random.fold_in(rng, step), skeleton, num_frames, ratio_range=(0.1, 1.0),
                                           min_len=8, out_len=FRAMES, num_corrupted=15)
   xq = {m: modalities.flatten(modalities.modality(view_q, m, layout)) for m in MODALITIES}
   xk = {m: modalities.flatten(modalities.modality(view_k, m, layout)) for m in MODALITIES}
@@ -143,7 +147,7 @@ def recompute_step(layout, rng, step, skeleton, num_frames, ema, key_params, key
     for m in MODALITIES:
       out, _ = MODEL.apply({"params": p[m], "batch_stats": stats[m]}, xq[m], train=True, mutable=["batch_stats"])
       queries[m] = unit(out)
-    loss, _ = losses.cmd_loss(queries, keys, queues, topk=8, temperature=0.07, teacher_temperature=0.05,
+    loss, _ = cmd_losses.cmd_loss(queries, keys, queues, topk=8, temperature=0.07, teacher_temperature=0.05,
                               student_temperature=0.1, cmd_weight=1.0)
     return loss, queries
 
@@ -244,7 +248,7 @@ def test_enqueued_rows_are_the_new_key_encoders_train_mode_embeddings(two_steps,
 @STEP
 def test_query_params_follow_torch_sgd_with_momentum_and_coupled_decay(two_steps, i):
   """(c) the momentum buffer == 0.9*buf + grad + wd*param (== grad + wd*param at step 1) and
-  params == param - lr*buf, with grads of losses.cmd_loss taken here w.r.t. the query encoders
+  params == param - lr*buf, with grads of cmd_losses.cmd_loss taken here w.r.t. the query encoders
   (pre-enqueue queues, keys of (b)); the logged loss and lr match."""
   s = two_steps.steps[i]
   trace = optax.tree_utils.tree_get(s.after.opt_state, "trace")
@@ -325,17 +329,17 @@ def test_step_schedule_milestones_in_epochs():
   base 0.1, milestones (4, 2) (unsorted), 3 steps per epoch; and the optimizer applies it."""
   config = tiny_config(**{"optimizer.lr": 0.1, "optimizer.milestones": (4, 2), "optimizer.gamma": 0.1,
                           "num_epochs": 6})
-  schedule = cp.lr_schedule(config, 3)
+  schedule = optim.lr_schedule(config, 3)
   expected = [0.1] * 6 + [0.01] * 6 + [0.001] * 6  # epochs 0-1, 2-3, 4-5
   got = [float(schedule(jnp.int32(step))) for step in range(18)]
   np.testing.assert_allclose(got, expected, rtol=1e-6)
-  no_milestones = cp.lr_schedule(tiny_config(**{"optimizer.lr": 0.1, "optimizer.milestones": ()}), 3)
+  no_milestones = optim.lr_schedule(tiny_config(**{"optimizer.lr": 0.1, "optimizer.milestones": ()}), 3)
   np.testing.assert_allclose([float(no_milestones(jnp.int32(s))) for s in (0, 50, 500)], [0.1] * 3, rtol=1e-6)
 
   # The optimizer uses it per step: with momentum 0 and no decay, update = -lr(step) * grad.
   config.optimizer.momentum = 0.0
   config.optimizer.weight_decay = 0.0
-  tx = cp.make_optimizer(config, 3)
+  tx = optim.make_optimizer(config, 3)
   params = {"w": jnp.ones(2)}
   opt_state = tx.init(params)
   for step in range(8):
@@ -347,7 +351,7 @@ def test_cosine_schedule_per_epoch():
   """MoCo's cosine, per epoch: lr = base * 0.5 * (1 + cos(pi * epoch / epochs)); base 0.1,
   4 epochs, 2 steps per epoch: 0.1, 0.0853553, 0.05, 0.0146447 (cos(pi/4) = 0.7071068)."""
   config = tiny_config(**{"optimizer.lr": 0.1, "optimizer.schedule": "cosine", "num_epochs": 4})
-  schedule = cp.lr_schedule(config, 2)
+  schedule = optim.lr_schedule(config, 2)
   expected = [0.1, 0.1, 0.0853553390, 0.0853553390, 0.05, 0.05, 0.0146446609, 0.0146446609]
   np.testing.assert_allclose([float(schedule(jnp.int32(s))) for s in range(8)], expected, rtol=1e-6)
 
@@ -361,7 +365,7 @@ def test_weight_decay_covers_every_query_parameter(two_steps):
   params0 = two_steps.steps[0].before.params
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params0)
-  tx = cp.make_optimizer(tiny_config(), STEPS_PER_EPOCH)
+  tx = optim.make_optimizer(tiny_config(), STEPS_PER_EPOCH)
   updates, _ = tx.update(jax.tree.map(np.zeros_like, params), tx.init(params), params)
   paths = leaf_paths(params)
   for path, u, p in zip(paths, jax.tree.leaves(updates), jax.tree.leaves(params)):
@@ -470,7 +474,7 @@ def test_bfloat16_compute_mode_tolerance():
   outs = {}
   for dtype in ("float32", "bfloat16"):
     config.model.compute_dtype = dtype
-    out = cp.make_model(config, training=True).apply(variables, x, train=False)
+    out = cmd_method.make_model(config, data.layout_of(config.data), training=True).apply(variables, x, train=False)
     outs[dtype] = np.asarray(losses.l2_normalize(out))
   diff = float(np.max(np.abs(outs["bfloat16"] - outs["float32"])))
   assert 0 < diff < 0.05, diff  # differs (the mode is on) but within tolerance

@@ -137,6 +137,33 @@ def test_cache_from_other_inputs_is_discarded(tmp_path, ntu_dir):
   assert cache.summary().converted == 2  # the listing changed: reconverted, not stale
 
 
+def test_variants_have_their_own_cache_and_fingerprint(tmp_path, ntu_dir, capsys):
+  raw = _raw_dir(tmp_path, ntu_dir, names={"S001C001P001R001A001.skeleton", "S001C001P001R001A002.skeleton"})
+  assert convert.cache_folder(tmp_path / ".cache", "ntu60", "frame50") == tmp_path / ".cache" / "ntu60" / "frame50"
+  cache_dir = tmp_path / "cache"
+  standard = convert.prepare(datasets.NTU60, raw, cache_dir, {"missing_list": "none"}, workers=1, progress=False)
+  assert standard.frames == 300 and next(standard.iter_chunks())["skeleton"].shape[2] == 300
+  # The same folder asked for the other variant: its fingerprint differs, so it is converted again.
+  frame50 = convert.prepare(datasets.NTU60, raw, cache_dir, {"missing_list": "none"}, workers=1, progress=False,
+                            variant="frame50")
+  assert "made from other inputs" in capsys.readouterr().out
+  chunk = next(frame50.iter_chunks())
+  assert chunk["skeleton"].shape == (2, 3, 50, 25, 2) and chunk["num_frames"].tolist() == [50, 50]
+  with pytest.raises(ValueError, match="unknown conversion variant 'frame25'; expected one of standard, frame50"):
+    convert.prepare(datasets.NTU60, raw, cache_dir, {"missing_list": "none"}, progress=False, variant="frame25")
+
+
+def test_variant_readers(tmp_path, ntu_dir):
+  path = ntu_dir / "S001C001P001R001A050.skeleton"  # a two-person file
+  sample = datasets.Sample(path.name, 49, frozenset(), str(path))
+  np.testing.assert_array_equal(datasets.load(datasets.NTU60, sample), ntu.read_xyz(path))
+  slots = ntu.read_bodies(path)
+  np.testing.assert_array_equal(datasets.load(datasets.NTU60, sample, "frame50"), slots[:2].transpose(3, 1, 2, 0))
+  assert datasets.config_name("xview", "frame50") == "xview_frame50"
+  assert datasets.parse_config_name("xview_frame50") == ("xview", "frame50")
+  assert datasets.parse_config_name("xview") == ("xview", "standard")
+
+
 def test_missing_raw_directory_is_an_immediate_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     convert.prepare(datasets.NTU60, tmp_path / "nowhere", tmp_path / "cache", {}, progress=False)

@@ -217,7 +217,7 @@ def _launch(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
 def _restore(workdir: Path):
   """(flat state, data state, meta) of the workdir's latest checkpoint, on this process's one device."""
   from cmd_jax import checkpoint, data, sharding  # pylint: disable=import-outside-toplevel
-  from cmd_jax.trainers import cmd_pretrain  # pylint: disable=import-outside-toplevel
+  from cmd_jax.trainers import pretrain as cmd_pretrain  # pylint: disable=import-outside-toplevel
 
   config = distributed_worker.tiny_config()
   like = cmd_pretrain.create_train_state(config, data.layout_of(config.data), steps_per_epoch=2)

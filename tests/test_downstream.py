@@ -39,7 +39,8 @@ import pytest
 
 from cmd_jax import augment, data, metrics as metrics_lib, modalities, pretrained, sharding
 from cmd_jax.errors import ConfigError
-from cmd_jax.trainers import cmd_pretrain, downstream, get_trainer
+from cmd_jax.trainers import pretrain as cmd_pretrain, downstream, get_trainer
+from cmd_jax import optim
 from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
 from tests.test_pretrained import make_workdir, set_fields, tiny_pretrain_config
 from tests.conftest import build_tiny_synthetic
@@ -223,7 +224,7 @@ def test_linear_head_steps_equal_numpy_sgd_with_momentum(pretrain_dir):
   view = {"out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
   step = jax.jit(lambda s, f, b: downstream.linear_train_step(
       s, f, b, model=pre.model(), layout=pre.layout, streams=("joint",), tx=tx,
-      schedule=cmd_pretrain.lr_schedule(config, 100), view=view))
+      schedule=optim.lr_schedule(config, 100), view=view))
   frozen = {"joint": pre.variables("joint")}
 
   w = np.asarray(heads["joint"]["weight"], np.float64)

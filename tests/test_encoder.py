@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmd_jax.models import Encoder
-from cmd_jax.models import encoder as encoder_lib
+from cmd_jax.models.gru import GRUEncoder as Encoder
+from cmd_jax.models import gru as encoder_lib
 
 N, T, F, H, L = 3, 6, 10, 8, 3
 ATOL = 2e-5

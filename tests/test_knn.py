@@ -10,7 +10,7 @@ import pytest
 from cmd_jax import augment, modalities, sharding
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import NTU25
-from cmd_jax.models import Encoder
+from cmd_jax.models.gru import GRUEncoder as Encoder
 
 
 def _brute_force_1nn(bank, bank_labels, queries, query_labels):

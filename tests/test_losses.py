@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cmd_jax import losses
+from cmd_jax.methods.cmd import losses as cmd_losses
 
 MODALITIES = ("joint", "motion", "bone")
 
@@ -142,7 +143,7 @@ def test_cmd_distillation_hand_worked_case():
   # Two modalities, N=1, K=3, topk=2, both temperatures 1.
   teacher = {"joint": jnp.array([[0.9, 0.1, 0.5]]), "motion": jnp.array([[0.0, 0.3, 0.2]])}
   student = {"joint": jnp.array([[0.6, 0.8, 0.1]]), "motion": jnp.array([[0.2, 0.7, 0.4]])}
-  loss, metrics = losses.cmd_distillation(teacher, student, 2, 1.0, 1.0)
+  loss, metrics = cmd_losses.cmd_distillation(teacher, student, 2, 1.0, 1.0)
   sig = lambda z: 1.0 / (1.0 + math.exp(-z))
 
   def kl2(t0, t1, s0, s1):  # two-entry KL(softmax(t) || softmax(s))
@@ -164,7 +165,7 @@ def test_cmd_distillation_hand_worked_case():
 def test_cmd_distillation_each_term_matches_numpy(topk):
   rng = np.random.default_rng(topk)
   teacher, student = random_sims(rng, 8, 64), random_sims(rng, 8, 64)
-  loss, metrics = jax.jit(losses.cmd_distillation, static_argnums=2)(teacher, student, topk)
+  loss, metrics = jax.jit(cmd_losses.cmd_distillation, static_argnums=2)(teacher, student, topk)
   want = np_cmd_terms(teacher, student, topk)
   assert list(want) == ["kl_joint_to_motion", "kl_joint_to_bone", "kl_motion_to_joint",
                         "kl_motion_to_bone", "kl_bone_to_joint", "kl_bone_to_motion"]
@@ -179,25 +180,25 @@ def test_cmd_distillation_gathers_teacher_indices_on_the_other_students_sims():
   rng = np.random.default_rng(5)
   n, k, topk = 4, 32, 8
   teacher, student = random_sims(rng, n, k), random_sims(rng, n, k)
-  _, base = losses.cmd_distillation(teacher, student, topk)
+  _, base = cmd_losses.cmd_distillation(teacher, student, topk)
   idx_joint = np_topk_indices(teacher["joint"], topk)
   # Changing the motion student OUTSIDE the joint teacher's top-k leaves J->M unchanged...
   outside = np.ones((n, k), bool)
   np.put_along_axis(outside, idx_joint, False, axis=1)
   perturbed = dict(student, motion=np.where(outside, student["motion"] + 5.0, student["motion"]))
-  _, m = losses.cmd_distillation(teacher, perturbed, topk)
+  _, m = cmd_losses.cmd_distillation(teacher, perturbed, topk)
   np.testing.assert_allclose(m["kl_joint_to_motion"], base["kl_joint_to_motion"], rtol=1e-6)
   # ... and changing it INSIDE changes it.
   perturbed = dict(student, motion=np.where(outside, student["motion"],
                                             rng.standard_normal((n, k)).astype(np.float32)))
-  _, m = losses.cmd_distillation(teacher, perturbed, topk)
+  _, m = cmd_losses.cmd_distillation(teacher, perturbed, topk)
   assert abs(float(m["kl_joint_to_motion"]) - float(base["kl_joint_to_motion"])) > 1e-3
   # J->M reads neither the joint student nor the motion teacher.
   changed = dict(student, joint=rng.standard_normal((n, k)).astype(np.float32))
-  _, m = losses.cmd_distillation(teacher, changed, topk)
+  _, m = cmd_losses.cmd_distillation(teacher, changed, topk)
   np.testing.assert_allclose(m["kl_joint_to_motion"], base["kl_joint_to_motion"], rtol=1e-6)
   changed = dict(teacher, motion=rng.standard_normal((n, k)).astype(np.float32))
-  _, m = losses.cmd_distillation(changed, student, topk)
+  _, m = cmd_losses.cmd_distillation(changed, student, topk)
   np.testing.assert_allclose(m["kl_joint_to_motion"], base["kl_joint_to_motion"], rtol=1e-6)
   # Gathering the motion student at the MOTION teacher's (or its own) indices is different.
   for wrong_src in (teacher["motion"], student["motion"]):
@@ -211,8 +212,8 @@ def test_cmd_distillation_is_independent_of_the_topk_order():
   rng = np.random.default_rng(7)
   n, k, topk = 6, 40, 12
   teacher, student = random_sims(rng, n, k), random_sims(rng, n, k)
-  _, metrics = losses.cmd_distillation(teacher, student, topk)
-  for a, b in losses.all_directions(MODALITIES):
+  _, metrics = cmd_losses.cmd_distillation(teacher, student, topk)
+  for a, b in cmd_losses.all_directions(MODALITIES):
     idx = np_topk_indices(teacher[a], topk)
     idx = np.stack([row[rng.permutation(topk)] for row in idx])  # shuffled per sample
     v = np.take_along_axis(np.asarray(teacher[a], np.float64), idx, 1)
@@ -225,13 +226,13 @@ def test_cmd_distillation_is_zero_when_student_matches_teacher():
   rng = np.random.default_rng(9)
   sims = np.tanh(rng.standard_normal((5, 30))).astype(np.float32)
   same = {m: sims for m in MODALITIES}
-  loss, metrics = losses.cmd_distillation(same, same, 10, 0.1, 0.1)
+  loss, metrics = cmd_losses.cmd_distillation(same, same, 10, 0.1, 0.1)
   assert abs(float(loss)) < 1e-6
   # tau_t = 0.05, tau_s = 0.1: a student with twice the teacher's similarities matches it.
-  loss, _ = losses.cmd_distillation(same, {m: 2 * sims for m in MODALITIES}, 10, 0.05, 0.1)
+  loss, _ = cmd_losses.cmd_distillation(same, {m: 2 * sims for m in MODALITIES}, 10, 0.05, 0.1)
   assert abs(float(loss)) < 1e-5
   # ... and with the raw similarities it does not.
-  loss, _ = losses.cmd_distillation(same, same, 10, 0.05, 0.1)
+  loss, _ = cmd_losses.cmd_distillation(same, same, 10, 0.05, 0.1)
   assert float(loss) > 1e-3
 
 
@@ -239,23 +240,23 @@ def test_cmd_distillation_directions_restrict_the_terms():
   rng = np.random.default_rng(11)
   teacher, student = random_sims(rng, 4, 16), random_sims(rng, 4, 16)
   directions = [("joint", "bone"), ("bone", "motion")]
-  loss, metrics = losses.cmd_distillation(teacher, student, 5, directions=directions)
+  loss, metrics = cmd_losses.cmd_distillation(teacher, student, 5, directions=directions)
   want = np_cmd_terms(teacher, student, 5, directions=directions)
   assert set(metrics) == {"kl_joint_to_bone", "kl_bone_to_motion", "distillation"}
   np.testing.assert_allclose(float(loss), sum(want.values()), rtol=2e-4)
   # Two modalities: two terms; one modality: no terms, zero loss.
   two = {m: teacher[m] for m in ("joint", "motion")}
-  _, metrics = losses.cmd_distillation(two, {m: student[m] for m in two}, 5)
+  _, metrics = cmd_losses.cmd_distillation(two, {m: student[m] for m in two}, 5)
   assert set(metrics) == {"kl_joint_to_motion", "kl_motion_to_joint", "distillation"}
-  loss, _ = losses.cmd_distillation({"joint": teacher["joint"]}, {"joint": student["joint"]}, 5)
+  loss, _ = cmd_losses.cmd_distillation({"joint": teacher["joint"]}, {"joint": student["joint"]}, 5)
   assert float(loss) == 0.0
 
 
 def test_cmd_distillation_approximate_option():
   rng = np.random.default_rng(13)
   teacher, student = random_sims(rng, 4, 128), random_sims(rng, 4, 128)
-  exact, _ = losses.cmd_distillation(teacher, student, 32)
-  approx, metrics = losses.cmd_distillation(teacher, student, 32, approximate_recall=0.95)
+  exact, _ = cmd_losses.cmd_distillation(teacher, student, 32)
+  approx, metrics = cmd_losses.cmd_distillation(teacher, student, 32, approximate_recall=0.95)
   assert np.isfinite(float(approx)) and len(metrics) == 7
   if jax.default_backend() == "cpu":  # approx_max_k is exact on CPU
     np.testing.assert_allclose(float(approx), float(exact), rtol=1e-6)
@@ -264,19 +265,19 @@ def test_cmd_distillation_approximate_option():
 def test_cmd_distillation_errors():
   sims = {m: jnp.zeros((2, 8)) for m in MODALITIES}
   with pytest.raises(ValueError, match="topk must be an int in"):
-    losses.cmd_distillation(sims, sims, 9)
+    cmd_losses.cmd_distillation(sims, sims, 9)
   with pytest.raises(ValueError, match="topk must be an int in"):
-    losses.cmd_distillation(sims, sims, 0)
+    cmd_losses.cmd_distillation(sims, sims, 0)
   with pytest.raises(ValueError, match="differ"):
-    losses.cmd_distillation(sims, {"joint": sims["joint"]}, 4)
+    cmd_losses.cmd_distillation(sims, {"joint": sims["joint"]}, 4)
   with pytest.raises(ValueError, match="same shape"):
-    losses.cmd_distillation(sims, dict(sims, bone=jnp.zeros((2, 9))), 4)
+    cmd_losses.cmd_distillation(sims, dict(sims, bone=jnp.zeros((2, 9))), 4)
   with pytest.raises(ValueError, match="not in"):
-    losses.cmd_distillation(sims, sims, 4, directions=[("joint", "depth")])
+    cmd_losses.cmd_distillation(sims, sims, 4, directions=[("joint", "depth")])
   with pytest.raises(ValueError, match="duplicate"):
-    losses.cmd_distillation(sims, sims, 4, directions=[("joint", "bone"), ("joint", "bone")])
+    cmd_losses.cmd_distillation(sims, sims, 4, directions=[("joint", "bone"), ("joint", "bone")])
   with pytest.raises(ValueError, match="approximate_recall"):
-    losses.cmd_distillation(sims, sims, 4, approximate_recall=1.5)
+    cmd_losses.cmd_distillation(sims, sims, 4, approximate_recall=1.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ def test_cmd_loss_matches_numpy_sum_of_terms():
   keys = {m: np_normalize(queries[m] + rng.standard_normal((n, d))).astype(np.float32)
           for m in MODALITIES}
   queues = {m: random_unit(rng, (k, d)) for m in MODALITIES}
-  fn = jax.jit(lambda q, kk, qu: losses.cmd_loss(q, kk, qu, topk=topk, cmd_weight=0.5))
+  fn = jax.jit(lambda q, kk, qu: cmd_losses.cmd_loss(q, kk, qu, topk=topk, cmd_weight=0.5))
   total, metrics = fn(queries, keys, queues)
   want = 0.0
   for m in MODALITIES:
@@ -313,17 +314,17 @@ def test_single_modality_moco_has_no_distillation():
   rng = np.random.default_rng(19)
   q, kk, queue = random_unit(rng, (4, 8)), random_unit(rng, (4, 8)), random_unit(rng, (16, 8))
   want, _, _ = np_info_nce(q, kk, queue, 0.07)
-  for loss, metrics in (losses.moco_loss({"joint": q}, {"joint": kk}, {"joint": queue}),
-                        losses.cmd_loss({"joint": q}, {"joint": kk}, {"joint": queue}, topk=4)):
+  for loss, metrics in (cmd_losses.moco_loss({"joint": q}, {"joint": kk}, {"joint": queue}),
+                        cmd_losses.cmd_loss({"joint": q}, {"joint": kk}, {"joint": queue}, topk=4)):
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     assert float(metrics["loss_cmd"]) == 0.0
     assert not any(name.startswith("kl_") for name in metrics)
   # Three modalities with cmd_weight 0: plain MoCo, no top-k needed.
   three = lambda x: {m: x for m in MODALITIES}
-  loss, metrics = losses.cmd_loss(three(q), three(kk), three(queue), topk=None, cmd_weight=0.0)
+  loss, metrics = cmd_losses.cmd_loss(three(q), three(kk), three(queue), topk=None, cmd_weight=0.0)
   np.testing.assert_allclose(float(loss), 3 * want, rtol=1e-5)
   with pytest.raises(ValueError, match="topk is required"):
-    losses.cmd_loss(three(q), three(kk), three(queue), topk=None)
+    cmd_losses.cmd_loss(three(q), three(kk), three(queue), topk=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ def _tiny_setting(seed=0):
 def _jax_loss(w_q, w_k, queues, x, x_key):
   queries = {m: losses.l2_normalize(x[m] @ w_q[m]) for m in MODALITIES}
   keys = {m: losses.l2_normalize(x_key[m] @ w_k[m]) for m in MODALITIES}
-  loss, _ = losses.cmd_loss(queries, keys, queues, topk=TOPK, temperature=TAU,
+  loss, _ = cmd_losses.cmd_loss(queries, keys, queues, topk=TOPK, temperature=TAU,
                             teacher_temperature=TAU_T, student_temperature=TAU_S)
   return loss
 
@@ -373,7 +374,7 @@ def test_gradient_flows_only_to_the_query_side():
   # Gradient w.r.t. the keys and the teacher similarities themselves is zero too.
   rng = np.random.default_rng(1)
   teacher, student = random_sims(rng, N, K), random_sims(rng, N, K)
-  g_t, g_s = jax.jit(jax.grad(lambda t, s: losses.cmd_distillation(t, s, TOPK)[0],
+  g_t, g_s = jax.jit(jax.grad(lambda t, s: cmd_losses.cmd_distillation(t, s, TOPK)[0],
                                argnums=(0, 1)))(teacher, student)
   for m in MODALITIES:
     np.testing.assert_array_equal(g_t[m], 0.0)
@@ -390,7 +391,7 @@ def test_student_gradient_matches_the_analytic_kl_gradient():
   rng = np.random.default_rng(3)
   teacher, student = random_sims(rng, N, K), random_sims(rng, N, K)
   directions = [("joint", "motion")]
-  g = jax.grad(lambda s: losses.cmd_distillation(teacher, s, TOPK, TAU_T, TAU_S,
+  g = jax.grad(lambda s: cmd_losses.cmd_distillation(teacher, s, TOPK, TAU_T, TAU_S,
                                                  directions=directions)[0])(student)
   idx = np_topk_indices(teacher["joint"], TOPK)
   p = np_softmax(np.take_along_axis(np.asarray(teacher["joint"], np.float64), idx, 1) / TAU_T)

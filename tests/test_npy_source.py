@@ -81,6 +81,49 @@ def test_pku_float_labels_and_msr_layout(tmp_path):
   assert NpySource(msr, "train")[1]["skeleton"].shape == (3, 300, 20, 1)
 
 
+def write_hiclr(folder: Path, part: str, data, names, labels) -> Path:
+  """HiCLR's 50-frame folder layout: {part}_position.npy and {part}_label.pkl."""
+  folder.mkdir(parents=True, exist_ok=True)
+  np.save(folder / f"{part}_position.npy", data)
+  with open(folder / f"{part}_label.pkl", "wb") as f:
+    pickle.dump((names, labels), f)
+  return folder
+
+
+def test_hiclr_format_records(tmp_path):
+  data, _, names, labels = make_arrays(n=4, t=50)
+  folder = write_hiclr(tmp_path / "NTU60_frame50" / "xsub", "val", data, names, labels)
+  source = NpySource(folder, "val")
+  assert source.format == "hiclr" and source.shape == (3, 50, 25, 2) and len(source) == 4
+  for i in range(4):
+    record = source[i]
+    np.testing.assert_array_equal(record["skeleton"], data[i])
+    assert record["num_frames"] == 50 and type(record["num_frames"]) is int  # no frame counts in the format
+    assert (record["name"], record["label"]) == (names[i], labels[i])
+  assert "format='hiclr'" in repr(source)
+  clone = pickle.loads(pickle.dumps(source))
+  np.testing.assert_array_equal(clone[3]["skeleton"], data[3])
+  assert NpySource(folder, "val", fmt="hiclr").format == "hiclr"
+  with pytest.raises(DataFormatError, match=r"expected T = 300"):
+    NpySource(folder, "val", max_frames=300)
+  with pytest.raises(FileNotFoundError, match=r"missing val_data_joint\.npy, val_num_frame\.npy for part 'val'"):
+    NpySource(folder, "val", fmt="cmd")
+  with pytest.raises(ValueError, match="fmt='aimclr'"):
+    NpySource(folder, "val", fmt="aimclr")
+  (folder / "val_label.pkl").unlink()
+  message = r"missing val_label\.pkl .*\{part\}_position\.npy and \{part\}_label\.pkl in HiCLR's format"
+  with pytest.raises(FileNotFoundError, match=message + r" \(present: val_position\.npy\)"):
+    NpySource(folder, "val")
+
+
+def test_cmd_format_is_preferred_and_its_repr_unchanged(ntu_folder):
+  folder, (data, *_) = ntu_folder
+  np.save(folder / "train_position.npy", np.zeros((6, 3, 50, 25, 2), np.float32))
+  source = NpySource(folder, "train")
+  assert source.format == "cmd" and "format" not in repr(source)
+  np.testing.assert_array_equal(source[1]["skeleton"], data[1])
+
+
 def test_bytes_names_are_decoded(tmp_path):
   data, num_frames, _, labels = make_arrays(n=2)
   folder = write_reference(tmp_path, "train", data[:2], num_frames[:2], [b"x.skeleton", b"y.skeleton"], labels[:2])

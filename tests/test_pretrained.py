@@ -22,7 +22,7 @@ import pytest
 
 from cmd_jax import checkpoint, data, pretrained
 from cmd_jax.errors import ConfigError
-from cmd_jax.trainers import cmd_pretrain
+from cmd_jax.trainers import pretrain as cmd_pretrain
 from configs import linear, pretrain_cmd
 
 TINY = {"model.hidden_size": 8, "model.num_layers": 1, "model.embed_dim": 8, "batch_size": 8,

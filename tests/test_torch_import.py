@@ -85,7 +85,7 @@ def imported(tmp_path_factory):
 
 def restore_state(workdir):
   from cmd_jax import checkpoint, data, sharding
-  from cmd_jax.trainers import cmd_pretrain
+  from cmd_jax.trainers import pretrain as cmd_pretrain
   import jax
   config = pretrained.read_pretrain_config(workdir)
   like = jax.eval_shape(lambda: cmd_pretrain.create_train_state(config, data.layout_of(config.data), 1))
@@ -236,7 +236,7 @@ def test_pretraining_continues_from_an_imported_checkpoint(tmp_path):
   queues, and runs exactly the remaining epoch."""
   import jax
   from cmd_jax import metrics as metrics_lib
-  from cmd_jax.trainers import cmd_pretrain
+  from cmd_jax.trainers import pretrain as cmd_pretrain
   from configs import pretrain_cmd
   from tests.conftest import build_tiny_synthetic
 

@@ -1,8 +1,8 @@
 """1-nearest-neighbour cosine accuracy of frozen encoder features (reference_cmd.md 5.4).
 
-The reference's retrieval protocol: features are the encoder's 2H-d last-step GRU output
-(BatchNorm in inference mode, no head) of the 95% centre crop resized to the model's
-frame count, for the whole train split (the bank) and the whole test split (the queries);
+The reference's retrieval protocol: features are the encoder's pooled feature (CMD's GRU:
+the 2H-d last-step output; BatchNorm in inference mode, no head) of the 95% centre crop
+resized to the model's frame count (or the stored clip as it is, for 50-frame data), for the whole train split (the bank) and the whole test split (the queries);
 both are L2-normalised and each query takes the label of its most cosine-similar bank
 feature (sklearn ``KNeighborsClassifier(n_neighbors=1, metric='cosine')``). Here the
 features are computed batch-sharded over the device mesh, and the neighbour search runs on
@@ -23,13 +23,19 @@ from cmd_jax.layouts import SkeletonLayout
 
 
 def make_feature_fn(model, layout: SkeletonLayout, modality: str, frames: int,
-                    crop_ratio: float = augment.CENTER_CROP_RATIO) -> Callable[..., jax.Array]:
-  """``fn(variables, skeleton [N,3,T,V,M], num_frames [N]) -> features [N, 2H]`` (eval mode)."""
+                    crop_ratio: float | None = augment.CENTER_CROP_RATIO) -> Callable[..., jax.Array]:
+  """``fn(variables, skeleton [N,3,T,V,M], num_frames [N]) -> features [N, D]`` (eval mode).
+
+  The clip is the centre crop of ``crop_ratio`` of the valid frames resized to ``frames``
+  (CMD's test view), or, for ``crop_ratio=None``, the stored clip as it is (HiCLR's
+  50-frame clips; ``frames`` and ``num_frames`` are then unused)."""
 
   def fn(variables, skeleton, num_frames):
-    clip = augment.downstream_test_view(skeleton, num_frames, ratio=crop_ratio, out_len=frames)
-    x = modalities.flatten(modalities.modality(clip, modality, layout))
-    return model.apply(variables, x, train=False, features_only=True)
+    if crop_ratio is None:
+      clip = skeleton
+    else:
+      clip = augment.downstream_test_view(skeleton, num_frames, ratio=crop_ratio, out_len=frames)
+    return model.apply(variables, modalities.modality(clip, modality, layout), train=False, features_only=True)
 
   return fn
 

@@ -81,12 +81,11 @@ import numpy as np
 import optax
 import tqdm
 
-from cmd_jax import augment, data, input_pipeline, metrics as metrics_lib, modalities, pretrained as pretrained_lib
-from cmd_jax import sharding
+from cmd_jax import augment, data, input_pipeline, metrics as metrics_lib, modalities, optim
+from cmd_jax import pretrained as pretrained_lib, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.trainers import cmd_pretrain
 
 PROTOCOLS = ("linear", "knn", "semi", "transfer")
 FINETUNE_PROTOCOLS = ("semi", "transfer")
@@ -178,11 +177,28 @@ def _validate(config, protocol: str, mesh) -> tuple[str, ...]:
   return streams
 
 
-def _train_view_params(config, pre: pretrained_lib.Pretrained) -> dict[str, Any]:
+def _train_view_params(config, pre: pretrained_lib.Pretrained) -> dict[str, Any] | None:
+  """The training view: the reference's random crop-resize (``augment.downstream_train_view``
+  arguments), or None for the stored clip as it is (a pretraining on 50-frame clips, whose
+  reference feeds the protocols its clips unaugmented)."""
+  if pre.eval_crop is None:
+    return None
   frames = int(config.augment.frames) or pre.frames
   min_len = int(config.augment.min_length) or pre.min_length
   return {"out_len": frames, "min_len": min_len,
           "ratio_range": (float(config.augment.train_crop_min), float(config.augment.train_crop_max))}
+
+
+def _test_view(config, pre: pretrained_lib.Pretrained) -> tuple[int, float | None]:
+  """``(frames, crop ratio)`` of the test view (``crop=None``: the stored clip as it is)."""
+  frames = int(config.augment.frames) or pre.frames
+  return frames, (None if pre.eval_crop is None else float(config.augment.test_crop))
+
+
+def _train_clip(key, batch, view):
+  if view is None:
+    return batch["skeleton"]
+  return augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **view)
 
 
 def num_classes_of(config, source) -> int:
@@ -344,11 +360,7 @@ class DownstreamState:
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """PyTorch SGD(lr, momentum, weight_decay), lr per epoch: the pretraining's optimizer code."""
-  return cmd_pretrain.make_optimizer(config, steps_per_epoch)
-
-
-def _stream_input(clip: jax.Array, stream: str, layout: SkeletonLayout) -> jax.Array:
-  return modalities.flatten(modalities.modality(clip, stream, layout))
+  return optim.make_optimizer(config, steps_per_epoch)
 
 
 def _ce_and_accuracy(logits, labels):
@@ -364,8 +376,8 @@ def linear_train_step(state: DownstreamState, frozen: Mapping[str, Any], batch: 
   encoders' features (inference-mode BN, ``stop_gradient``), mean cross-entropy of every
   stream's head, one SGD step on the heads only."""
   key = jax.random.fold_in(state.rng, state.step)
-  clip = augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **view)
-  feats = {m: jax.lax.stop_gradient(model.apply(frozen[m], _stream_input(clip, m, layout), train=False,
+  clip = _train_clip(key, batch, view)
+  feats = {m: jax.lax.stop_gradient(model.apply(frozen[m], modalities.modality(clip, m, layout), train=False,
                                                 features_only=True)) for m in streams}
   labels = batch["label"]
 
@@ -386,17 +398,18 @@ def finetune_train_step(state: DownstreamState, batch: Mapping[str, jax.Array], 
                         streams: Sequence[str], tx: optax.GradientTransformation, schedule: Callable,
                         view: Mapping[str, Any]) -> tuple[DownstreamState, dict[str, jax.Array]]:
   """One fine-tuning step (spec 5.5): every parameter trained, BN in train mode (batch
-  statistics, running statistics updated), mean cross-entropy, SGD."""
+  statistics, running statistics updated), the encoder's dropout on, mean cross-entropy, SGD."""
   key = jax.random.fold_in(state.rng, state.step)
-  clip = augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **view)
-  inputs = {m: _stream_input(clip, m, layout) for m in streams}
+  clip = _train_clip(key, batch, view)
+  inputs = {m: modalities.modality(clip, m, layout) for m in streams}
   labels = batch["label"]
+  dropout_keys = jax.random.split(jax.random.fold_in(key, 1), len(streams))
 
   def loss_fn(params):
     out, stats = {}, {}
-    for m in streams:
+    for i, m in enumerate(streams):
       logits, updated = model.apply({"params": params[m], "batch_stats": state.batch_stats[m]}, inputs[m],
-                                    train=True, mutable=["batch_stats"])
+                                    train=True, mutable=["batch_stats"], rngs={"dropout": dropout_keys[i]})
       out[m], stats[m] = _ce_and_accuracy(logits, labels), updated["batch_stats"]
     return sum(v[0] for v in out.values()), (out, stats)
 
@@ -454,7 +467,7 @@ class StreamFeatures:
   """Test-split features of several streams in one pass (``knn.extract_features`` on the
   concatenation of ``knn.make_feature_fn`` per stream); the jitted function is built once."""
 
-  def __init__(self, model, layout: SkeletonLayout, streams: Sequence[str], frames: int, crop_ratio: float,
+  def __init__(self, model, layout: SkeletonLayout, streams: Sequence[str], frames: int, crop_ratio: float | None,
                feature_dim: int):
     self.streams, self.dim = tuple(streams), feature_dim
     fns = {m: knn.make_feature_fn(model, layout, m, frames, crop_ratio) for m in streams}
@@ -601,8 +614,9 @@ def _setup(config, workdir, protocol):
   pre = pretrained_lib.load_pretrained(config.init_from, None if int(config.init_step) < 0 else int(config.init_step),
                                        random_init=bool(config.random_init), mesh=mesh)
   pretrained_lib.check_compatible(pre, config.data, streams)
-  data.ensure_prepared(config.data)
-  train_source, test_source = data.open_split(config.data, "train"), data.open_split(config.data, "val")
+  data_config = data.with_variant(config.data, pre.variant)  # the pretraining's variant unless one is named
+  data.ensure_prepared(data_config)
+  train_source, test_source = data.open_split(data_config, "train"), data.open_split(data_config, "val")
   num_classes = num_classes_of(config, train_source)
   os.makedirs(workdir, exist_ok=True)
   if _is_writer():
@@ -617,7 +631,8 @@ def _base_results(config, protocol, pre, streams, train_size, test_size, num_cla
       "protocol": protocol, "name": config.get("name", ""),
       "init_from": pre.workdir, "pretrain_step": pre.step, "random_init": pre.random_init,
       "pretrain_dataset": pre.dataset, "pretrain_config": pre.config.get("name", ""),
-      "dataset": str(config.data.dataset), "benchmark": str(config.data.benchmark),
+      "pretrain_method": pre.method, "encoder": pre.model_name,
+      "dataset": str(config.data.dataset), "benchmark": str(config.data.benchmark), "data_variant": pre.variant,
       "num_classes": num_classes, "num_train": train_size, "num_test": test_size,
       "streams_evaluated": list(streams), "fusion_name": fusion_name(streams),
       "accuracy_unit": "fraction in [0, 1]",
@@ -672,7 +687,7 @@ def run_linear(config, workdir: str) -> dict[str, Any]:
   n_train, batch = len(train_source), int(config.batch_size)
   spe = steps_per_epoch(n_train, batch)
   tx = make_optimizer(config, spe)
-  schedule = cmd_pretrain.lr_schedule(config, spe)
+  schedule = optim.lr_schedule(config, spe)
   key = jax.random.PRNGKey(int(config.seed))
   head_key, run_key = jax.random.split(key)
   heads = {m: init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim) for i, m in enumerate(streams)}
@@ -686,8 +701,7 @@ def run_linear(config, workdir: str) -> dict[str, Any]:
                  out_shardings=(rep, rep), donate_argnums=(0,))
 
   # The encoders are frozen: the test features are computed once.
-  extractor = StreamFeatures(model, pre.layout, streams, view["out_len"], float(config.augment.test_crop),
-                             pre.feature_dim)
+  extractor = StreamFeatures(model, pre.layout, streams, *_test_view(config, pre), pre.feature_dim)
   test_feats, test_labels = extractor(frozen, test_source, batch_size=int(config.eval_batch_size), mesh=mesh)
   _check_labels(test_labels, num_classes, "the test split")
   logits_fn = jax.jit(lambda heads, feats: {m: head_logits(heads[m], feats[m]) for m in streams})
@@ -732,10 +746,10 @@ def run_linear(config, workdir: str) -> dict[str, Any]:
 def run_knn(config, workdir: str) -> dict[str, Any]:
   """1-NN retrieval (spec 5.4): ``cmd_jax.evaluators.knn`` on the train (bank) and test splits."""
   mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, "knn")
-  frames = int(config.augment.frames) or pre.frames
+  frames, crop = _test_view(config, pre)
   model = pre.model(num_outputs=None)
   variables = {m: pre.variables(m) for m in streams}
-  extractor = StreamFeatures(model, pre.layout, streams, frames, float(config.augment.test_crop), pre.feature_dim)
+  extractor = StreamFeatures(model, pre.layout, streams, frames, crop, pre.feature_dim)
   batch = int(config.eval_batch_size)
   bank, bank_labels = extractor(variables, train_source, batch_size=batch, mesh=mesh)
   queries, query_labels = extractor(variables, test_source, batch_size=batch, mesh=mesh)
@@ -755,7 +769,7 @@ def run_knn(config, workdir: str) -> dict[str, Any]:
   _save_outputs(workdir, queries, None, query_labels, fusion, predictions=predictions,
                 num_classes=max(num_classes, int(max(bank_labels.max(), query_labels.max())) + 1))
   results = _base_results(config, "knn", pre, streams, len(bank_labels), len(query_labels), num_classes)
-  results.update(frames=frames, crop=float(config.augment.test_crop),
+  results.update(frames=frames, crop=crop,
                  notes={"final_top1": "1-NN cosine top-1 on the test split (no training: no best-of-evaluations)",
                         "fusion": KNN_FUSION_NOTE})
   results["streams"] = {m: {"final_top1": accs[m]} for m in streams}
@@ -782,8 +796,7 @@ def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
   sizes = {len(v) for v in subsets.values()}
   total_steps = sum(steps_per_epoch(len(v), batch) for v in subsets.values()) * int(config.num_epochs)
   rep = sharding.replicated(mesh)
-  extractor = StreamFeatures(model, pre.layout, streams, view["out_len"], float(config.augment.test_crop),
-                             pre.feature_dim)
+  extractor = StreamFeatures(model, pre.layout, streams, *_test_view(config, pre), pre.feature_dim)
   logits_fn = jax.jit(lambda params, feats: {m: head_logits(params[m]["fc"], feats[m]) for m in streams})
 
   def evaluate(s):
@@ -803,7 +816,7 @@ def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
       if spe not in steps:
         tx = make_optimizer(config, spe)
         step_fn = functools.partial(finetune_train_step, model=model, layout=pre.layout, streams=streams, tx=tx,
-                                    schedule=cmd_pretrain.lr_schedule(config, spe), view=view)
+                                    schedule=optim.lr_schedule(config, spe), view=view)
         steps[spe] = (tx, jax.jit(step_fn, out_shardings=(rep, rep), donate_argnums=(0,)))
       tx, step = steps[spe]
       head_key, run_key = jax.random.split(jax.random.PRNGKey(seed))

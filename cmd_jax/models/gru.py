@@ -4,7 +4,8 @@ This module owns the per-stream encoder of CMD: input BatchNorm, the 3-layer GRU
 head (a downstream ``Linear`` or the pretraining MLP). It follows ``moco/GRU.py`` of the
 PyTorch reference and its quirks 1 and 2 (reference_cmd.md 7).
 
-Computation (input ``[N, T, F]``, ``F = 150`` for NTU, see ``cmd_jax.modalities.flatten``):
+Computation (input a clip ``[N, C, T, V, M]``, flattened to ``[N, T, F]`` with ``F = V*C*M``,
+150 for NTU, by ``cmd_jax.modalities.flatten``):
 
 1. ``input_norm``: BatchNorm over the last axis, statistics over ``N x T`` (PyTorch
    ``BatchNorm1d`` on the ``(N, F, T)`` permutation). ``TorchBatchNorm`` reproduces PyTorch
@@ -86,40 +87,18 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 
+from cmd_jax import modalities
+from cmd_jax.layouts import SkeletonLayout
+from cmd_jax.models.common import TorchBatchNorm, check_init, head, normal_init, uniform_init, xavier_uniform_torch
+from cmd_jax.models.common import torch_key as common_torch_key
+
 Array = jax.Array
-Initializer = Callable[..., Array]
 
 FC_INITS = ("xavier", "normal_0.01")
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
-
-
-# ----------------------------------------------------------------------------------------
-# Initialisers (PyTorch's, written out)
-# ----------------------------------------------------------------------------------------
-
-def uniform_init(bound: float) -> Initializer:
-  """``U(-bound, bound)``, like ``torch.nn.init.uniform_(-bound, bound)``."""
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
-
-  return init
-
-
-def xavier_uniform_torch(key, shape, dtype=jnp.float32) -> Array:
-  """``torch.nn.init.xavier_uniform_`` on a torch-layout ``[out, in]`` matrix."""
-  fan_out, fan_in = shape
-  bound = (6.0 / (fan_in + fan_out)) ** 0.5
-  return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
-
-
-def normal_init(std: float) -> Initializer:
-  def init(key, shape, dtype=jnp.float32):
-    return std * jax.random.normal(key, shape, dtype)
-
-  return init
 
 
 # ----------------------------------------------------------------------------------------
@@ -307,73 +286,9 @@ def _gru_cells_bwd(flip, precision, dtype, unroll, projection, residuals, d_out)
 _gru_cells.defvjp(_gru_cells_fwd, _gru_cells_bwd)
 
 
-def batch_norm_stats(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
-  """Batch mean, biased variance and unbiased variance over ``axes`` (two-pass, float32)."""
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  n = 1
-  for a in axes:
-    n *= x.shape[a]
-  mean = jnp.mean(x, axis=axes)
-  var = jnp.mean(jnp.square(x - jnp.expand_dims(mean, axes)), axis=axes)
-  unbiased = var * (n / max(n - 1, 1))
-  return mean, var, unbiased
-
-
 # ----------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------
-
-class TorchBatchNorm(nn.Module):
-  """PyTorch ``BatchNorm1d`` over the last axis of ``[..., F]``, statistics over all other axes.
-
-  Names match ``flax.linen.BatchNorm`` (``params``: ``scale``, ``bias``; ``batch_stats``:
-  ``mean``, ``var``). Unlike Flax's, the running variance is updated with the *unbiased*
-  batch variance, as PyTorch does. ``momentum`` is Flax's convention (fraction kept).
-  As in Flax, ``init`` does not update the running statistics.
-  """
-
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      mean, var, unbiased = batch_norm_stats(x, axes)
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    y = (x - mean) * lax.rsqrt(var + self.epsilon)
-    return (y * scale + bias).astype(x.dtype)
-
-
-class TorchLinear(nn.Module):
-  """``torch.nn.Linear`` with torch-layout parameters ``weight [out, in]`` and ``bias [out]``."""
-
-  features: int
-  weight_init: Initializer | None = None  # None: PyTorch default U(+-1/sqrt(in))
-  bias_init: Initializer | None = None  # None: PyTorch default U(+-1/sqrt(in))
-  precision: Any = None
-  dtype: Any = None  # matmul operand dtype (None: float32); accumulation is float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    fan_in = x.shape[-1]
-    default = uniform_init(1.0 / fan_in ** 0.5)
-    weight = self.param("weight", self.weight_init or default, (self.features, fan_in))
-    bias = self.param("bias", self.bias_init or default, (self.features,))
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-    if self.dtype is not None:
-      x, weight = x.astype(self.dtype), weight.astype(self.dtype)
-    return jnp.einsum("...i,oi->...o", x, weight, precision=self.precision, preferred_element_type=acc) + bias
-
 
 class TorchGRU(nn.Module):
   """A multi-layer GRU with ``torch.nn.GRU(bidirectional=True)``'s parameters, run over ``[N, T, F]``.
@@ -411,8 +326,8 @@ class TorchGRU(nn.Module):
     return jnp.swapaxes(y, 0, 1)
 
 
-class Encoder(nn.Module):
-  """The reference ``BIGRU``: ``[N, T, F] -> feature [N, 2H] -> head``.
+class GRUEncoder(nn.Module):
+  """The reference ``BIGRU``: clip ``[N, C, T, V, M]`` -> ``[N, T, V*C*M]`` -> feature ``[N, 2H]`` -> head.
 
   Attributes:
     hidden_size: H per cell (1024); the feature is ``2H``.
@@ -425,6 +340,9 @@ class Encoder(nn.Module):
       True = a true bidirectional GRU (DEVIATION from the reference).
     fc_init: init of the final Linear's weight and bias: ``"xavier"`` (reference builder,
       pretraining) or ``"normal_0.01"`` (downstream scripts: ``N(0, 0.01)``, bias 0).
+    init_scheme: ``config.model.init``: ``"default"`` (the reference's, above) or ``"normal_0.02"`` (HiCLR's
+      ``weights_init``: the input BatchNorm's scale ``N(1, 0.02)`` and every head Linear
+      ``N(0, 0.02)``, biases 0; the GRU keeps its own init, as ``weights_init`` skips it).
     bn_momentum, bn_epsilon: input BatchNorm, Flax momentum convention (PyTorch 0.1 = 0.9).
     precision: matmul precision of the GRU and head. ``None`` is JAX's default, which on
       GPU/TPU may compute float32 matmuls at reduced precision (TF32 / bf16 passes); pass
@@ -445,6 +363,7 @@ class Encoder(nn.Module):
   mlp: bool = False
   bidirectional: bool = False
   fc_init: str = "xavier"
+  init_scheme: str = "default"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   precision: Any = None
@@ -454,33 +373,95 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features_only: bool = False) -> Array:
-    """``x``: ``[N, T, F]``. ``train`` selects batch (True) or running (False) BN statistics
+    """``x``: a clip ``[N, C, T, V, M]``, flattened as ``cmd_jax.modalities.flatten`` (feature
+    ``v*C*M + c*M + m``), or an already flattened ``[N, T, F]``. ``train`` selects batch (True)
+    or running (False) BN statistics
     and, when True, needs ``mutable=["batch_stats"]``. Returns the feature ``[N, 2H]`` when
     ``features_only`` or ``num_outputs is None``, else the head output ``[N, num_outputs]``
     (``init`` always creates the head's parameters)."""
-    if x.ndim != 3:
-      raise ValueError(f"Encoder: expected input [N, T, F], got shape {x.shape}")
+    if x.ndim not in (3, 5):
+      raise ValueError(f"GRUEncoder: expected a clip [N, C, T, V, M] (or [N, T, F]), got shape {x.shape}")
     if self.fc_init not in FC_INITS:
-      raise ValueError(f"Encoder: unknown fc_init {self.fc_init!r}; expected one of {FC_INITS}")
+      raise ValueError(f"GRUEncoder: unknown fc_init {self.fc_init!r}; expected one of {FC_INITS}")
     if self.compute_dtype not in COMPUTE_DTYPES:
-      raise ValueError(f"Encoder: unknown compute_dtype {self.compute_dtype!r}; expected one of {tuple(COMPUTE_DTYPES)}")
+      raise ValueError(f"GRUEncoder: unknown compute_dtype {self.compute_dtype!r}; expected one of "
+                       f"{tuple(COMPUTE_DTYPES)}")
+    check_init(self.init_scheme)
     dtype = COMPUTE_DTYPES[self.compute_dtype]
-    y = TorchBatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="input_norm")(
-        x, train)
+    y = TorchBatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon, init_scheme=self.init_scheme,
+                       name="input_norm")(
+        modalities.flatten(x) if x.ndim == 5 else x, train)
     y = TorchGRU(self.hidden_size, self.num_layers, self.bidirectional, self.precision, dtype,
                  int(self.scan_unroll), self.input_projection, name="gru")(y)
     feature = y[:, -1]
     if self.num_outputs is None or (features_only and not self.is_initializing()):
       return feature
-
     if self.fc_init == "xavier":
       last_w, last_b = xavier_uniform_torch, None
     else:
       last_w, last_b = normal_init(0.01), nn.initializers.zeros
-    if self.mlp:
-      h = TorchLinear(feature.shape[-1], precision=self.precision, dtype=dtype, name="fc_0")(feature)
-      h = nn.relu(h)
-      out = TorchLinear(self.num_outputs, last_w, last_b, self.precision, dtype, name="fc_2")(h)
-    else:
-      out = TorchLinear(self.num_outputs, last_w, last_b, self.precision, dtype, name="fc")(feature)
+    out = head(feature, self.num_outputs, self.mlp, init_scheme=self.init_scheme, last_weight_init=last_w,
+               last_bias_init=last_b, precision=self.precision, dtype=dtype)
     return feature if features_only else out
+
+
+# ----------------------------------------------------------------------------------------
+# Registry functions (cmd_jax.models)
+# ----------------------------------------------------------------------------------------
+
+def torch_key(path) -> str:
+  """The reference ``state_dict`` key suffix of a variable at ``path``: the GRU sits at
+  ``encoder.gru`` in the reference's ``BIGRU``; everything else follows the common rule."""
+  if path[0] == "gru":
+    return "encoder." + ".".join(path)
+  return common_torch_key(path)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The GRU's fields of ``config.model`` (CMD's reference sizes)."""
+  c = ml_collections.ConfigDict()
+  c.hidden_size = 1024
+  c.num_layers = 3
+  c.bidirectional = False       # True: a true BiGRU (DEVIATION; the reference is forward-only)
+  # Speed options of the training step (bench/RESULTS.md). None changes what is computed
+  # except compute_dtype="bfloat16" (DEVIATION: bf16 matmul operands, float32 accumulation).
+  c.stack_modalities = False    # True: one vmap-ed encoder for all modalities (same function)
+  c.scan_unroll = 1             # time steps per scan iteration (same function)
+  c.input_projection = "auto"   # GRU input projection: auto | hoisted | per_step (same function)
+  c.compute_dtype = "float32"   # "float32" (reference) or "bfloat16"
+  return c
+
+
+def validate(model_config, layout: SkeletonLayout) -> None:
+  del layout
+  for field in ("hidden_size", "num_layers"):
+    if int(model_config[field]) <= 0:
+      raise ValueError(f"config.model.{field}={model_config[field]} must be positive")
+  for field, allowed, default in (("compute_dtype", tuple(COMPUTE_DTYPES), "float32"),
+                                  ("input_projection", PROJECTIONS, "auto")):
+    if str(model_config.get(field, default)) not in allowed:
+      choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+      raise ValueError(f"config.model.{field}={model_config[field]!r}; expected {choices}")
+  if int(model_config.get("scan_unroll", 1)) < 1:
+    raise ValueError(f"config.model.scan_unroll={model_config.scan_unroll} must be >= 1")
+
+
+def feature_dim(model_config) -> int:
+  return 2 * int(model_config.hidden_size)
+
+
+def from_config(model_config, layout: SkeletonLayout, *, num_outputs: int | None, mlp: bool,
+                training: bool = False, fc_init: str = "default") -> GRUEncoder:
+  """The GRU encoder of ``config.model``; ``training=True`` adds the step's speed options
+  (``compute_dtype``, ``scan_unroll``, ``input_projection``); evaluation and feature
+  extraction compute in float32."""
+  del layout  # the input width follows from the clip
+  speed = {}
+  if training:
+    speed = dict(compute_dtype=str(model_config.get("compute_dtype", "float32")),
+                 scan_unroll=int(model_config.get("scan_unroll", 1)),
+                 input_projection=str(model_config.get("input_projection", "auto")))
+  return GRUEncoder(hidden_size=int(model_config.hidden_size), num_layers=int(model_config.num_layers),
+                    num_outputs=num_outputs, mlp=mlp, bidirectional=bool(model_config.get("bidirectional", False)),
+                    fc_init="xavier" if fc_init == "default" else fc_init,
+                    init_scheme=str(model_config.get("init", "default")), **speed)

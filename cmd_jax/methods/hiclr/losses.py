@@ -1,0 +1,99 @@
+"""HiCLR's losses: InfoNCE of the basic branch, the hierarchical consistency terms, nearest-neighbour mining.
+
+For a query feature ``x`` of a branch (``q``: basic, ``q1``: + the normal augmentations,
+``q2``: + the joint mask), all L2-normalised, and the momentum key ``k`` with the queue
+(pre-enqueue)::
+
+  logits_x = [x . k, x . queue] / T            (length 1 + K; T = 0.07)
+  p_x = softmax(logits_x)
+
+- ``L_info``: cross-entropy of ``logits_q`` with target 0 (MoCo's InfoNCE, branch 0 only);
+- ``L_h1 = -sum_j sg(p_q)_j log p_q1_j`` and ``L_h2 = -sum_j sg(p_q1)_j log p_q2_j``: each
+  branch's similarity distribution pulled towards the one of the branch with the weaker
+  augmentation, the weaker side detached (the reference's "DDM" terms, chained); same
+  temperature on both sides;
+- total ``L = L_info + (L_h1 + L_h2) / 2``, every term a batch mean;
+- nearest-neighbour mining (after ``mining_epoch``): ``L_info`` becomes a multi-positive
+  InfoNCE whose positives are the key plus, for each of ``q``, ``q1``, ``q2``, its
+  ``topk`` most similar queue entries by raw similarity (a union: 1 to 3 extra positives
+  for ``topk = 1``): ``mean_n [ -sum_{j in P_n} log_softmax(logits_q)_nj / |P_n| ]``;
+  ``L_h1`` and ``L_h2`` are unchanged.
+
+The reference computes ``log(softmax(.))`` of the stronger branches; ``log_softmax`` is the
+same function without the underflow of ``log(0)`` (equal to float32 rounding at the
+reference's logit range). Pure functions of arrays returning ``(loss, metrics)``;
+gradients reach only the query side (keys and queue are ``stop_gradient``-ed).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cmd_jax.losses import Metrics, _float, similarities
+
+
+def branch_logits(x: jax.Array, k: jax.Array, queue: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+  """``(logits [N, 1 + K], l_neg [N, K])`` of one query branch against the key and the queue."""
+  k = jax.lax.stop_gradient(k)
+  l_pos = jnp.sum(_float(x) * _float(k), axis=-1, keepdims=True)
+  l_neg = similarities(x, queue)
+  return jnp.concatenate([l_pos, l_neg], axis=1) / temperature, l_neg
+
+
+def consistency(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
+  """``-mean_n sum_j softmax(sg(target))_nj * log_softmax(logits)_nj``: one hierarchical term."""
+  target = jax.nn.softmax(jax.lax.stop_gradient(target_logits), axis=-1)
+  return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+
+
+def mining_positives(l_negs: tuple[jax.Array, ...], topk: int) -> jax.Array:
+  """The positive mask ``[N, 1 + K]``: the key (column 0) and the union of each branch's
+  ``topk`` most similar queue entries (by raw similarity ``l_neg``)."""
+  n, size = l_negs[0].shape
+  mined = jnp.zeros((n, size), jnp.bool_)
+  rows = jnp.arange(n)[:, None]
+  for l_neg in l_negs:
+    _, idx = jax.lax.top_k(jax.lax.stop_gradient(l_neg), topk)
+    mined = mined.at[rows, idx].set(True)
+  return jnp.concatenate([jnp.ones((n, 1), jnp.bool_), mined], axis=1)
+
+
+def multi_positive_nce(logits: jax.Array, positives: jax.Array) -> jax.Array:
+  """``mean_n [ -sum_j positives_nj log_softmax(logits)_nj / sum_j positives_nj ]``."""
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  pos = positives.astype(log_p.dtype)
+  return jnp.mean(-jnp.sum(log_p * pos, axis=-1) / jnp.sum(pos, axis=-1))
+
+
+def hiclr_loss(q: jax.Array, q1: jax.Array, q2: jax.Array, k: jax.Array, queue: jax.Array, *,
+               temperature: float = 0.07, mining: jax.Array | bool = False, topk: int = 1,
+               consistency_weight: float = 0.5) -> tuple[jax.Array, Metrics]:
+  """HiCLR's total loss (module docstring) and its terms.
+
+  Args:
+    q, q1, q2: ``[N, D]`` L2-normalised query features of the three branches.
+    k: ``[N, D]`` L2-normalised momentum keys (stop-gradient'ed here).
+    queue: ``[K, D]``, the state before this step's enqueue.
+    mining: whether nearest-neighbour mining is on (a traced bool: both losses are cheap
+      to compute, and selecting one keeps a single compiled step across ``mining_epoch``).
+    topk: queue entries mined per branch.
+    consistency_weight: the weight of ``L_h1 + L_h2`` (the reference: 1/2).
+
+  Metrics: ``loss``, ``loss_info`` (the InfoNCE used: plain or mined), ``loss_h1``,
+  ``loss_h2``, ``acc1`` (the key is branch 0's most similar entry), ``mining``.
+  """
+  logits, l_neg = branch_logits(q, k, queue, temperature)
+  logits_1, l_neg_1 = branch_logits(q1, k, queue, temperature)
+  logits_2, l_neg_2 = branch_logits(q2, k, queue, temperature)
+  plain = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
+  mined = multi_positive_nce(logits, mining_positives((l_neg, l_neg_1, l_neg_2), topk))
+  mining = jnp.asarray(mining, jnp.bool_)
+  info = jnp.where(mining, mined, plain)
+  h1 = consistency(logits, logits_1)
+  h2 = consistency(logits_1, logits_2)
+  total = info + consistency_weight * (h1 + h2)
+  metrics = {"loss": total, "loss_info": info, "loss_h1": h1, "loss_h2": h2,
+             "acc1": jnp.mean((jnp.argmax(logits, axis=-1) == 0).astype(jnp.float32)),
+             "mining": mining.astype(jnp.float32)}
+  return total, metrics

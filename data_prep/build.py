@@ -1,0 +1,205 @@
+"""Building and exporting datasets from Python, without the command line.
+
+``build_dataset`` is what ``python -m data_prep build`` runs and ``export_npy`` what
+``python -m data_prep export-npy`` runs (``data_prep/cli.py`` only parses arguments); the
+training side (``cmd_jax.data.ensure_prepared``) and the tests call them directly.
+
+``build_dataset`` converts each asked variant once (parallel, resumable, into the cache
+``<out>/.cache/<dataset>/<variant>/``), writes one TFDS config per benchmark and variant
+(``<benchmark>`` for ``standard``, ``<benchmark>_frame50`` for ``frame50``), skips
+configs that are already built, removes leftovers of an interrupted build, and deletes
+the cache of a variant once all its configs are written (unless ``keep_cache``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from data_prep import convert, datasets
+
+VARIANT_CHOICES = (*datasets.VARIANTS, "all")
+
+
+def variants_of(variant: str) -> tuple[str, ...]:
+  """The variants a ``variant`` argument asks for: one of them, or ``"all"``."""
+  if variant == "all":
+    return datasets.VARIANTS
+  if variant not in datasets.VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANT_CHOICES)}")
+  return (variant,)
+
+
+@dataclasses.dataclass
+class BuildSummary:
+  """What ``build_dataset`` did.
+
+  Attributes:
+    dataset: the dataset name.
+    data_dir: the TFDS data_dir written into.
+    configs: every config asked for (``xsub``, ``xsub_frame50``, ...) -> ``{"train": n, "val": n}``.
+    already_built: the configs that were complete before this call (not rewritten).
+    conversions: variant -> the conversion summary (samples converted and skipped), for
+      the variants this call converted (none when every config was already built).
+  """
+  dataset: str
+  data_dir: Path
+  configs: dict[str, dict[str, int]]
+  already_built: list[str]
+  conversions: dict[str, convert.Summary]
+
+  @property
+  def skipped(self) -> list[tuple[str, str, str]]:
+    """``(variant, sample name, reason)`` of every skipped sample."""
+    return [(v, name, reason) for v, s in self.conversions.items() for name, reason in s.skipped]
+
+
+def check_raw(spec: datasets.DatasetSpec, raw: str | os.PathLike | None) -> Path | None:
+  """The raw folder to use: None for generated datasets; raises FileNotFoundError if absent."""
+  if not spec.needs_raw:
+    return None
+  if raw is None:
+    raise FileNotFoundError(f"{spec.name} needs --raw (the folder of raw files)")
+  if not os.path.isdir(raw):
+    raise FileNotFoundError(f"--raw {raw}: no such directory")
+  return Path(raw)
+
+
+def remove_cache(cache_dir: str | os.PathLike, levels: int = 2) -> None:
+  """Deletes a finished conversion cache, then up to ``levels`` parent folders left empty
+  (``<root>/<dataset>/<variant>``: the dataset folder and the root)."""
+  folder = Path(cache_dir)
+  shutil.rmtree(folder)
+  for _ in range(levels):
+    folder = folder.parent
+    if not folder.is_dir() or any(folder.iterdir()):
+      break
+    folder.rmdir()
+
+
+def _quiet_tfds() -> None:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+  logging.set_verbosity(logging.ERROR)  # TFDS warns about every not-yet-built config folder
+
+
+def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLike | None = None,
+                  benchmarks: Sequence[str] | None = None, variant: str = "standard",
+                  options: Mapping[str, Any] | None = None, workers: int | None = None,
+                  progress: bool = True, keep_cache: bool = False,
+                  log: Callable[[str], None] | None = print) -> BuildSummary:
+  """Converts ``dataset`` into TFDS ArrayRecord configs under ``out`` (a TFDS data_dir).
+
+  Args:
+    dataset: a name of ``data_prep.datasets.DATASET_NAMES``.
+    out: the TFDS data_dir; configs go to ``<out>/<dataset>/<config>/1.0.0/``.
+    raw: the folder of raw files (ignored for generated datasets).
+    benchmarks: a subset of the dataset's benchmarks (default: all).
+    variant: ``"standard"`` (CMD's 300-frame conversion, configs ``<benchmark>``),
+      ``"frame50"`` (HiCLR's 50-frame clips, configs ``<benchmark>_frame50``) or ``"all"``.
+    options: dataset options (``missing_list``, ``synthetic_subjects``, ...).
+    workers: conversion processes (default: all cores).
+    progress: progress bars (False also silences TFDS's logging).
+    keep_cache: keep the conversion caches after a successful build.
+    log: where the per-config and summary lines go (None: nowhere).
+
+  Returns:
+    a ``BuildSummary``.
+
+  Raises:
+    ValueError: an unknown dataset, benchmark or variant, or an empty split.
+    FileNotFoundError: a missing raw folder, missing list or no samples.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from data_prep.builders import load_builder_class  # pylint: disable=import-outside-toplevel
+
+  say = log or (lambda _line: None)
+  spec = datasets.get_spec(dataset)
+  variants = variants_of(variant)
+  if raw is not None and not spec.needs_raw:
+    say(f"note: {spec.name} is generated; --raw is ignored")
+  raw_dir = check_raw(spec, raw)
+  benchmarks = list(benchmarks) if benchmarks else list(spec.benchmarks)
+  for b in benchmarks:
+    datasets.check_benchmark(spec, b)
+  out = Path(out)
+  options = dict(options or {})
+  builder_cls = load_builder_class(spec.name)
+  if not progress:
+    _quiet_tfds()
+  manual = None if raw_dir is None else str(raw_dir)
+  summary = BuildSummary(spec.name, out, {}, [], {})
+  for v in variants:
+    cache_dir = convert.cache_folder(out / ".cache", spec.name, v)
+    names = [datasets.config_name(b, v) for b in benchmarks]
+    pending = [c for c in names
+               if not builder_cls(config=c, data_dir=str(out), file_format="array_record").is_prepared()]
+    if pending:  # convert once for all benchmarks; listing errors surface here, before any writing
+      convert.prepare(spec, raw_dir, cache_dir, options, workers, progress=progress, variant=v)
+    for config in names:
+      for stale in (out / spec.name / config).glob("incomplete.*"):
+        shutil.rmtree(stale)  # left by an interrupted earlier run
+      builder = builder_cls(config=config, data_dir=str(out), file_format="array_record", options=options,
+                            workers=workers, cache_dir=cache_dir, progress=progress)
+      if builder.is_prepared():
+        say(f"{spec.name}/{config}: already built in {builder.data_dir}")
+        summary.already_built.append(config)
+      else:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
+                                     file_format="array_record")
+      splits = builder.info.splits
+      summary.configs[config] = {"train": splits["train"].num_examples, "val": splits["val"].num_examples}
+      if config not in summary.already_built:
+        say(f"{spec.name}/{config}: train {splits['train'].num_examples}, val {splits['val'].num_examples} "
+            f"examples in {builder.data_dir}")
+    if pending:
+      conversion = convert.prepare(spec, raw_dir, cache_dir, options, workers, progress=False, variant=v).summary()
+      summary.conversions[v] = conversion
+      for line in conversion.lines():
+        say(line)
+      if not keep_cache:
+        remove_cache(cache_dir)
+  return summary
+
+
+def export_npy(dataset: str, benchmark: str, out: str | os.PathLike, *, raw: str | os.PathLike | None = None,
+               fmt: str = "cmd", options: Mapping[str, Any] | None = None, workers: int | None = None,
+               progress: bool = True, keep_cache: bool = False,
+               log: Callable[[str], None] | None = print) -> tuple[dict[str, int], convert.Summary]:
+  """Writes one benchmark in a PyTorch reference's file format into ``out``.
+
+  ``fmt``: ``"cmd"`` (``{part}_data_joint.npy``, ``_num_frame.npy``, ``_label.pkl``; the
+  ``standard`` conversion) or ``"hiclr"`` (``{part}_position.npy``, ``_label.pkl``; the
+  ``frame50`` conversion); see ``data_prep.npy_export``. The conversion cache is
+  ``<out>/.cmd_jax_cache/<dataset>/<variant>/``. Returns the sample count per part and the
+  conversion summary.
+  """
+  from data_prep import npy_export  # pylint: disable=import-outside-toplevel
+
+  say = log or (lambda _line: None)
+  npy_export.check_format(fmt)
+  variant = npy_export.FORMAT_VARIANTS[fmt]
+  spec = datasets.get_spec(dataset)
+  datasets.check_benchmark(spec, benchmark)
+  if raw is not None and not spec.needs_raw:
+    say(f"note: {spec.name} is generated; --raw is ignored")
+  raw_dir = check_raw(spec, raw)
+  cache_dir = convert.cache_folder(Path(out) / ".cmd_jax_cache", spec.name, variant)
+  cache = convert.prepare(spec, raw_dir, cache_dir, options, workers, progress=progress, variant=variant)
+  counts = npy_export.export(cache, benchmark, out, fmt)
+  what = "" if fmt == "cmd" else f" in the {fmt} format"
+  say(f"{spec.name}/{benchmark}: wrote train ({counts['train']}) and val ({counts['val']}){what} to {out}")
+  conversion = cache.summary()
+  for line in conversion.lines():
+    say(line)
+  if not keep_cache:
+    remove_cache(cache_dir)
+  return counts, conversion
+
+
+__all__ = ["build_dataset", "export_npy", "BuildSummary", "VARIANT_CHOICES", "variants_of", "check_raw",
+           "remove_cache"]
