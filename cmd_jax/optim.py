@@ -8,7 +8,15 @@ learning rate is set once per epoch:
 - ``schedule="step"``: ``lr * gamma^(number of milestones m with epoch >= m)``, the epoch
   counted from 0 (so with milestone 351 epochs 0-350 use ``lr``: CMD's ``epoch >= 351`` on
   0-based epochs and HiCLR's ``epoch > 250`` on 1-based epochs are the same rule);
-- ``schedule="cosine"``: MoCo's ``lr * 0.5 * (1 + cos(pi * epoch / num_epochs))``.
+- ``schedule="cosine"``: MoCo's ``lr * 0.5 * (1 + cos(pi * epoch / num_epochs))``;
+- ``warmup_epochs = W > 0`` (HiCLR's fine-tuning): epochs ``e < W - 1`` use
+  ``lr * (e + 1) / W`` (the reference's ``base * epoch / W`` on 1-based epochs ``< W``),
+  the rest the schedule above. HiCLR's fine-tuning counts its milestones with ``>=`` on
+  1-based epochs, so its steps at 30 and 55 are 0-based milestones 29 and 54 here.
+
+``nesterov = True`` is PyTorch's Nesterov momentum (``optax.sgd(nesterov=True)`` is the
+same update). ``frozen`` names modules (e.g. DSTA-Net's ``proj``, the reference's
+``fix_conv1``) whose parameters get no update and no weight decay.
 """
 
 from __future__ import annotations
@@ -27,26 +35,46 @@ def lr_schedule(config, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array
   """``step -> lr`` of ``config.optimizer`` and ``config.num_epochs`` (constant within an epoch)."""
   opt = config.optimizer
   base, epochs = float(opt.lr), int(config.num_epochs)
+  warmup = int(opt.get("warmup_epochs", 0))
   if opt.schedule == "step":
     milestones = jnp.asarray(sorted(int(m) for m in opt.milestones), jnp.int32)  # may be empty: constant lr
 
-    def schedule(step):
-      epoch = step // steps_per_epoch
+    def decayed(epoch):
       return base * jnp.power(float(opt.gamma), jnp.sum(epoch >= milestones))
   elif opt.schedule == "cosine":
-    def schedule(step):
-      epoch = step // steps_per_epoch
+    def decayed(epoch):
       return base * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / epochs))
   else:
     raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; {_EXPECTED}")
+
+  def schedule(step):
+    epoch = step // steps_per_epoch
+    if warmup <= 0:
+      return decayed(epoch)
+    return jnp.where(epoch + 1 < warmup, base * (epoch + 1) / warmup, decayed(epoch))
+
   return schedule
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """PyTorch SGD(momentum, dampening 0, weight_decay) = add_decayed_weights then sgd."""
+def make_optimizer(config, steps_per_epoch: int, frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """PyTorch SGD(momentum, dampening 0, weight_decay, nesterov) = add_decayed_weights then sgd;
+  every parameter below a module named in ``frozen`` (anywhere in its path) is left unchanged
+  (no update, no decay)."""
   opt = config.optimizer
-  return optax.chain(optax.add_decayed_weights(float(opt.weight_decay)),
-                     optax.sgd(lr_schedule(config, steps_per_epoch), momentum=float(opt.momentum)))
+  tx = optax.chain(optax.add_decayed_weights(float(opt.weight_decay)),
+                   optax.sgd(lr_schedule(config, steps_per_epoch), momentum=float(opt.momentum),
+                             nesterov=bool(opt.get("nesterov", False))))
+  if not frozen:
+    return tx
+  frozen = tuple(frozen)
+
+  def labels(params):
+    def label(path, _):
+      names = {str(getattr(k, "key", k)) for k in path}
+      return "frozen" if names & set(frozen) else "trained"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def validate(config) -> None:
@@ -54,3 +82,5 @@ def validate(config) -> None:
   opt = config.optimizer
   if opt.schedule not in SCHEDULES:
     raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; {_EXPECTED}")
+  if int(opt.get("warmup_epochs", 0)) < 0:
+    raise ValueError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be >= 0")

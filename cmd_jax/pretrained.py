@@ -67,6 +67,7 @@ class Pretrained:
   params: dict[str, Any]
   batch_stats: dict[str, Any]
   random_init: bool = False
+  workdirs: list[str] = dataclasses.field(default_factory=list)  # every workdir merged (load_pretrained_streams)
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -109,12 +110,13 @@ class Pretrained:
   def dataset(self) -> str:
     return f"{self.config.data.dataset}/{self.config.data.benchmark}"
 
-  def model(self, num_outputs: int | None = None, fc_init: str = "normal_0.01"):
+  def model(self, num_outputs: int | None = None, fc_init: str = "normal_0.01", dropout: float | None = None):
     """The encoder architecture; ``num_outputs=None``: no head (the call returns the pooled
     feature); otherwise a new downstream ``fc`` of that size (by default ``N(0, 0.01)``
-    weight and zero bias, the CMD protocols' classifier)."""
-    return models.build_encoder(self.config.model, self.layout, num_outputs=num_outputs, mlp=False,
-                                fc_init=fc_init)
+    weight and zero bias, the CMD protocols' classifier). ``dropout``: the encoder's
+    training-time dropout rate (None: the pretraining's)."""
+    model_config = self.config.model if dropout is None else models.with_dropout(self.config.model, dropout)
+    return models.build_encoder(model_config, self.layout, num_outputs=num_outputs, mlp=False, fc_init=fc_init)
 
   def variables(self, modality: str) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` of one modality's encoder (no head)."""
@@ -281,6 +283,35 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
   stats = {m: to_host(encoders[m]["batch_stats"]) for m in names}
   return Pretrained(workdir=workdir, config=config, layout=layout, step=restored_step, params=params,
                     batch_stats=stats, random_init=random_init)
+
+
+def load_pretrained_streams(init_from: str, step: int | None = None, *, random_init: bool = False,
+                            mesh: jax.sharding.Mesh | None = None) -> Pretrained:
+  """``load_pretrained`` of one workdir, or of several (comma-separated) whose streams are
+  merged: HiCLR pretrains one stream per run, so its three-stream protocols take
+  ``init_from=W_joint,W_motion,W_bone``. The workdirs must share the encoder configuration,
+  the layout and the data variant, and pretrain distinct streams; the result's ``config`` and
+  ``step`` are the first workdir's (``workdirs`` lists them all)."""
+  paths = [p.strip() for p in str(init_from).split(",") if p.strip()]
+  parts = [load_pretrained(p, step, random_init=random_init, mesh=mesh) for p in paths]
+  first = parts[0]
+  if len(parts) == 1:
+    return first
+  for other in parts[1:]:
+    if other.config.model.to_dict() != first.config.model.to_dict() or other.layout.name != first.layout.name \
+        or other.variant != first.variant:
+      raise ConfigError(f"init_from: {other.workdir} ({other.model_name}, layout {other.layout.name}, "
+                        f"{other.variant} data) and {first.workdir} ({first.model_name}, layout {first.layout.name}, "
+                        f"{first.variant} data) differ in their encoder, layout or data variant; expected "
+                        "pretrainings of the same encoder on the same data")
+    shared = sorted(set(other.params) & set(first.params))
+    if shared:
+      raise ConfigError(f"init_from: {', '.join(shared)} is pretrained in more than one of {', '.join(paths)}; "
+                        "expected one workdir per stream")
+    first.params.update(other.params)
+    first.batch_stats.update(other.batch_stats)
+  first.workdirs = [p.workdir for p in parts]
+  return first
 
 
 def to_host(tree):

@@ -282,10 +282,11 @@ def _group_missing(missing: list[str], expected) -> list[str]:
   return out
 
 
-def check_state_dict(state_dict: Mapping[str, Any], config, kind: str, like_state=None) -> None:
-  """Raises ``TorchImportError`` listing missing/unexpected keys and shape mismatches."""
-  expected = expected_keys(config, kind, like_state)
-  found = {k: _to_numpy(v) for k, v in state_dict.items()}
+def compare_keys(expected: Mapping[str, tuple[tuple[int, ...], str]], found: Mapping[str, np.ndarray]
+                 ) -> tuple[list[str], list[str], list[str]]:
+  """``(missing, unexpected, mismatched)``: the keys of ``expected`` (``{key: (shape, dtype
+  kind "f" or "i")}``) absent from ``found``, the keys of ``found`` not expected, and a line
+  per shape or dtype mismatch."""
   missing = sorted(set(expected) - set(found))
   unexpected = sorted(set(found) - set(expected))
   mismatched = []
@@ -298,6 +299,14 @@ def check_state_dict(state_dict: Mapping[str, Any], config, kind: str, like_stat
       mismatched.append(f"{key}: checkpoint dtype {arr.dtype}, expected a float tensor")
     elif dtype_kind == "i" and arr.dtype.kind not in "iu":
       mismatched.append(f"{key}: checkpoint dtype {arr.dtype}, expected an integer tensor")
+  return missing, unexpected, mismatched
+
+
+def check_state_dict(state_dict: Mapping[str, Any], config, kind: str, like_state=None) -> None:
+  """Raises ``TorchImportError`` listing missing/unexpected keys and shape mismatches."""
+  expected = expected_keys(config, kind, like_state)
+  found = {k: _to_numpy(v) for k, v in state_dict.items()}
+  missing, unexpected, mismatched = compare_keys(expected, found)
   if missing or unexpected or mismatched:
     layout = data.layout_of(config.data)
     lines = [f"the state_dict is not a reference CMD {kind} checkpoint of the expected architecture "

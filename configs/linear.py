@@ -63,6 +63,19 @@ def base_config(name: str, trainer: str, dataset: str, benchmark: str) -> ml_col
   c.augment.train_crop_min = 0.5     # training crops: 50-100% of the clip (l_ratio [0.5, 1.0])
   c.augment.train_crop_max = 1.0
   c.augment.test_crop = 0.95         # centre crop of the test clips (l_ratio [0.95])
+  # The training view: "" = the pretraining method's (CMD: crop_resize; a 50-frame pretraining:
+  # none), or crop_resize | none | crop_shear (HiCLR's basic view: crop with mirrored padding, shear).
+  c.augment.train_view = ""
+  c.augment.temporal_padding_ratio = 6  # crop_shear: padding T // 6
+  c.augment.shear_amplitude = 0.5       # crop_shear: shear coefficients U(-a, a)
+  c.head_init = "normal_0.01"        # the new classifier: normal_0.01 (CMD) | normal_0.02 (HiCLR linear) | default
+  c.encoder_dropout = -1.0           # fine-tuning: the encoder's dropout rate (-1: the pretraining's)
+  c.freeze = ""                      # fine-tuning: comma-separated encoder modules not trained (HiCLR DSTA: proj)
+  # Three-stream ensembles besides the softmax mean: HiCLR's weighted sums of raw logits,
+  # e.g. "joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4" (the better set on the test set)
+  c.fusion_weights = ""
+  c.expected_method = "cmd" if trainer != "knn" else ""  # these settings are CMD's; "" accepts any pretraining
+  c.expected_encoder = ""            # "": any encoder
   c.eval_batch_size = 256            # feature extraction batch (a multiple of the device count)
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                   # devices on the data axis (-1: all)
@@ -83,6 +96,8 @@ def add_training(c: ml_collections.ConfigDict, *, lr: float, num_epochs: int = 8
   c.optimizer.schedule = "step"      # "step" (milestones, per epoch) or "cosine"
   c.optimizer.milestones = tuple(milestones)
   c.optimizer.gamma = 0.1
+  c.optimizer.nesterov = False
+  c.optimizer.warmup_epochs = 0      # linear warmup of the first epochs (HiCLR's fine-tuning: 5)
   c.batch_size = 64
   c.num_epochs = num_epochs
   c.eval_every_epochs = 5            # test-set evaluations (the reference reports the best of them)

@@ -43,13 +43,18 @@ REFERENCE_LINEAR_DSTA = {"ntu60_xsub": 78.8, "ntu60_xview": 83.1, "ntu120_xsub":
 CPU_SIZED = ("synthetic", "msr_action3d")
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name = arg or "synthetic"
+def split_name(name: str, config_file: str) -> tuple[str, bool, str, str]:
+  """``(base name, DSTA-Net?, dataset, benchmark)`` of a HiCLR config name, e.g. ``ntu60_xsub_dsta``."""
   base, dsta = (name[:-len("_dsta")], True) if name.endswith("_dsta") else (name, False)
   if base not in DATASETS:
     names = ", ".join([*DATASETS, *(f"{n}_dsta" for n in DATASETS)])
-    raise ValueError(f"configs/pretrain_hiclr.py: unknown config {name!r}; expected one of {names}")
-  dataset, benchmark = DATASETS[base]
+    raise ValueError(f"{config_file}: unknown config {name!r}; expected one of {names}")
+  return (base, dsta, *DATASETS[base])
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  name = arg or "synthetic"
+  base, dsta, dataset, benchmark = split_name(name, "configs/pretrain_hiclr.py")
   c = ml_collections.ConfigDict()
   c.name = f"pretrain_hiclr_{name}"
   c.trainer = "pretrain"

@@ -37,7 +37,8 @@ REFERENCE_SEMI = {"ntu60_xsub": {0.01: 50.6, 0.1: 75.4}, "ntu60_xview": {0.01: 5
 def add_finetuning(c: ml_collections.ConfigDict, *, label_ratio: float, seeds) -> None:
   linear.add_training(c, lr=0.01)
   c.label_ratio = label_ratio        # fraction of the training labels used, in (0, 1]
-  c.sampling = "global"              # "global" (the reference's) or "stratified" (per class)
+  c.sampling = "global"              # "global" (CMD's), "stratified" (per class) or "class_balanced" (HiCLR's)
+  c.epoch_length = "subset"          # "subset", or "full": an epoch is as long as the whole training split (HiCLR's)
   c.seeds = tuple(seeds)             # one fine-tuning run (and subset) per seed
 
 

@@ -14,6 +14,15 @@ an 8-device mesh. Writes, for each mesh ``mesh1`` / ``mesh8``:
 
 plus ``input_q`` / ``input_k`` (the first step's joint views, computed outside the mesh with
 the step's own PRNG key) for the test's numpy BatchNorm statistics.
+
+``python -m tests.distributed_worker hiclr_sharded_step OUT.npz``: the same for a tiny HiCLR
+config (a small ST-GCN with dropout, one step per epoch, mining from the second step on), so
+that the views, the batch-shared joint mask, the three BatchNorm batches, the dropout masks
+and the mining switch are all compared across the two meshes (``{mesh}/metrics``,
+``{mesh}/state``). It runs in float64 (state and batches cast): in float32 a ReLU unit whose
+input lies within rounding distance of 0 can take a different side on the two meshes and
+move a gradient by percents (tests/test_hiclr_parity.py measures it), which would hide any
+real difference behind a loose bound.
 """
 
 from __future__ import annotations
@@ -41,10 +50,23 @@ def tiny_config():
   return config
 
 
-def batches(num: int = STEPS) -> list[dict[str, np.ndarray]]:
+def tiny_hiclr_config():
+  from configs import pretrain_hiclr  # pylint: disable=import-outside-toplevel
+
+  config = pretrain_hiclr.get_config("synthetic")
+  config.model.stgcn.hidden_channels = 4
+  config.model.stgcn.hidden_dim = 16
+  config.model.embed_dim = 8
+  config.batch_size = BATCH
+  config.moco.queue_size = 64
+  config.hiclr.mining_epoch = 1
+  return config
+
+
+def batches(num: int = STEPS, frames: int = 300) -> list[dict[str, np.ndarray]]:
   rng = np.random.default_rng(0)
-  return [{"skeleton": rng.standard_normal((BATCH, 3, 300, 25, 2)).astype(np.float32),
-           "num_frames": rng.integers(20, 301, BATCH).astype(np.int32),
+  return [{"skeleton": rng.standard_normal((BATCH, 3, frames, 25, 2)).astype(np.float32),
+           "num_frames": rng.integers(20, frames + 1, BATCH).astype(np.int32),
            "label": rng.integers(0, 10, BATCH).astype(np.int32)} for _ in range(num)]
 
 
@@ -107,7 +129,40 @@ def sharded_step(out_path: str) -> None:
   np.savez(out_path, **out)
 
 
+def hiclr_sharded_step(out_path: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from cmd_jax import data, sharding  # pylint: disable=import-outside-toplevel
+  from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
+
+  if jax.device_count() != 8:
+    raise SystemExit(f"expected 8 fake CPU devices, got {jax.device_count()} (XLA_FLAGS not set?)")
+  jax.config.update("jax_enable_x64", True)
+  to64 = lambda tree: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
+      lambda a: np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a), tree)
+  config = tiny_hiclr_config()
+  layout = data.layout_of(config.data)
+  host_batches = [to64(b) for b in batches(frames=50)]
+  out: dict[str, np.ndarray] = {}
+  for num_devices in (1, 8):
+    tag = f"mesh{num_devices}"
+    mesh = sharding.make_mesh(num_devices)
+    state = sharding.put_replicated(to64(jax.device_get(pretrain.create_train_state(config, layout, 1))), mesh)
+    step_fn = pretrain.jit_train_step(config, layout, 1, mesh)
+    history = []
+    for host_batch in host_batches:
+      state, metrics = step_fn(state, sharding.put_batch(host_batch, mesh))
+      history.append(jax.device_get(metrics))
+    for name in history[0]:
+      out[f"{tag}/metrics/{name}"] = np.asarray([h[name] for h in history])
+    leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(state))
+    for path, leaf in leaves:
+      out[f"{tag}/state/{_key(path)}"] = np.asarray(leaf)
+  np.savez(out_path, **out)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) != 3 or sys.argv[1] != "sharded_step":
-    raise SystemExit("usage: python -m tests.distributed_worker sharded_step OUT.npz")
-  sharded_step(sys.argv[2])
+  modes = {"sharded_step": sharded_step, "hiclr_sharded_step": hiclr_sharded_step}
+  if len(sys.argv) != 3 or sys.argv[1] not in modes:
+    raise SystemExit("usage: python -m tests.distributed_worker {sharded_step|hiclr_sharded_step} OUT.npz")
+  modes[sys.argv[1]](sys.argv[2])

@@ -221,7 +221,7 @@ def test_linear_head_steps_equal_numpy_sgd_with_momentum(pretrain_dir):
   heads["joint"]["bias"] = jnp.asarray(rng.normal(size=NUM_CLASSES).astype(np.float32) * 0.1)
   state = downstream.DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={},
                                      opt_state=tx.init(heads), rng=jax.random.PRNGKey(7))
-  view = {"out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
+  view = {"mode": "crop_resize", "out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
   step = jax.jit(lambda s, f, b: downstream.linear_train_step(
       s, f, b, model=pre.model(), layout=pre.layout, streams=("joint",), tx=tx,
       schedule=optim.lr_schedule(config, 100), view=view))

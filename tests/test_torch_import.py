@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cmd_jax import api, pretrained, torch_import
+from cmd_jax.errors import ConfigError
 from cmd_jax.torch_import import TorchImportError
 
 H, LAYERS, F, K, D, CLASSES = 8, 2, 150, 16, 8, 5
@@ -249,6 +250,12 @@ def test_pretraining_continues_from_an_imported_checkpoint(tmp_path):
     config.evaluator.name = ""
     config.num_epochs = 8  # 7 completed in PyTorch + 1 here
   sd = reference_state_dict(seed=3)
+  # A pointer that is not a multiple of the batch (the enqueue writes whole batches): refused.
+  torch_import.import_checkpoint(save(tmp_path / "ptr4.pth.tar", sd, epoch=7), tmp_path / "w4", config)
+  with pytest.raises(ConfigError, match="the queue pointer 4 is not a multiple of config.batch_size=8"):
+    cmd_pretrain.train_and_evaluate(config, tmp_path / "w4")
+  for key in [k for k in sd if k.startswith("queue_ptr")]:  # the reference's pointers are multiples of its batch
+    sd[key] = torch.tensor([8])
   workdir = tmp_path / "w"
   torch_import.import_checkpoint(save(tmp_path / "checkpoint_0007.pth.tar", sd, epoch=7), workdir, config)
   steps_per_epoch = 36 // 8  # the tiny synthetic xsub training split

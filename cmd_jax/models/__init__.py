@@ -90,6 +90,25 @@ def validate(model_config, layout: SkeletonLayout) -> None:
   module.validate(model_config, layout)
 
 
+# The field of ``config.model`` that holds each encoder's training-time dropout rate.
+DROPOUT_FIELDS = {"gru": None, "stgcn": ("stgcn", "dropout"), "dsta": ("dsta", "attention_dropout")}
+
+
+def with_dropout(model_config, rate: float):
+  """A copy of ``config.model`` with the encoder's dropout rate set to ``rate`` (the
+  protocols fine-tune with their own rate: HiCLR's transformer fine-tunes without attention
+  dropout). The GRU has no dropout: a rate above 0 is a ValueError."""
+  name = model_name(model_config)
+  field = DROPOUT_FIELDS[name]
+  out = ml_collections.ConfigDict(model_config.to_dict())
+  if field is None:
+    if float(rate) > 0:
+      raise ValueError(f"config.encoder_dropout={rate}: the {name} encoder has no dropout; expected -1 or 0")
+    return out
+  out[field[0]][field[1]] = float(rate)
+  return out
+
+
 def feature_dim(model_config) -> int:
   """The size of the pooled feature the downstream protocols use."""
   return int(encoder_module(model_name(model_config)).feature_dim(model_config))
@@ -149,4 +168,4 @@ def torch_buffers(model_config, layout: SkeletonLayout) -> dict:
 
 
 __all__ = ["ENCODERS", "TorchBatchNorm", "TorchConv2d", "TorchLinear", "build_encoder", "default_config",
-           "encoder_module", "feature_dim", "init_variables", "model_name", "strip_head", "torch_buffers", "torch_key", "validate"]
+           "encoder_module", "feature_dim", "init_variables", "with_dropout", "model_name", "strip_head", "torch_buffers", "torch_key", "validate"]

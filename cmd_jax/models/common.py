@@ -268,6 +268,8 @@ class TorchConv2d(nn.Module):
     shape = (self.features, x.shape[-1], kh, kw)
     w_init, b_init = layer_inits(self.init_scheme, shape, self.weight_init, self.bias_init)
     weight = self.param("weight", w_init, shape)
+    dtype = jnp.result_type(x, weight)  # float32, or float64 throughout when the state is float64
+    x, weight = x.astype(dtype), weight.astype(dtype)
     sh, sw = self.stride
     ph, pw = self.padding
     if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):

@@ -15,6 +15,7 @@ TRAINERS = {
     "knn": "cmd_jax.trainers.downstream",
     "semi": "cmd_jax.trainers.downstream",
     "transfer": "cmd_jax.trainers.downstream",
+    "finetune": "cmd_jax.trainers.downstream",
     "pipeline": "cmd_jax.trainers.pipeline",
 }
 

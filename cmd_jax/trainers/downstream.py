@@ -87,9 +87,12 @@ from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
 
-PROTOCOLS = ("linear", "knn", "semi", "transfer")
-FINETUNE_PROTOCOLS = ("semi", "transfer")
-SAMPLINGS = ("global", "stratified")
+PROTOCOLS = ("linear", "knn", "semi", "transfer", "finetune")
+FINETUNE_PROTOCOLS = ("semi", "transfer", "finetune")
+SAMPLINGS = ("global", "stratified", "class_balanced")
+EPOCH_LENGTHS = ("subset", "full")
+HEAD_INITS = ("normal_0.01", "normal_0.02", "default")
+TRAIN_VIEWS = ("", "crop_resize", "none", "crop_shear")
 THREE_STREAMS = ("joint", "motion", "bone")
 MODEL_FILE = "model.msgpack"
 
@@ -100,6 +103,9 @@ FUSION_NOTE = ("mean of the per-stream class probabilities (softmax of each stre
                "not in the reference's scripts")
 KNN_FUSION_NOTE = ("1-NN by the mean of the per-stream cosine similarities (= 1-NN on the concatenated "
                    "per-stream L2-normalised features); not in the reference's scripts")
+WEIGHTED_FUSION_NOTE = ("HiCLR's ensemble: sum of each stream's raw linear logits, weighted, each stream's logits "
+                        "at its own best test evaluation, the better weight set chosen on the test set "
+                        "(test-set selection, as the reference reports it)")
 BEST_NOTE = ("best_of_evals_top1: the best test accuracy over the evaluations every eval_every_epochs epochs, "
              "the reference's reported number (model selection on the test set); final_top1: after the last epoch")
 DEVIATIONS = (
@@ -174,18 +180,83 @@ def _validate(config, protocol: str, mesh) -> tuple[str, ...]:
       raise ConfigError(f"config.sampling={config.sampling!r}; expected one of {', '.join(SAMPLINGS)}")
     if not list(config.seeds):
       raise ConfigError("config.seeds is empty; expected at least one seed, e.g. (0, 1, 2, 3, 4)")
+    if str(config.get("epoch_length", "subset")) not in EPOCH_LENGTHS:
+      raise ConfigError(f"config.epoch_length={config.epoch_length!r}; expected one of {', '.join(EPOCH_LENGTHS)}")
+  if str(config.get("head_init", "normal_0.01")) not in HEAD_INITS:
+    raise ConfigError(f"config.head_init={config.head_init!r}; expected one of {', '.join(HEAD_INITS)}")
+  if str(config.augment.get("train_view", "")) not in TRAIN_VIEWS:
+    raise ConfigError(f"config.augment.train_view={config.augment.train_view!r}; expected one of "
+                      f"{', '.join(repr(v) for v in TRAIN_VIEWS)} ('' = the pretraining method's)")
+  parse_fusion_weights(config.get("fusion_weights", ""), streams)
   return streams
 
 
+def parse_fusion_weights(value, streams: Sequence[str]) -> list[dict[str, float]]:
+  """``"joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4"`` -> one dict per weight
+  set (HiCLR's three-stream ensemble), or ``[]`` when the sets do not weigh exactly
+  ``streams`` (a run of other streams has no such ensemble). Malformed text is an error."""
+  sets = []
+  for part in (p.strip() for p in str(value or "").split(";")):
+    if not part:
+      continue
+    weights = {}
+    for item in part.split(","):
+      name, sep, number = item.partition("=")
+      try:
+        weights[name.strip()] = float(number)
+      except ValueError:
+        sep = ""
+      if not sep:
+        raise ConfigError(f"config.fusion_weights={value!r}: {item!r} is not stream=weight; expected e.g. "
+                          "'joint=0.6,bone=0.6,motion=0.4' (sets separated by ';')")
+    unknown = sorted(set(weights) - set(modalities.MODALITIES))
+    if unknown:
+      raise ConfigError(f"config.fusion_weights={value!r}: unknown stream(s) {', '.join(unknown)}; expected names "
+                        f"from {', '.join(modalities.MODALITIES)}")
+    sets.append(weights)
+  if any(sorted(w) != sorted(streams) for w in sets):
+    return []  # the ensemble of other streams than the evaluated ones (e.g. a one-stream run): not computed
+  return sets
+
+
+def weighted_logit_fusion(best_logits: Mapping[str, np.ndarray], labels: np.ndarray,
+                          weight_sets: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+  """HiCLR's ensemble: top-1 of ``sum_m w_m * logits_m`` for each weight set, the logits of each
+  stream taken at its own best evaluation (as the reference's ensemble script reads the
+  scores saved at each stream's best epoch); the better set is chosen ON THE TEST SET."""
+  per_set = []
+  for weights in weight_sets:
+    fused = sum(float(weights[m]) * np.asarray(best_logits[m], np.float64) for m in weights)
+    per_set.append({"weights": dict(weights), "top1": top1(fused, labels)})
+  best = max(per_set, key=lambda r: r["top1"])
+  return {"best_of_sets_top1": best["top1"], "best_weights": best["weights"], "sets": per_set}
+
+
+def train_view_mode(config, pre: pretrained_lib.Pretrained) -> str:
+  """``config.augment.train_view``, or the pretraining's default: CMD's random crop-resize,
+  none for a 50-frame pretraining (HiCLR's linear evaluation feeds its clips unaugmented)."""
+  mode = str(config.augment.get("train_view", ""))
+  if mode:
+    return mode
+  return "none" if pre.eval_crop is None else "crop_resize"
+
+
 def _train_view_params(config, pre: pretrained_lib.Pretrained) -> dict[str, Any] | None:
-  """The training view: the reference's random crop-resize (``augment.downstream_train_view``
-  arguments), or None for the stored clip as it is (a pretraining on 50-frame clips, whose
-  reference feeds the protocols its clips unaugmented)."""
-  if pre.eval_crop is None:
+  """The training view: ``{"mode": ..., <its arguments>}``, or None for the stored clip as it is.
+
+  ``crop_resize``: the CMD reference's random crop-resize (``augment.downstream_train_view``);
+  ``crop_shear``: HiCLR's basic view, a temporal crop with mirrored padding and a shear
+  (``cmd_jax.methods.hiclr.views.basic_view``; HiCLR's transformer fine-tuning);
+  ``none``: the stored clip."""
+  mode = train_view_mode(config, pre)
+  if mode == "none":
     return None
+  if mode == "crop_shear":
+    return {"mode": mode, "temporal_padding_ratio": int(config.augment.get("temporal_padding_ratio", 6)),
+            "shear_amplitude": float(config.augment.get("shear_amplitude", 0.5))}
   frames = int(config.augment.frames) or pre.frames
   min_len = int(config.augment.min_length) or pre.min_length
-  return {"out_len": frames, "min_len": min_len,
+  return {"mode": mode, "out_len": frames, "min_len": min_len,
           "ratio_range": (float(config.augment.train_crop_min), float(config.augment.train_crop_max))}
 
 
@@ -198,7 +269,12 @@ def _test_view(config, pre: pretrained_lib.Pretrained) -> tuple[int, float | Non
 def _train_clip(key, batch, view):
   if view is None:
     return batch["skeleton"]
-  return augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **view)
+  if view["mode"] == "crop_shear":
+    from cmd_jax.methods.hiclr import views as hiclr_views  # pylint: disable=import-outside-toplevel
+    return hiclr_views.basic_view(key, batch["skeleton"], temporal_padding_ratio=view["temporal_padding_ratio"],
+                                  shear_amplitude=view["shear_amplitude"])
+  args = {k: v for k, v in view.items() if k != "mode"}
+  return augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **args)
 
 
 def num_classes_of(config, source) -> int:
@@ -235,6 +311,8 @@ def labelled_subset(labels: np.ndarray, ratio: float, seed: int, sampling: str =
   ``N`` indices, of which the first ``int(N * ratio)`` are kept; some classes may get none.
   ``stratified``: per class ``c`` (``0..num_classes-1``), ``max(1, int(n_c * ratio))`` of
   its ``n_c`` samples, uniformly; every class must have an example.
+  ``class_balanced`` (HiCLR's semi-supervised feeder): per class ``round(n_c * ratio)``
+  of its samples (Python's round: halves to even), uniformly; a class may get none.
   The same ``(labels, ratio, seed, sampling)`` always gives the same subset
   (``np.random.default_rng(seed)``).
 
@@ -252,11 +330,19 @@ def labelled_subset(labels: np.ndarray, ratio: float, seed: int, sampling: str =
       raise ConfigError(f"label_ratio={ratio} of the {n} training samples keeps int({n} * {ratio}) = 0 samples; "
                         "expected a ratio that keeps at least one (or sampling='stratified')")
     return np.sort(rng.permutation(n)[:keep])
-  if sampling != "stratified":
+  if sampling not in ("stratified", "class_balanced"):
     raise ConfigError(f"sampling={sampling!r}; expected one of {', '.join(SAMPLINGS)}")
   if num_classes is None:
     num_classes = int(labels.max()) + 1 if n else 0
   counts = np.bincount(labels, minlength=num_classes) if n else np.zeros(num_classes, np.int64)
+  if sampling == "class_balanced":
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:round(int(counts[c]) * ratio)]
+              for c in range(num_classes)]
+    subset = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+    if not len(subset):
+      raise ConfigError(f"label_ratio={ratio}: round(class count * ratio) is 0 for every class; expected a ratio "
+                        "that keeps at least one sample")
+    return subset
   empty = [c for c in range(num_classes) if counts[c] == 0]
   if empty:
     raise ConfigError(f"stratified sampling: class {empty[0]} has no example in the training split"
@@ -272,17 +358,23 @@ def labelled_subset(labels: np.ndarray, ratio: float, seed: int, sampling: str =
 
 
 class SubsetSource:
-  """The records ``indices`` of ``source`` (a grain random-access source)."""
+  """The records ``indices`` of ``source`` (a grain random-access source).
 
-  def __init__(self, source, indices: np.ndarray):
+  ``length`` (default: the subset's size) is the epoch length: HiCLR's semi-supervised
+  feeder reports the FULL training split's length and reads record ``i`` as subset entry
+  ``i mod size``, so one of its epochs revisits the labelled subset about ``1 / ratio`` times.
+  """
+
+  def __init__(self, source, indices: np.ndarray, length: int | None = None):
     self.source = source
     self.indices = np.asarray(indices, np.int64)
+    self.length = len(self.indices) if length is None else int(length)
 
   def __len__(self) -> int:
-    return len(self.indices)
+    return self.length
 
   def __getitem__(self, i):
-    return self.source[int(self.indices[int(i)])]
+    return self.source[int(self.indices[int(i) % len(self.indices)])]
 
   def __repr__(self) -> str:
     return f"SubsetSource({self.source!r}, {len(self)} records)"
@@ -292,10 +384,21 @@ class SubsetSource:
 # Pure math: heads, probabilities, fusion
 
 
-def init_head(key: jax.Array, num_classes: int, dim: int) -> dict[str, jax.Array]:
-  """The downstream ``fc`` (spec 5.3): ``weight [C, dim] ~ N(0, 0.01^2)``, ``bias = 0`` (torch layout)."""
-  return {"weight": 0.01 * jax.random.normal(key, (num_classes, dim), jnp.float32),
-          "bias": jnp.zeros((num_classes,), jnp.float32)}
+def init_head(key: jax.Array, num_classes: int, dim: int, scheme: str = "normal_0.01") -> dict[str, jax.Array]:
+  """The downstream ``fc`` (torch layout ``weight [C, dim]``, ``bias [C]``), by ``scheme``:
+  ``normal_0.01`` (CMD's protocols: ``N(0, 0.01^2)``, bias 0), ``normal_0.02`` (HiCLR's linear
+  evaluation, its ``weights_init``: ``N(0, 0.02^2)``, bias 0) or ``default`` (HiCLR's
+  fine-tuning: PyTorch's Linear default, weight and bias ``U(+-1/sqrt(dim))``)."""
+  if scheme in ("normal_0.01", "normal_0.02"):
+    std = 0.01 if scheme == "normal_0.01" else 0.02
+    return {"weight": std * jax.random.normal(key, (num_classes, dim), jnp.float32),
+            "bias": jnp.zeros((num_classes,), jnp.float32)}
+  if scheme != "default":
+    raise ConfigError(f"config.head_init={scheme!r}; expected one of {', '.join(HEAD_INITS)}")
+  bound = 1.0 / dim ** 0.5
+  w_key, b_key = jax.random.split(key)
+  return {"weight": jax.random.uniform(w_key, (num_classes, dim), jnp.float32, -bound, bound),
+          "bias": jax.random.uniform(b_key, (num_classes,), jnp.float32, -bound, bound)}
 
 
 def head_logits(head: Mapping[str, jax.Array], features: jax.Array) -> jax.Array:
@@ -595,6 +698,10 @@ def _print_table(results: dict[str, Any]) -> None:
                      f"(epoch {best_epoch})")
     lines.append("* the reference's number: the best test accuracy over evaluations every "
                  f"{results['eval_every_epochs']} epochs (model selection on the test set)")
+  weighted = results.get("weighted_logit_fusion")
+  if weighted:
+    lines.append(f"HiCLR's weighted-logit ensemble (each stream at its best epoch, the better weight set on the test "
+                 f"set *): {100 * weighted['best_of_sets_top1']:.2f}% with {weighted['best_weights']}")
   if results.get("reference_top1"):
     lines.append(f"reference: {results['reference_top1']} % ({results.get('reference_note', '')})")
   print("\n".join(lines))
@@ -608,12 +715,14 @@ def _setup(config, workdir, protocol):
   """Checks, the pretrained encoders, the splits; everything a protocol starts from."""
   mesh = sharding.make_mesh(int(config.mesh.data))
   streams = _validate(config, protocol, mesh)
-  if os.path.abspath(workdir) == os.path.abspath(str(config.init_from)):
+  if os.path.abspath(workdir) in [os.path.abspath(p.strip()) for p in str(config.init_from).split(",")]:
     raise ConfigError(f"--workdir {workdir} is the pretraining workdir (init_from); expected another folder "
                       "for the downstream run's results")
-  pre = pretrained_lib.load_pretrained(config.init_from, None if int(config.init_step) < 0 else int(config.init_step),
-                                       random_init=bool(config.random_init), mesh=mesh)
+  pre = pretrained_lib.load_pretrained_streams(config.init_from,
+                                               None if int(config.init_step) < 0 else int(config.init_step),
+                                               random_init=bool(config.random_init), mesh=mesh)
   pretrained_lib.check_compatible(pre, config.data, streams)
+  check_settings_fit(config, pre)
   data_config = data.with_variant(config.data, pre.variant)  # the pretraining's variant unless one is named
   data.ensure_prepared(data_config)
   train_source, test_source = data.open_split(data_config, "train"), data.open_split(data_config, "val")
@@ -625,11 +734,27 @@ def _setup(config, workdir, protocol):
   return mesh, streams, pre, train_source, test_source, num_classes
 
 
+def check_settings_fit(config, pre: pretrained_lib.Pretrained) -> None:
+  """A protocol config carrying one method's settings (``expected_method``) or written for one
+  encoder (``expected_encoder``) refuses a pretraining of another: CMD's linear evaluation
+  (lr 0.1, crops) is not HiCLR's (lr 3.0, no augmentation). Empty fields accept any."""
+  for field, found in (("expected_method", pre.method), ("expected_encoder", pre.model_name)):
+    wanted = str(config.get(field, ""))
+    if wanted and wanted != found:
+      what = "method" if field == "expected_method" else "encoder"
+      configs = "configs/<protocol>_hiclr.py" if found in ("hiclr", "stgcn", "dsta") else "configs/<protocol>.py"
+      raise ConfigError(f"init_from={pre.workdir} is a {found!r} pretraining ({what}), but this config "
+                        f"({config.get('name', '')}) carries the settings for {wanted!r}; expected a {wanted} "
+                        f"pretraining, a config for {found} ({configs}), or --config.{field}= to run these "
+                        "settings anyway")
+
+
 def _base_results(config, protocol, pre, streams, train_size, test_size, num_classes) -> dict[str, Any]:
   downstream = f"{config.data.dataset}/{config.data.benchmark}"
   results = {
       "protocol": protocol, "name": config.get("name", ""),
-      "init_from": pre.workdir, "pretrain_step": pre.step, "random_init": pre.random_init,
+      "init_from": ",".join(pre.workdirs) if pre.workdirs else pre.workdir, "pretrain_step": pre.step,
+      "random_init": pre.random_init,
       "pretrain_dataset": pre.dataset, "pretrain_config": pre.config.get("name", ""),
       "pretrain_method": pre.method, "encoder": pre.model_name,
       "dataset": str(config.data.dataset), "benchmark": str(config.data.benchmark), "data_variant": pre.variant,
@@ -648,10 +773,11 @@ def _base_results(config, protocol, pre, streams, train_size, test_size, num_cla
 def _run_epochs(state, step_fn, source, *, config, mesh, seed: int, evaluate: Callable, writer, bar,
                 tag: dict[str, float], log_split: str = "train", eval_split: str = "eval"):
   """The epoch loop: train, log, evaluate every ``eval_every_epochs`` epochs and after the last.
-  Returns the final state, the curve of evaluations and the last evaluation's outputs."""
+  Returns the final state, the curve of evaluations and the last evaluation's outputs, with
+  ``best_logits``: each stream's test logits at its best evaluation (the first to reach it)."""
   epochs, every = int(config.num_epochs), int(config.eval_every_epochs)
   spe = steps_per_epoch(len(source), int(config.batch_size))
-  curve, last = [], None
+  curve, last, best = [], None, {}
   for epoch in range(1, epochs + 1):
     window = []
     for batch in epoch_batches(source, batch_size=int(config.batch_size), seed=seed, epoch=epoch, mesh=mesh,
@@ -670,6 +796,10 @@ def _run_epochs(state, step_fn, source, *, config, mesh, seed: int, evaluate: Ca
       last = evaluate(state)
       accs = evaluation(last["logits"], last["labels"], fusion_name(last["logits"]))
       curve.append(dict(accs, epoch=epoch))
+      for m, logits in last["logits"].items():
+        if m not in best or accs[m] > best[m][0]:
+          best[m] = (accs[m], logits)
+      last["best_logits"] = {m: v[1] for m, v in best.items()}
       writer.write(epoch * spe, dict({f"top1_{k}": v for k, v in accs.items()}, epoch=epoch, **tag),
                    split=eval_split)
       if _is_writer():
@@ -690,7 +820,9 @@ def run_linear(config, workdir: str) -> dict[str, Any]:
   schedule = optim.lr_schedule(config, spe)
   key = jax.random.PRNGKey(int(config.seed))
   head_key, run_key = jax.random.split(key)
-  heads = {m: init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim) for i, m in enumerate(streams)}
+  head_init = str(config.get("head_init", "normal_0.01"))
+  heads = {m: init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim, head_init)
+           for i, m in enumerate(streams)}
   state = DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={}, opt_state=tx.init(heads),
                           rng=run_key)
   state = sharding.put_replicated(state, mesh)
@@ -736,6 +868,10 @@ def run_linear(config, workdir: str) -> dict[str, Any]:
   results["streams"] = {m: summary[m] for m in streams}
   if fusion:
     results[fusion] = dict(summary[fusion], streams=list(streams), method=FUSION_NOTE)
+  weight_sets = parse_fusion_weights(config.get("fusion_weights", ""), streams)
+  if weight_sets:
+    results["weighted_logit_fusion"] = dict(weighted_logit_fusion(last["best_logits"], last["labels"], weight_sets),
+                                            note=WEIGHTED_FUSION_NOTE)
   results["files"] = {"heads": "heads.msgpack", "model": MODEL_FILE, "predictions": "predictions_<stream>.npz",
                       "features": "features_<stream>.npz"}
   _save_json(os.path.join(workdir, "results.json"), results)
@@ -783,18 +919,25 @@ def run_knn(config, workdir: str) -> dict[str, Any]:
 
 
 def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
-  """Semi-supervised (spec 5.5) or transfer (5.6) fine-tuning, one run per seed."""
+  """Semi-supervised (spec 5.5), transfer (5.6) or full fine-tuning, one run per seed."""
   mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, protocol)
   view = _train_view_params(config, pre)
-  model = pre.model(num_outputs=num_classes)
+  dropout = float(config.get("encoder_dropout", -1.0))
+  try:
+    model = pre.model(num_outputs=num_classes, dropout=None if dropout < 0 else dropout)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  frozen = tuple(n.strip() for n in str(config.get("freeze", "")).split(",") if n.strip())
   fusion = fusion_name(streams)
   labels = split_labels(train_source)
   _check_labels(labels, num_classes, "the training split")
   ratio, seeds = validate_ratio(config.label_ratio), [int(s) for s in config.seeds]
   subsets = {s: labelled_subset(labels, ratio, s, str(config.sampling), num_classes) for s in seeds}
+  full_epochs = str(config.get("epoch_length", "subset")) == "full"
+  epoch_size = {s: (len(labels) if full_epochs else len(v)) for s, v in subsets.items()}
   batch = int(config.batch_size)
   sizes = {len(v) for v in subsets.values()}
-  total_steps = sum(steps_per_epoch(len(v), batch) for v in subsets.values()) * int(config.num_epochs)
+  total_steps = sum(steps_per_epoch(n, batch) for n in epoch_size.values()) * int(config.num_epochs)
   rep = sharding.replicated(mesh)
   extractor = StreamFeatures(model, pre.layout, streams, *_test_view(config, pre), pre.feature_dim)
   logits_fn = jax.jit(lambda params, feats: {m: head_logits(params[m]["fc"], feats[m]) for m in streams})
@@ -811,16 +954,17 @@ def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
   per_seed = []
   try:
     for index, seed in enumerate(seeds):
-      subset = SubsetSource(train_source, subsets[seed])
+      subset = SubsetSource(train_source, subsets[seed], epoch_size[seed])
       spe = steps_per_epoch(len(subset), batch)
       if spe not in steps:
-        tx = make_optimizer(config, spe)
+        tx = optim.make_optimizer(config, spe, frozen)
         step_fn = functools.partial(finetune_train_step, model=model, layout=pre.layout, streams=streams, tx=tx,
                                     schedule=optim.lr_schedule(config, spe), view=view)
         steps[spe] = (tx, jax.jit(step_fn, out_shardings=(rep, rep), donate_argnums=(0,)))
       tx, step = steps[spe]
       head_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-      params = {m: dict(pre.params[m], fc=init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim))
+      params = {m: dict(pre.params[m], fc=init_head(jax.random.fold_in(head_key, i), num_classes, pre.feature_dim,
+                                                    str(config.get("head_init", "normal_0.01"))))
                 for i, m in enumerate(streams)}
       state = DownstreamState(step=jnp.zeros((), jnp.int32), params=params,
                               batch_stats={m: pre.batch_stats[m] for m in streams}, opt_state=tx.init(params),
@@ -833,7 +977,7 @@ def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
                                        writer=writer, bar=bar, tag=tag, log_split="train" + split,
                                        eval_split="eval" + split)
       summary = summarize_curve(curve, list(streams) + ([fusion] if fusion else []))
-      per_seed.append({"seed": seed, "num_labelled": len(subset),
+      per_seed.append({"seed": seed, "num_labelled": len(subsets[seed]),
                        "labelled_per_class": np.bincount(labels[subsets[seed]], minlength=num_classes).tolist(),
                        "summary": summary})
       if index == 0:

@@ -207,6 +207,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if jax.process_index() == 0:
         print(f"Continuing the imported PyTorch checkpoint after epoch {completed} (step {start})")
     iterator.set_state(data_state)
+    ptr = int(np.asarray(jax.device_get(getattr(state, "queue_ptr", 0))))
+    if ptr % global_batch:  # the enqueue writes whole batches at the pointer
+      raise ConfigError(f"{ckpt.directory}: the queue pointer {ptr} is not a multiple of config.batch_size="
+                        f"{global_batch}; expected the batch size the checkpoint was trained (or imported) with")
     if jax.process_index() == 0:
       print(f"Resumed from {ckpt.directory} at step {start}")
   else:

@@ -146,7 +146,8 @@ def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Arr
                                    temporal_padding_ratio=int(aug.temporal_padding_ratio),
                                    shear_amplitude=float(aug.shear_amplitude), aug_method=str(config.hiclr.aug_method),
                                    adain=bool(config.hiclr.adain), noise_rng=str(config.hiclr.get("noise_rng", "threefry")))
-  q, k, q1, q2 = (modalities.modality(v, stream, layout) for v in (q, k, q1, q2))
+  dtype = jnp.result_type(q, batch["skeleton"])  # float32; float64 when the batch is (precision tests)
+  q, k, q1, q2 = (modalities.modality(v.astype(dtype), stream, layout) for v in (q, k, q1, q2))
   mask = views.joint_mask(mask_key, q2.shape[2], layout.num_joints, float(config.hiclr.mask_ratio))
   q2 = views.apply_joint_mask(q2, mask, params["mask_param"])
 

@@ -553,6 +553,17 @@ def hiclr_views(key: jax.Array, x: jax.Array, *, layout: SkeletonLayout,
 # The joint mask (branch 2, after the stream conversion)
 # ----------------------------------------------------------------------------------------
 
+def basic_view(key: jax.Array, x: jax.Array, *, temporal_padding_ratio: int = TEMPORAL_PADDING_RATIO,
+               shear_amplitude: float = SHEAR_AMPLITUDE) -> jax.Array:
+  """One basic view (temporal crop with mirrored padding, then shear) of every clip of a batch:
+  HiCLR's query-branch-0 view, which its transformer fine-tuning also trains on."""
+  _check_batch(x)
+  params = hiclr_view_params(key, x.shape, temporal_padding_ratio=temporal_padding_ratio,
+                             shear_amplitude=shear_amplitude, aug_method="")
+  return view_with(x, params[0], mirror=None, strong=False, temporal_padding_ratio=temporal_padding_ratio,
+                   aug_method="")
+
+
 def num_masked_joints(num_joints: int, mask_ratio: float = MASK_RATIO) -> int:
   """``int(V * mask_ratio)``, as the reference truncates it (25 joints, 0.1 -> 2)."""
   return int(num_joints * mask_ratio)

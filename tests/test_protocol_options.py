@@ -1,0 +1,135 @@
+"""The protocols' options for HiCLR's settings, each against a hand computation or numpy.
+
+- ``class_balanced`` subsets: ``round(ratio * class count)`` per class (Python's rounding),
+  seeded; epochs as long as the whole split (``SubsetSource(length=N)``, record ``i`` =
+  subset entry ``i mod n``);
+- the classifier initialisations (``normal_0.01``, ``normal_0.02``, PyTorch's default);
+- the optimizer: warmup values by hand, Nesterov momentum against ``torch.optim.SGD``,
+  frozen modules unchanged;
+- HiCLR's weighted-logit ensemble against numpy, and its weight-set parsing;
+- the basic (crop + shear) training view of HiCLR's transformer fine-tuning.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from cmd_jax import optim
+from cmd_jax.errors import ConfigError
+from cmd_jax.layouts import NTU25
+from cmd_jax.methods.hiclr import views
+from cmd_jax.trainers import downstream
+
+
+def test_class_balanced_subsets():
+  labels = np.repeat(np.arange(4), [10, 25, 3, 15])  # round(0.1 * n): 1, 2 (2.5 -> 2), 0, 2 (1.5 -> 2)
+  a = downstream.labelled_subset(labels, 0.1, seed=1, sampling="class_balanced", num_classes=4)
+  assert np.bincount(labels[a], minlength=4).tolist() == [1, 2, 0, 2]
+  np.testing.assert_array_equal(a, downstream.labelled_subset(labels, 0.1, 1, "class_balanced", 4))
+  others = [downstream.labelled_subset(labels, 0.1, s, "class_balanced", 4) for s in range(2, 8)]
+  assert any(not np.array_equal(a, b) for b in others)
+  assert np.all(np.diff(a) > 0)
+  with pytest.raises(ConfigError, match="is 0 for every class"):
+    downstream.labelled_subset(labels, 0.01, 0, "class_balanced", 4)
+
+
+def test_full_length_epochs_revisit_the_subset():
+  source = [{"i": i} for i in range(10)]
+  subset = downstream.SubsetSource(source, np.array([7, 2, 5]), length=10)
+  assert len(subset) == 10
+  assert [subset[i]["i"] for i in range(10)] == [7, 2, 5, 7, 2, 5, 7, 2, 5, 7]
+  assert len(downstream.SubsetSource(source, np.array([7, 2, 5]))) == 3
+
+
+@pytest.mark.parametrize("scheme,std,zero_bias", [("normal_0.01", 0.01, True), ("normal_0.02", 0.02, True)])
+def test_normal_heads(scheme, std, zero_bias):
+  """Sample std of 60 x 256 draws within 5 standard errors (std / sqrt(2n)) of the target."""
+  head = downstream.init_head(jax.random.PRNGKey(0), 60, 256, scheme)
+  w = np.asarray(head["weight"])
+  assert w.shape == (60, 256) and abs(w.std() - std) <= 5 * std / np.sqrt(2 * w.size)
+  assert zero_bias and np.all(np.asarray(head["bias"]) == 0)
+
+
+def test_default_head_is_pytorch_linear_default():
+  head = downstream.init_head(jax.random.PRNGKey(1), 60, 256, "default")
+  bound = 1 / np.sqrt(256)
+  for leaf in (np.asarray(head["weight"]), np.asarray(head["bias"])):
+    assert np.all(np.abs(leaf) <= bound) and np.abs(leaf).max() > 0.9 * bound
+  # uniform on [-b, b]: variance b^2 / 3, within 5 standard errors for the 15360 weights
+  w = np.asarray(head["weight"])
+  assert abs(w.var() - bound ** 2 / 3) <= 5 * np.sqrt(4 / 45) * bound ** 2 / np.sqrt(w.size)
+  with pytest.raises(ConfigError, match="config.head_init='xavier'"):
+    downstream.init_head(jax.random.PRNGKey(1), 3, 4, "xavier")
+
+
+def opt_config(**fields):
+  c = ml_collections.ConfigDict({"num_epochs": 10, "optimizer": {
+      "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "milestones": (29, 54), "gamma": 0.1,
+      "warmup_epochs": 5, "nesterov": True}})
+  c.optimizer.update(fields)
+  return c
+
+
+def test_warmup_schedule_by_hand():
+  """HiCLR's fine-tuning on 1-based epochs e: ``0.1 * e / 5`` for e < 5, then 0.1 until e >= 30,
+  0.01 until e >= 55, then 0.001 (0-based milestones 29 and 54)."""
+  schedule = optim.lr_schedule(opt_config(), steps_per_epoch=3)
+  lrs = [float(schedule(epoch * 3 + 1)) for epoch in range(70)]  # one step inside each epoch
+  expected = [0.1 * (e + 1) / 5 if e + 1 < 5 else 0.1 * 0.1 ** ((e >= 29) + (e >= 54)) for e in range(70)]
+  np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+  assert lrs[0] == pytest.approx(0.02) and lrs[4] == pytest.approx(0.1) and lrs[29] == pytest.approx(0.01)
+
+
+def test_nesterov_and_frozen_modules_against_torch():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  params = {"joint": {"proj": {"w": rng.normal(size=(3,))}, "fc": {"w": rng.normal(size=(4,))}}}
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  grads = [jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params) for _ in range(3)]
+  tx = optim.make_optimizer(opt_config(warmup_epochs=0, milestones=()), 1, frozen=("proj",))
+  state, p = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  w = torch.tensor(np.asarray(params["joint"]["fc"]["w"]), requires_grad=True)
+  opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+  for g in grads:
+    w.grad = torch.tensor(np.asarray(g["joint"]["fc"]["w"]))
+    opt.step()
+  np.testing.assert_allclose(np.asarray(p["joint"]["fc"]["w"]), w.detach().numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(p["joint"]["proj"]["w"]), np.asarray(params["joint"]["proj"]["w"]))
+
+
+def test_weighted_logit_fusion_against_numpy():
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 5, size=40)
+  logits = {m: rng.normal(size=(40, 5)) for m in ("joint", "motion", "bone")}
+  sets = downstream.parse_fusion_weights("joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4",
+                                         ("joint", "motion", "bone"))
+  assert sets == [{"joint": 0.5, "bone": 0.5, "motion": 0.5}, {"joint": 0.6, "bone": 0.6, "motion": 0.4}]
+  out = downstream.weighted_logit_fusion(logits, labels, sets)
+  accs = [np.mean(np.argmax(0.5 * logits["joint"] + 0.5 * logits["bone"] + 0.5 * logits["motion"], 1) == labels),
+          np.mean(np.argmax(0.6 * logits["joint"] + 0.6 * logits["bone"] + 0.4 * logits["motion"], 1) == labels)]
+  assert [s["top1"] for s in out["sets"]] == pytest.approx(accs)
+  assert out["best_of_sets_top1"] == pytest.approx(max(accs))
+  assert downstream.parse_fusion_weights("joint=1,bone=1", ("joint", "motion", "bone")) == []  # other streams
+  with pytest.raises(ConfigError, match="unknown stream.s. jiont"):
+    downstream.parse_fusion_weights("jiont=1,bone=1", ("joint", "bone"))
+  with pytest.raises(ConfigError, match="is not stream=weight"):
+    downstream.parse_fusion_weights("joint:1", ("joint",))
+  assert downstream.parse_fusion_weights("", ("joint",)) == []
+
+
+def test_basic_view_is_crop_then_shear():
+  """The fine-tuning view equals the parameterised crop + shear of its own draws."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 3, 50, 25, 2)), jnp.float32)
+  key = jax.random.PRNGKey(4)
+  out = views.basic_view(key, x)
+  params = views.hiclr_view_params(key, x.shape, aug_method="")[0]
+  want = views.shear_with(views.temporal_crop_with(x, params.crop_start), params.shear)
+  np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+  assert out.shape == x.shape and NTU25.num_joints == out.shape[3]
