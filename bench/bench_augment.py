@@ -2,10 +2,10 @@
 
 One sample = one stored clip ``x [3, 300, 25, 2]`` float32 with its ``num_frames`` turned
 into its two pretraining views ``(view_q, view_k)``, each ``[3, 64, 25, 2]`` float32
-(reference_cmd.md 2.6: per view, the random crop of ``L = min(max(floor(F * U(0.1, 1)),
-64), F)`` frames resized to 64, then with probability 0.5 the corruption of 15 joints,
-otherwise the shear; amplitudes 1.0). The clips are random normal values, zero after
-``num_frames``, with ``num_frames`` uniform in [1, 300] (seeded; the same clips for every
+(docs/references.md#cmd-pretraining-views: per view, the random crop of
+``L = min(max(floor(F * U(0.1, 1)), 64), F)`` frames resized to 64, then with probability
+0.5 the corruption of 15 joints, otherwise the shear; amplitudes 1.0). The clips are random
+normal values, zero after ``num_frames``, with ``num_frames`` uniform in [1, 300] (seeded; the same clips for every
 implementation). Runs, one after another in fresh worker processes on the same machine:
 
 * ``jax_batched``: ``cmd_jax.methods.cmd.views.pretrain_views`` with the reference's parameters (as

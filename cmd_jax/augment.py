@@ -1,8 +1,10 @@
-"""Skeleton augmentations as pure, PRNG-keyed JAX functions (reference_cmd.md 2.2-2.7, quirks 7, 8).
+"""Skeleton augmentations as pure, PRNG-keyed JAX functions (docs/references.md#cmd-augmentations).
 
-This module owns the augmentation primitives of the CMD reference's feeders: the temporal
-crop + linear resize (2.2, 2.3), the joint corruption (2.4), the shear (2.5), and the
-batch-level views of the downstream protocols (2.7). A method composes its pretraining
+This module owns the augmentation primitives of the CMD reference's feeders (sections of
+docs/references.md): the temporal crop + linear resize (#cmd-crop-resize,
+#cmd-downstream-crops), the joint corruption (#cmd-joint-corruption), the shear
+(#cmd-shear), and the batch-level views of the downstream protocols (#cmd-downstream-views),
+with the conventions of #cmd-quirks items 7 and 8. A method composes its pretraining
 views from them (CMD: ``cmd_jax.methods.cmd.views``). Modalities (motion, bone) are *not*
 computed here: the model derives them from the augmented, resized joints.
 
@@ -37,14 +39,14 @@ NUM_CORRUPTED_JOINTS = 15
 
 
 # ----------------------------------------------------------------------------------------
-# 2.2 step 5: linear resize along time (bilinear, align_corners=False, no antialiasing)
+# #cmd-crop-resize step 5: linear resize along time (bilinear, align_corners=False, no antialiasing)
 # ----------------------------------------------------------------------------------------
 
 def resize_linear(clip_source: jax.Array, start, length, out_len: int = OUTPUT_LENGTH) -> jax.Array:
   """Resizes frames ``[start, start + length)`` of ``clip_source`` to ``out_len`` frames.
 
   The formula of PyTorch's ``F.interpolate(mode='bilinear', align_corners=False)`` along
-  time, computed in float32 as PyTorch does (spec 2.2 step 5)::
+  time, computed in float32 as PyTorch does (#cmd-crop-resize, step 5)::
 
     src_i = max((i + 0.5) * L / out - 0.5, 0);  i0 = floor(src_i);  i1 = min(i0 + 1, L - 1)
     out_i = (1 - lam) * clip[start + i0] + lam * clip[start + i1],  lam = src_i - i0
@@ -81,13 +83,13 @@ def _valid_length(num_frames, max_frames: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------
-# 2.2 / 2.3: random crop + resize
+# #cmd-crop-resize / #cmd-downstream-crops: random crop + resize
 # ----------------------------------------------------------------------------------------
 
 def crop_params(key: jax.Array, num_frames, max_frames: int,
                 ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
                 min_len: int = MIN_CROP_LENGTH) -> tuple[jax.Array, jax.Array]:
-  """Draws the random crop of spec 2.2 steps 1-3; returns ``(start, L)`` as int32 scalars.
+  """Draws the random crop of #cmd-crop-resize steps 1-3; returns ``(start, L)`` as int32 scalars.
 
   ``F = min(num_frames, max_frames)``; ``scale ~ U(r0, r1)``;
   ``L = min(max(floor(F * scale), min_len), F)`` (so ``L = F`` when ``F < min_len``);
@@ -106,7 +108,7 @@ def crop_params(key: jax.Array, num_frames, max_frames: int,
 def temporal_crop_resize(key: jax.Array, x: jax.Array, num_frames,
                          ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
                          min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH) -> jax.Array:
-  """Spec 2.2 (``temporal_cropresize``): random crop of ``[0, F)`` resized to ``out_len``.
+  """#cmd-crop-resize (``temporal_cropresize``): random crop of ``[0, F)`` resized to ``out_len``.
 
   ``x [C, T, V, M]`` -> ``[C, out_len, V, M]``.
   """
@@ -117,7 +119,7 @@ def temporal_crop_resize(key: jax.Array, x: jax.Array, num_frames,
 def random_crop_resize(key: jax.Array, x: jax.Array, num_frames,
                        ratio_range: Sequence[float] = DOWNSTREAM_TRAIN_RATIO_RANGE,
                        min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH) -> jax.Array:
-  """Spec 2.3 train branch (``crop_subsequence`` with ``[0.5, 1.0]``): 2.2 with scale ~ U(0.5, 1)."""
+  """#cmd-downstream-crops, train branch (``crop_subsequence`` with ``[0.5, 1.0]``): scale ~ U(0.5, 1)."""
   return temporal_crop_resize(key, x, num_frames, ratio_range, min_len, out_len)
 
 
@@ -135,7 +137,7 @@ def _center_start_table(ratio: float, max_frames: int) -> np.ndarray:
 
 def center_crop_params(num_frames, max_frames: int,
                        ratio: float = CENTER_CROP_RATIO) -> tuple[jax.Array, jax.Array]:
-  """Spec 2.3 test branch: ``start = int((1 - ratio) * F / 2)``, ``L = F - 2 * start``."""
+  """#cmd-downstream-crops, test branch: ``start = int((1 - ratio) * F / 2)``, ``L = F - 2 * start``."""
   f = _valid_length(num_frames, max_frames)
   start = jnp.asarray(_center_start_table(float(ratio), max_frames))[f]
   return start, f - 2 * start
@@ -143,13 +145,13 @@ def center_crop_params(num_frames, max_frames: int,
 
 def center_crop_resize(x: jax.Array, num_frames, ratio: float = CENTER_CROP_RATIO,
                        out_len: int = OUTPUT_LENGTH) -> jax.Array:
-  """Spec 2.3 test branch: keep frames ``[start, F - start)`` and resize to ``out_len``."""
+  """#cmd-downstream-crops, test branch: keep frames ``[start, F - start)`` and resize to ``out_len``."""
   start, length = center_crop_params(num_frames, x.shape[1], ratio)
   return resize_linear(x, start, length, out_len)
 
 
 # ----------------------------------------------------------------------------------------
-# 2.4 joint corruption, 2.5 shear, 2.6 the per-view choice
+# #cmd-joint-corruption, #cmd-shear, #cmd-pretraining-views (the per-view choice)
 # ----------------------------------------------------------------------------------------
 
 def _row_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
@@ -168,7 +170,7 @@ def _column_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
 
 
 def joint_corruption_with(x: jax.Array, joints: jax.Array, matrix: jax.Array, zero) -> jax.Array:
-  """Spec 2.4 with the drawn parameters.
+  """#cmd-joint-corruption with the drawn parameters.
 
   Args:
     x: ``[3, T, V, M]``.
@@ -206,13 +208,13 @@ def joint_corruption_params(key: jax.Array, num_joints: int,
 
 def joint_corruption(key: jax.Array, x: jax.Array,
                      num_corrupted: int = NUM_CORRUPTED_JOINTS, amplitude: float = 1.0) -> jax.Array:
-  """Spec 2.4 (``joint_courruption``): 50% zero K joints, 50% map K joints by ``p @ A``."""
+  """#cmd-joint-corruption (``joint_courruption``): 50% zero K joints, 50% map K joints by ``p @ A``."""
   joints, matrix, zero = joint_corruption_params(key, x.shape[2], num_corrupted, amplitude)
   return joint_corruption_with(x, joints, matrix, zero)
 
 
 def shear_with(x: jax.Array, matrix: jax.Array) -> jax.Array:
-  """Spec 2.5 with the drawn ``S [3, 3]``: ``p' = S @ p`` for every point of ``x [3, ...]``."""
+  """#cmd-shear with the drawn ``S [3, 3]``: ``p' = S @ p`` for every point of ``x [3, ...]``."""
   return _column_vector_map(x, matrix)
 
 
@@ -225,18 +227,18 @@ def shear_params(key: jax.Array, amplitude: float = 1.0) -> jax.Array:
 
 
 def shear(key: jax.Array, x: jax.Array, amplitude: float = 1.0) -> jax.Array:
-  """Spec 2.5 (``pose_augmentation``): a random shear of every point; zeros stay zero."""
+  """#cmd-shear (``pose_augmentation``): a random shear of every point; zeros stay zero."""
   return shear_with(x, shear_params(key, amplitude))
 
 
 # ----------------------------------------------------------------------------------------
-# 2.7: the downstream protocols' batch views
+# #cmd-downstream-views: the downstream protocols' batch views
 # ----------------------------------------------------------------------------------------
 
 def downstream_train_view(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
                           ratio_range: Sequence[float] = DOWNSTREAM_TRAIN_RATIO_RANGE,
                           min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH) -> jax.Array:
-  """Spec 2.7 train: a random crop-resize per sample, no spatial augmentation."""
+  """#cmd-downstream-views, train: a random crop-resize per sample, no spatial augmentation."""
   keys = jax.random.split(key, batch_x.shape[0])
   return jax.vmap(lambda k, x, f: random_crop_resize(k, x, f, ratio_range, min_len, out_len))(
       keys, batch_x, batch_num_frames)
@@ -244,13 +246,13 @@ def downstream_train_view(key: jax.Array, batch_x: jax.Array, batch_num_frames: 
 
 def downstream_test_view(batch_x: jax.Array, batch_num_frames: jax.Array,
                          ratio: float = CENTER_CROP_RATIO, out_len: int = OUTPUT_LENGTH) -> jax.Array:
-  """Spec 2.7 test (and kNN, both sides): the deterministic centre crop of each sample."""
+  """#cmd-downstream-views, test (and kNN, both sides): the deterministic centre crop of each sample."""
   return jax.vmap(lambda x, f: center_crop_resize(x, f, ratio, out_len))(batch_x, batch_num_frames)
 
 
 def downstream_view(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Array,
                     l_ratio: Sequence[float], out_len: int = OUTPUT_LENGTH) -> jax.Array:
-  """The reference's ``crop_subsequence`` dispatch (quirk 7), for config-driven callers.
+  """The reference's ``crop_subsequence`` dispatch (#cmd-quirks item 7), for config-driven callers.
 
   ``l_ratio[0] == 0.5`` exactly selects the random crop with ``scale ~ U(l_ratio[0],
   l_ratio[1])`` and minimum length 64; any other ``l_ratio`` is a centre crop of

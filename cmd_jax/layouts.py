@@ -2,9 +2,9 @@
 
 A layout is everything the rest of the project needs to know about a skeleton format:
 the data converters use ``center_joint``, ``zaxis`` and ``xaxis`` for the reference's
-normalisation (reference_cmd.md 1.6), and the modalities (bone, motion) are derived
-from ``bone_pairs`` (reference_cmd.md 4.2). Nothing else in the code base hard-codes joint
-indices.
+normalisation (docs/references.md#cmd-pre-normalization), and the modalities (bone, motion)
+are derived from ``bone_pairs`` (docs/references.md#cmd-modalities). Nothing else in the code
+base hard-codes joint indices.
 
 All indices are 0-based.
 """
@@ -106,7 +106,7 @@ class SkeletonLayout:
     return [i for i, (a, b) in enumerate(self.bone_pairs) if a == b]
 
 
-# NTU RGB+D (Kinect v2), reference_cmd.md joint table.
+# NTU RGB+D (Kinect v2), docs/references.md#ntu-25-joints.
 NTU25 = SkeletonLayout(
     name="ntu25",
     joint_names=(
@@ -117,7 +117,7 @@ NTU25 = SkeletonLayout(
         "right_hip", "right_knee", "right_ankle", "right_foot",
         "spine_shoulder", "left_hand_tip", "left_thumb", "right_hand_tip", "right_thumb",
     ),
-    # The reference's 1-based 2s-AGCN list (reference_cmd.md 4.2), converted to 0-based:
+    # The reference's 1-based 2s-AGCN list (docs/references.md#cmd-modalities), converted to 0-based:
     # (1,2) (2,21) (3,21) (4,3) (5,21) (6,5) (7,6) (8,7) (9,21) (10,9) (11,10) (12,11)
     # (13,1) (14,13) (15,14) (16,15) (17,1) (18,17) (19,18) (20,19) (21,21) (22,23) (23,8)
     # (24,25) (25,12).

@@ -94,7 +94,7 @@ def info_nce_from_similarities(l_pos: jax.Array, l_neg: jax.Array,
 
 def info_nce(q: jax.Array, k: jax.Array, queue: jax.Array,
              temperature: float) -> tuple[jax.Array, Metrics]:
-  """MoCo's InfoNCE for one modality (reference_cmd.md 4.3 step 4).
+  """MoCo's InfoNCE for one modality (docs/references.md#cmd-step-order, step 4).
 
   ``q``, ``k``: ``[N, D]`` L2-normalised queries and keys; ``queue``: ``[K, D]``, the state
   before this step's enqueue. ``l_pos = sum(q * k, -1)``, ``l_neg = q @ queue.T``; the key

@@ -1,13 +1,13 @@
 """The three input modalities (joint, motion, bone) and the encoder's input flattening.
 
-Follows reference_cmd.md 4.2 (modalities, computed inside the model from the 5-D clip, after
-augmentation and temporal resizing) and 2.1 (the flattening order). All functions are pure
-``jnp`` functions of a skeleton array whose last four axes are ``(C, T, V, M)``; the usual
+Follows docs/references.md#cmd-modalities (computed inside the model from the 5-D clip,
+after augmentation and temporal resizing) and #cmd-input-layout (the flattening order). All
+functions are pure ``jnp`` functions of a skeleton array whose last four axes are ``(C, T, V, M)``; the usual
 input is a batch ``[N, C=3, T, V, M]``, but any leading axes (including none) work.
 
 - ``joint(x)``: ``x`` itself.
 - ``motion(x)``: ``m[..., t, :, :] = x[..., t+1, :, :] - x[..., t, :, :]`` for ``t < T-1``;
-  the last frame is 0 (reference quirk 8: it is zero, not repeated).
+  the last frame is 0 (docs/references.md#cmd-quirks item 8: it is zero, not repeated).
 - ``bone(x, layout)``: ``b[..., v, :] = x[..., v, :] - x[..., parent(v), :]`` with the
   parents from ``layout.bone_parents``; the root's bone is 0 (NTU: joint 20, spine shoulder).
 - ``flatten(x)``: ``[..., C, T, V, M] -> [..., T, V*C*M]`` in the reference's order:

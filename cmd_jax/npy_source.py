@@ -1,7 +1,8 @@
 """A random-access data source over the PyTorch references' ``.npy``/``.pkl`` dataset formats.
 
-CMD's reference data generators (reference_cmd.md 1.5, 1.7) write, per benchmark folder
-and part (``train`` / ``val``), the ``cmd`` format:
+CMD's reference data generators (docs/references.md#cmd-splits-and-files,
+#cmd-pku-mmd-ii-conversion) write, per benchmark folder and part (``train`` / ``val``), the
+``cmd`` format:
 
 - ``{part}_data_joint.npy``: float32 ``(N, 3, 300, V, M)``, preprocessed joints;
 - ``{part}_num_frame.npy``: 1-D integer ``(N,)``, the ORIGINAL frame counts (PKU-MMD II

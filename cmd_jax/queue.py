@@ -1,7 +1,7 @@
 """The MoCo negative-key queues of CMD: layout, initialisation and the functional enqueue.
 
-Follows reference_cmd.md 4.1 (construction), 4.3 step 6 (enqueue) and 7 quirk 3 (the
-queues advance in lock-step).
+Follows docs/references.md#cmd-model-and-queues (construction), #cmd-step-order step 6
+(enqueue) and #cmd-quirks item 3 (the queues advance in lock-step).
 
 Layout: each queue is a ``[K, D]`` array, ROW ``j`` = the key of one past sample. (The
 PyTorch reference stores ``(D, K)`` buffers with columns = samples; a torch-checkpoint

@@ -1,4 +1,7 @@
-"""PyTorch interop: reference CMD checkpoints <-> this project's pretraining workdirs (reference_cmd.md 3, 4.1, 5.1, 5.2).
+"""PyTorch interop: reference CMD checkpoints <-> this project's pretraining workdirs.
+
+The key names and what is restored downstream: docs/references.md#cmd-pretraining-settings and
+#cmd-checkpoint-loading.
 
 This module owns the conversion between a checkpoint of the PyTorch reference
 (``{'epoch', 'state_dict', 'optimizer'}`` as ``pretrain_moco_cmd.py`` saves it, or a bare
@@ -15,7 +18,7 @@ Export (the reverse, a ``state_dict`` the reference's ``load_state_dict`` accept
 
   python -m cmd_jax.torch_import --export W out.pth.tar
 
-Key mapping (spec 4.1 / 5.1; per-encoder suffixes as in ``cmd_jax.models.encoder``; every
+Key mapping (docs/references.md#cmd-pretraining-settings; per-encoder suffixes as in ``cmd_jax.models.encoder``; every
 weight is stored in PyTorch layout, so the encoders convert by renaming only):
 
 =================================  ===========================================

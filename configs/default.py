@@ -2,6 +2,8 @@
 
   python launch.py [--workdir workdirs/default_synthetic] [--config.pretrain.num_epochs=...] ...
   python launch.py --config configs/default.py:msr_action3d   # the same on MSR Action3D (build it first)
+  python launch.py --config configs/default.py:hiclr          # HiCLR: one pretraining per stream, its linear settings
+  python launch.py --config configs/default.py:hiclr_msr_action3d
 
 On the embedded synthetic set (built on first use): CMD pretraining
 (configs/pretrain_cmd.py:synthetic), then kNN retrieval and linear evaluation
@@ -15,17 +17,32 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import knn, linear, pretrain_cmd
+from configs import knn, linear, linear_hiclr, pretrain_cmd, pretrain_hiclr
+
+
+NAMES = ("synthetic", "msr_action3d", "hiclr", "hiclr_msr_action3d")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "synthetic"
+  if name not in NAMES:
+    raise ValueError(f"configs/default.py: unknown config {name!r}; expected one of {', '.join(NAMES)}")
+  hiclr = name.startswith("hiclr")
+  dataset = name[len("hiclr_"):] if name.startswith("hiclr_") else ("synthetic" if hiclr else name)
   c = ml_collections.ConfigDict()
   c.name = f"default_{name}"
   c.trainer = "pipeline"
-  c.pretrain = pretrain_cmd.get_config(name)
-  c.knn = knn.get_config(name)
-  c.linear = linear.get_config(name)
+  if hiclr:
+    c.pretrain = pretrain_hiclr.get_config(dataset)
+    c.pretrain_streams = "joint,motion,bone"   # HiCLR pretrains one stream per run
+    c.linear = linear_hiclr.get_config(dataset)
+    with c.linear.unlocked():
+      c.linear.expected_encoder = c.pretrain.model.name  # the CPU-sized configs' encoder
+  else:
+    c.pretrain = pretrain_cmd.get_config(dataset)
+    c.pretrain_streams = ""                    # CMD pretrains the three streams in one run
+    c.linear = linear.get_config(dataset)
+  c.knn = knn.get_config(dataset)
   for sub in (c.knn, c.linear):
     with sub.unlocked():
       sub.streams = "joint,motion,bone"

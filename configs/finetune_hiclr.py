@@ -25,7 +25,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import linear, semi
-from configs.pretrain_hiclr import CPU_SIZED, split_name
+from configs.pretrain_hiclr import CPU_SIZED, encoder_name, split_name
 
 REFERENCE_FINETUNE = {"ntu60_xsub": 88.3, "ntu60_xview": 93.2, "ntu120_xsub": 82.1, "ntu120_xset": 83.7}
 REFERENCE_FINETUNE_DSTA = {"ntu60_xsub": 90.4, "ntu60_xview": 95.7, "ntu120_xsub": 85.6, "ntu120_xset": 87.5}
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base, dsta, dataset, benchmark = split_name(name, "configs/finetune_hiclr.py")
   c = linear.base_config(name, "finetune", dataset, benchmark)
   c.expected_method = "hiclr"
-  c.expected_encoder = "dsta" if dsta else "stgcn"
+  c.expected_encoder = encoder_name(name, "configs/finetune_hiclr.py")  # the encoder pretrain_hiclr.py:<name> trains
   c.name = f"finetune_hiclr_{name}"
   add_hiclr_finetuning(c, dsta=dsta, label_ratio=1.0, seeds=(0,))
   c.batch_size = 128 if dsta else 64

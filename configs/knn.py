@@ -1,4 +1,4 @@
-"""1-NN retrieval (reference_cmd.md 5.4) of a pretraining workdir.
+"""1-NN retrieval (docs/references.md#cmd-knn-retrieval) of a pretraining workdir.
 
   python launch.py --config configs/knn.py:<name> --config.init_from=<pretraining workdir> --workdir <dir>
 
@@ -11,7 +11,7 @@ L2-normalised; each query takes the label of its most cosine-similar bank featur
 the same encoder at its random initialisation.
 
 Names, hardware, and the number to compare with (paper, kNN k=1, joint stream, top-1 %;
-from memory, UNVERIFIED, reference_cmd.md 6.1):
+from memory, UNVERIFIED, docs/references.md#cmd-numbers):
 
   synthetic      CPU, seconds
   msr_action3d   CPU, seconds
@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = linear.base_config(name, "knn", *linear.DATASETS[name])
   if name in REFERENCE_KNN:
     c.reference_top1 = REFERENCE_KNN[name]
-    c.reference_note = "paper, kNN (k=1), joint stream: from memory, unverified (reference_cmd.md 6.1)"
+    c.reference_note = "paper, kNN (k=1), joint stream: from memory, unverified (docs/references.md#cmd-numbers)"
   if name in linear.CPU_SIZED:
     c.eval_batch_size = 128
   c.lock()

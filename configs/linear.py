@@ -1,4 +1,4 @@
-"""Linear evaluation (reference_cmd.md 5.3) of a pretraining workdir.
+"""Linear evaluation (docs/references.md#cmd-linear-evaluation) of a pretraining workdir.
 
   python launch.py --config configs/linear.py:<name> --config.init_from=<pretraining workdir> --workdir <dir>
 
@@ -11,8 +11,8 @@ top-1 and the reference's best-of-evaluations-every-5-epochs top-1) go to
 and bone encoders and their three-stream fusion (mean of the heads' class probabilities);
 ``--config.random_init=True`` evaluates the same encoder at its random initialisation.
 
-Names, hardware, and the number to compare with (paper, joint stream, top-1 %; reference_cmd.md
-6.1, moderately high confidence; three-stream numbers from memory, unverified):
+Names, hardware, and the number to compare with (paper, joint stream, top-1 %;
+docs/references.md#cmd-numbers, moderately high confidence; three-stream numbers from memory, unverified):
 
   synthetic      CPU minutes (30 epochs); the pretraining of configs/pretrain_cmd.py:synthetic
   msr_action3d   CPU minutes (40 epochs); configs/pretrain_cmd.py:msr_action3d
@@ -110,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   add_training(c, lr=0.1)
   if name in REFERENCE_LINEAR:
     c.reference_top1 = REFERENCE_LINEAR[name]
-    c.reference_note = "paper, linear evaluation, joint stream (reference_cmd.md 6.1)"
+    c.reference_note = "paper, linear evaluation, joint stream (docs/references.md#cmd-numbers)"
     if name in REFERENCE_THREE_STREAM:
       c.reference_note += f"; three-stream ~{REFERENCE_THREE_STREAM[name]} (unverified)"
   if name == "pku_mmd2_xsub":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import linear
-from configs.pretrain_hiclr import CPU_SIZED, REFERENCE_LINEAR, REFERENCE_LINEAR_DSTA, split_name
+from configs.pretrain_hiclr import CPU_SIZED, encoder_name, REFERENCE_LINEAR, REFERENCE_LINEAR_DSTA, split_name
 
 RELEASED_JOINT = {"ntu60_xsub": 77.30}
 HICLR_FUSION_WEIGHTS = "joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4"
@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base, dsta, dataset, benchmark = split_name(name, "configs/linear_hiclr.py")
   c = linear.base_config(name, "linear", dataset, benchmark)
   c.expected_method = "hiclr"
-  c.expected_encoder = "dsta" if dsta else "stgcn"
+  c.expected_encoder = encoder_name(name, "configs/linear_hiclr.py")  # the encoder pretrain_hiclr.py:<name> trains
   c.name = f"linear_hiclr_{name}"
   linear.add_training(c, lr=3.0, num_epochs=100, milestones=(30, 80) if dsta else (80,))
   c.batch_size = 128

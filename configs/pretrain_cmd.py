@@ -1,4 +1,4 @@
-"""CMD pretraining (reference_cmd.md 5.1): ``python launch.py --config configs/pretrain_cmd.py:<name>``.
+"""CMD pretraining: ``python launch.py --config configs/pretrain_cmd.py:<name>``.
 
 Names and what they are for:
 
@@ -10,11 +10,12 @@ Names and what they are for:
   ntu120_xset    ... 71.5
   pku_mmd2_xsub  1001 epochs, lr step at 801 ... 43.0
 
-The reference settings: BiGRU encoders (hidden 1024, 3 layers, forward-only as the
-reference computes), MLP head to 128, batch 64, MoCo queue 16384, momentum 0.999, InfoNCE
-temperature 0.07, top-k 8192, teacher/student temperatures 0.05/0.1, SGD lr 0.01,
-momentum 0.9, weight decay 1e-4, 451 epochs with lr x0.1 from epoch 351, crops of 10-100%
-of the clip resized to 64 frames. Any field can be overridden: ``--config.optimizer.lr=0.02``.
+The reference settings (docs/references.md#cmd-pretraining-settings): BiGRU encoders
+(hidden 1024, 3 layers, forward-only as the reference computes), MLP head to 128, batch 64,
+MoCo queue 16384, momentum 0.999, InfoNCE temperature 0.07, top-k 8192, teacher/student
+temperatures 0.05/0.1, SGD lr 0.01, momentum 0.9, weight decay 1e-4, 451 epochs with lr
+x0.1 from epoch 351, crops of 10-100% of the clip resized to 64 frames. Any field can be
+overridden: ``--config.optimizer.lr=0.02``.
 
 The CPU-sized configs (synthetic, msr_action3d) deviate on purpose, each deviation named in
 ``config.deviations``: smaller model, queue and top-k (a queue must be smaller than the

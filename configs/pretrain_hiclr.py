@@ -3,7 +3,8 @@
 Names and what they are for (the paper's linear-evaluation numbers to compare with, top-1 %,
 three-stream ST-GCN; the release's joint-stream checkpoint gives 77.30 on NTU-60 xsub):
 
-  synthetic          (default) the embedded synthetic set, CPU-sized; minutes on a laptop CPU
+  synthetic          (default) the embedded synthetic set, CPU-sized (deviations named in
+                     config.deviations: CMD's GRU, PyTorch's init, key momentum 0.99); minutes
   msr_action3d       MSR Action3D cross-subject, CPU-sized (the real-data learning check)
   ntu60_xsub         the release's settings: GPU. Compare with 80.4 (three streams)
   ntu60_xview        ... 85.5
@@ -52,6 +53,12 @@ def split_name(name: str, config_file: str) -> tuple[str, bool, str, str]:
   return (base, dsta, *DATASETS[base])
 
 
+def encoder_name(name: str, config_file: str) -> str:
+  """The encoder ``get_config(name)`` pretrains (the downstream configs expect it in ``init_from``)."""
+  base, dsta, _, _ = split_name(name, config_file)
+  return "dsta" if dsta else ("gru" if base in CPU_SIZED else "stgcn")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "synthetic"
   base, dsta, dataset, benchmark = split_name(name, "configs/pretrain_hiclr.py")
@@ -84,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.hiclr.aug_method = "12345"        # the normal augmentations: 1 flip, 2 rotate, 3 noise, 4 blur, 5 axis mask, 6 time flip
   c.hiclr.adain = False               # SkeleAdaIN on the strong branches (an ablation; off in the release)
   c.hiclr.consistency_weight = 0.5    # L = L_info + weight * (L_h1 + L_h2)
+  c.hiclr.branches = 3                # 3: HiCLR; 1: branch 0 alone (MoCo with the basic views, the ablation)
   c.hiclr.noise_rng = "threefry"      # the views' Gaussian noise: "threefry" (JAX's PRNG) or "fast" (a hash; speed option)
 
   c.augment = ml_collections.ConfigDict()
@@ -120,6 +128,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.milestones = (1250,)
     c.hiclr.mining_epoch = 750
   if base in CPU_SIZED:
+    # Measured on the synthetic set (README, "Pretraining HiCLR"): with the release's settings
+    # a CPU-sized run collapses (InfoNCE stays at ln(queue + 1), kNN falls below random
+    # init), as the original PyTorch code does on the same data; these deviations make it learn.
+    if not dsta:                      # ST-GCN's XLA:CPU step is 7 s at batch 32 (h16): too slow for minutes
+      c.model.name = "gru"
+      c.model.hidden_size = 64
+      c.model.num_layers = 2
+    c.model.init = "default"          # HiCLR's N(0, 0.02) re-initialisation collapses at this scale
+    c.moco.momentum = 0.99            # 0.999: the independently initialised key encoder stays random
     c.log_every_steps = 10
     c.checkpoint_every_steps = 200
     c.evaluator.every_epochs = 10
@@ -129,6 +146,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = 40 if base == "synthetic" else 100
     c.optimizer.milestones = (30,) if base == "synthetic" else (80,)
     c.hiclr.mining_epoch = c.num_epochs // 2
-    c.deviations = ("CPU-sized: batch, queue below the training-set size, short schedule",)
+    c.deviations = (() if dsta else (
+        "CPU-sized encoder: CMD's GRU (hidden 64, 2 layers) instead of ST-GCN, whose step is too slow on a CPU",)) + (
+        "PyTorch's default initialisation instead of HiCLR's N(0, 0.02) weights_init (which collapses at this scale)",
+        "key-encoder momentum 0.99 (reference 0.999) for the short schedule",
+        "CPU-sized batch, a queue below the training-set size, a short schedule, mining from half-way",
+    )
   c.lock()
   return c

@@ -1,4 +1,4 @@
-"""Semi-supervised fine-tuning (reference_cmd.md 5.5, 2.8) of a pretraining workdir.
+"""Semi-supervised fine-tuning (docs/references.md#cmd-semi-supervised) of a pretraining workdir.
 
   python launch.py --config configs/semi.py:<name> --config.init_from=<pretraining workdir> --workdir <dir> \
       [--config.label_ratio=0.1] [--config.sampling=stratified] [--config.seeds=0,1,2,3,4]
@@ -13,7 +13,7 @@ One run per seed; mean and standard deviation are reported, final-epoch and the 
 best-of-evaluations-every-5-epochs.
 
 Names, hardware, and the numbers to compare with (paper, joint stream, top-1 %; from
-memory, UNVERIFIED, reference_cmd.md 6.1; the reference scripts run NTU-60 only, with
+memory, UNVERIFIED, docs/references.md#cmd-numbers; the reference scripts run NTU-60 only, with
 ratios 0.01, 0.05, 0.1, 0.2 and 5 repeats):
 
   synthetic      CPU, about a minute: 10% labels, 3 seeds
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if name in REFERENCE_SEMI:
     c.reference_top1 = REFERENCE_SEMI[name][0.01]
     c.reference_note = ("paper, semi-supervised 1% labels, joint stream: from memory, unverified; 10%: ~"
-                        f"{REFERENCE_SEMI[name][0.1]} (reference_cmd.md 6.1)")
+                        f"{REFERENCE_SEMI[name][0.1]} (docs/references.md#cmd-numbers)")
   if name in linear.CPU_SIZED:  # the reference's schedule (a small labelled subset is few steps per epoch)
     c.label_ratio = 0.1 if name == "synthetic" else 0.2
     c.seeds = (0, 1, 2)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import finetune_hiclr, linear
-from configs.pretrain_hiclr import CPU_SIZED, split_name
+from configs.pretrain_hiclr import CPU_SIZED, encoder_name, split_name
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base, dsta, dataset, benchmark = split_name(name, "configs/semi_hiclr.py")
   c = linear.base_config(name, "semi", dataset, benchmark)
   c.expected_method = "hiclr"
-  c.expected_encoder = "dsta" if dsta else "stgcn"
+  c.expected_encoder = encoder_name(name, "configs/semi_hiclr.py")  # the encoder pretrain_hiclr.py:<name> trains
   c.name = f"semi_hiclr_{name}"
   finetune_hiclr.add_hiclr_finetuning(c, dsta=dsta, label_ratio=0.1, seeds=(0, 1, 2))
   c.sampling = "class_balanced"

@@ -1,4 +1,4 @@
-"""Transfer: fine-tuning on another dataset from a pretraining workdir (reference_cmd.md 5.6).
+"""Transfer: fine-tuning on another dataset from a pretraining workdir (docs/references.md#cmd-transfer).
 
   python launch.py --config configs/transfer.py:<name> --config.init_from=<pretraining workdir> --workdir <dir>
 
@@ -12,7 +12,7 @@ skeleton layout (NTU-25 for NTU and PKU-MMD; MSR Action3D's 20 joints cannot tra
 or from them): a clear error otherwise.
 
 Names, hardware, and the numbers to compare with (paper, joint stream, top-1 %; from
-memory, UNVERIFIED, reference_cmd.md 6.1):
+memory, UNVERIFIED, docs/references.md#cmd-numbers):
 
   ntu60_to_pku             GPU; init_from an NTU-60 xsub pretraining -> PKU-MMD II xsub: ~56.0 (unverified)
   ntu120_to_pku            GPU; init_from an NTU-120 xsub pretraining -> PKU-MMD II xsub: ~57.0 (unverified)
@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.source_pretraining = source      # what init_from should hold (documentation only)
   if reference:
     c.reference_top1 = reference
-    c.reference_note = f"paper, transfer from {source} to PKU-MMD II: from memory, unverified (reference_cmd.md 6.1)"
+    c.reference_note = (f"paper, transfer from {source} to PKU-MMD II: from memory, unverified "
+                        "(docs/references.md#cmd-numbers)")
   if name == "synthetic_xsub_to_xview":
     c.num_epochs = 30
     c.optimizer.milestones = (20, 26)

@@ -261,7 +261,8 @@ def to_fixed_length(data: np.ndarray, max_frames: int = MAX_FRAMES) -> tuple[np.
   """Zero-pads/truncates raw ``(3, T, V, M)`` to ``(3, max_frames, V, M)`` float32.
 
   Returns the array and the original T, which the reference stores as ``num_frame``
-  even when it exceeds ``max_frames`` (reference_cmd.md 1.5, 1.7).
+  even when it exceeds ``max_frames`` (docs/references.md#cmd-splits-and-files,
+  #cmd-pku-mmd-ii-conversion).
   """
   c, t, v, m = data.shape
   out = np.zeros((c, max_frames, v, m), np.float32)

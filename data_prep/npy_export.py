@@ -3,7 +3,7 @@
 For one benchmark, ``export(cache, benchmark, out_dir, fmt)`` writes, for part in (train, val),
 in one of two formats:
 
-``cmd`` (CMD's reference, reference_cmd.md 1.5; from a ``standard`` conversion)::
+``cmd`` (CMD's reference, docs/references.md#cmd-splits-and-files; from a ``standard`` conversion)::
 
   {part}_data_joint.npy   float32 (N, 3, 300, V, M), after pre_normalization
   {part}_num_frame.npy    int64 (N,), the original frame counts

@@ -1,6 +1,7 @@
 """NTU RGB+D 60/120 ``.skeleton`` files: parser, body selection, file names, splits, missing lists.
 
-Follows the reference's ``data_gen/ntu_gendata.py`` (reference_cmd.md 1.1-1.4):
+Follows the reference's ``data_gen/ntu_gendata.py`` (docs/references.md#cmd-ntu-reader,
+#cmd-splits-and-files):
 
 * ``read_bodies`` parses a file (LF, CRLF or CR line ends) into the reference's
   ``(4, T, 25, 3)`` slot array: the m-th body listed in frame n goes to slot m (bodies
@@ -37,7 +38,7 @@ MAX_BODY_KINECT = 4
 MAX_BODY_TRUE = 2
 
 # NTU-120 cross-subject training subjects; the entries <= 40 are exactly NTU-60's list
-# (reference_cmd.md 1.4), so one list serves both datasets.
+# (docs/references.md#cmd-splits-and-files), so one list serves both datasets.
 XSUB_TRAIN_SUBJECTS = frozenset((
     1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38, 45, 46, 47, 49,
     50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89, 91, 92,

@@ -1,6 +1,7 @@
 """PKU-MMD phase 2 (PKU-MMD II): skeleton and label readers, split lists, and the dataset spec.
 
-Follows the reference's ``data_gen/pku_gendata.py`` (reference_cmd.md 1.7, 7 item 11).
+Follows the reference's ``data_gen/pku_gendata.py`` (docs/references.md#cmd-pku-mmd-ii-conversion,
+#cmd-quirks item 11).
 
 Raw directory layout (``--raw``)::
 

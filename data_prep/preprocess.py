@@ -1,4 +1,4 @@
-"""Reference-faithful skeleton normalisation, vectorised (reference_cmd.md 1.6).
+"""Reference-faithful skeleton normalisation, vectorised (docs/references.md#cmd-pre-normalization).
 
 ``pre_normalization`` reproduces skeleton-contrast/CMD ``data_gen/preprocess.py`` for any
 skeleton layout with numpy array operations over whole batches (samples are taken in

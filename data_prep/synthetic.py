@@ -3,7 +3,7 @@
 This module owns the ``synthetic`` ``DatasetSpec``: a deterministic generator of
 Kinect-like clips in the NTU RGB+D layout (25 joints, 2 person slots, camera-space
 metres with x to the person's right, y up and z the depth), its sample list and its
-xsub/xview splits (reference_cmd.md 1.4 for the NTU rules it imitates).
+xsub/xview splits (docs/references.md#cmd-splits-and-files for the NTU rules it imitates).
 
 How a clip is made (``generate``):
 

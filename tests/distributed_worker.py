@@ -54,6 +54,7 @@ def tiny_hiclr_config():
   from configs import pretrain_hiclr  # pylint: disable=import-outside-toplevel
 
   config = pretrain_hiclr.get_config("synthetic")
+  config.model.name, config.model.init = "stgcn", "normal_0.02"  # the release's encoder and init
   config.model.stgcn.hidden_channels = 4
   config.model.stgcn.hidden_dim = 16
   config.model.embed_dim = 8

@@ -1,4 +1,5 @@
-"""A deliberately naive, loop-by-loop implementation of the data spec (reference_cmd.md 1.1, 1.2, 1.6).
+"""A deliberately naive, loop-by-loop implementation of the data spec
+(docs/references.md#cmd-ntu-reader, #cmd-pre-normalization).
 
 This module owns the *independent* computation the NTU parser and ``pre_normalization``
 tests compare against, and the "straightforward per-joint-loop implementation" that
@@ -35,7 +36,7 @@ JOINT_KEYS = ("x", "y", "z", "depthX", "depthY", "colorX", "colorY", "orientatio
 
 
 # ----------------------------------------------------------------------------------------
-# 1.1 parser
+# #cmd-ntu-reader: parser
 # ----------------------------------------------------------------------------------------
 
 def read_skeleton(path) -> dict:
@@ -61,7 +62,7 @@ def read_skeleton(path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
-# 1.2 body selection
+# #cmd-ntu-reader: body selection
 # ----------------------------------------------------------------------------------------
 
 def get_nonzero_std(body: np.ndarray) -> float:
@@ -110,7 +111,7 @@ def to_buffer(samples) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# 1.6 rotation helpers, scalar
+# #cmd-pre-normalization: rotation helpers, scalar
 # ----------------------------------------------------------------------------------------
 
 def unit_vector(vector):
@@ -142,7 +143,7 @@ def rotation_matrix(axis, theta) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# 1.6 pre_normalization, loop by loop
+# #cmd-pre-normalization: pre_normalization, loop by loop
 # ----------------------------------------------------------------------------------------
 
 def pre_normalization(data: np.ndarray, zaxis=(0, 1), xaxis=(8, 4), center_joint=1) -> np.ndarray:

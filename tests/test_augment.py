@@ -1,4 +1,4 @@
-"""Tests for cmd_jax.augment against numpy implementations of reference_cmd.md 2.2-2.7.
+"""Tests for cmd_jax.augment against numpy implementations of docs/references.md#cmd-augmentations.
 
 Every expected value is computed here from the spec formulas (numpy, float64), by
 hand-made inputs whose outputs can be read back (a frame-index ramp), or, where torch is
@@ -23,7 +23,7 @@ T = 300
 # ----------------------------------------------------------------------------------------
 
 def np_resize(x: np.ndarray, start: int, length: int, out_len: int = 64) -> np.ndarray:
-  """Spec 2.2 step 5 in float64: half-pixel linear interpolation, edge-clamped, no antialias."""
+  """#cmd-crop-resize step 5 in float64: half-pixel linear interpolation, edge-clamped, no antialias."""
   clip = np.asarray(x, np.float64)[:, start:start + length]
   i = np.arange(out_len, dtype=np.float64)
   src = np.maximum((i + 0.5) * length / out_len - 0.5, 0.0)
@@ -65,7 +65,7 @@ def crop_from_ramp_output(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------
-# 2.2 step 5: resize
+# #cmd-crop-resize step 5: resize
 # ----------------------------------------------------------------------------------------
 
 _resize_jit = jax.jit(augment.resize_linear, static_argnums=3)
@@ -119,7 +119,7 @@ def test_resize_matches_torch_interpolate():
 
 
 # ----------------------------------------------------------------------------------------
-# 2.2 / 2.3: random crop parameters
+# #cmd-crop-resize / #cmd-downstream-crops: random crop parameters
 # ----------------------------------------------------------------------------------------
 
 _crop_params_many = jax.jit(
@@ -150,7 +150,7 @@ _crop_resize_many = jax.jit(
 @pytest.mark.parametrize("num_frames,ratio_range", [(300, (0.1, 1.0)), (150, (0.1, 1.0)),
                                                      (300, (0.5, 1.0)), (90, (0.5, 1.0))])
 def test_crop_distribution_matches_spec(num_frames, ratio_range):
-  """Crop lengths and starts read back from resized ramps, against a numpy simulation of 2.2."""
+  """Crop lengths and starts read back from resized ramps, against a numpy simulation of #cmd-crop-resize."""
   keys = jax.random.split(jax.random.key(1), 4000)
   x = jnp.asarray(frame_ramp(v=2, m=1))
   out = _crop_resize_many(keys, x, num_frames, ratio_range)
@@ -177,7 +177,7 @@ def test_crop_distribution_matches_spec(num_frames, ratio_range):
 
 
 # ----------------------------------------------------------------------------------------
-# 2.3 test branch: centre crop
+# #cmd-downstream-crops, test branch: centre crop
 # ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ratio", [0.95, 0.9, 0.8, 0.6])
@@ -205,7 +205,7 @@ def test_center_crop_resize_matches_numpy(num_frames):
 
 
 # ----------------------------------------------------------------------------------------
-# 2.4 joint corruption, 2.5 shear, 2.6 spatial choice
+# #cmd-joint-corruption, #cmd-shear, #cmd-pretraining-views (spatial choice)
 # ----------------------------------------------------------------------------------------
 
 def test_joint_corruption_zero_branch():
@@ -297,7 +297,7 @@ def test_spatial_augment_branch_frequencies():
 
 
 # ----------------------------------------------------------------------------------------
-# 2.6 / 2.7 batch views
+# #cmd-pretraining-views / #cmd-downstream-views: batch views
 # ----------------------------------------------------------------------------------------
 
 _pretrain_views_jit = jax.jit(cmd_views.pretrain_views)

@@ -1,12 +1,13 @@
 """Tests for cmd_jax.trainers.cmd_pretrain against independent re-computations.
 
-Follows reference_cmd.md 4.1-4.3 (one MoCo/CMD step), 5.1 (optimizer, schedule, weight
-decay) and 7 quirks 3, 4 and 13. The expected values are computed here, without the
-trainer: the EMA and SGD-with-momentum updates and the BatchNorm statistics in numpy, the
-gradients with ``jax.grad`` of ``cmd_losses.cmd_loss`` on query encoders applied by hand, the
-views re-drawn with ``cmd_views.pretrain_views(fold_in(rng, step))``, the lr schedules as
-hand-worked numbers. The loop tests (non-finite loss, kill-and-resume, ``launch.py``) run a
-tiny model on a tiny synthetic TFDS set built into a temporary folder.
+Follows docs/references.md#cmd-pretraining-step (one MoCo/CMD step), #cmd-pretraining-settings
+(optimizer, schedule, weight decay) and #cmd-quirks items 3, 4 and 13. The expected values are
+computed here, without the trainer: the EMA and SGD-with-momentum updates and the BatchNorm
+statistics in numpy, the gradients with ``jax.grad`` of ``cmd_losses.cmd_loss`` on query
+encoders applied by hand, the views re-drawn with
+``cmd_views.pretrain_views(fold_in(rng, step))``, the lr schedules as hand-worked numbers. The
+loop tests (non-finite loss, kill-and-resume, ``launch.py``) run a tiny model on a tiny
+synthetic TFDS set built into a temporary folder.
 
 Speed: every train step here has the same tiny config, so its XLA executable is the same
 program; a persistent compilation cache (a temporary folder, for this module only, shared
@@ -124,7 +125,7 @@ def unit(x):
 
 @functools.partial(jax.jit, static_argnums=0)
 def recompute_step(layout, rng, step, skeleton, num_frames, ema, key_params, key_stats, params, stats, queues):
-  """The reference's order (4.3), assembled here from the component functions: views from
+  """The reference's order (#cmd-step-order), assembled here from the component functions: views from
   ``fold_in(rng, step)``; keys from the key encoders with the EMA'd params ``ema``
   (train-mode BN); the loss on the PRE-enqueue queues and its gradient w.r.t. the query
   params only. Also returns, to show the checks have power, the keys eval-mode BN or the
@@ -303,7 +304,7 @@ def test_batch_norm_running_statistics(two_steps, i):
 
 
 def test_fresh_state_matches_the_reference_construction(two_steps):
-  """4.1: key params are copies of the query params, key BN stats the defaults (0, 1), the
+  """#cmd-model-and-queues: key params are copies of the query params, key BN stats the defaults (0, 1), the
   three query encoders differ, unit-norm random queues, pointer 0, zero momentum buffers."""
   s = two_steps.steps[0].before
   for m in MODALITIES:

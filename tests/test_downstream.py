@@ -1,6 +1,7 @@
 """Tests for the downstream protocols (cmd_jax.trainers.downstream) against independent computations.
 
-Follows reference_cmd.md 5.3-5.6, 2.3/2.7/2.8 and quirks 5-7. A tiny model (hidden 8, one
+Follows docs/references.md#cmd-downstream-protocols, #cmd-downstream-crops,
+#cmd-downstream-views, #cmd-labelled-subsets and #cmd-quirks items 5-7. A tiny model (hidden 8, one
 layer, 8 frames) is pretrained for one epoch on a tiny synthetic set (12 classes, 36 train /
 36 test clips, built into a temporary folder); the protocols then run on it for two epochs
 with an evaluation after each. What is checked, each against a computation made here:

@@ -1,4 +1,6 @@
-"""Tests for cmd_jax.models.encoder against independent computations (reference_cmd.md 3, quirks 1, 2).
+"""Tests for cmd_jax.models.encoder against independent computations.
+
+Follows docs/references.md#cmd-encoder, #cmd-encoder-initialisation and #cmd-quirks items 1, 2.
 
 The reference is re-derived here in numpy (float64) from the PyTorch equations, with a
 per-step Python loop exactly like ``moco/GRU.py``'s, and (when ``torch`` is installed)
@@ -461,7 +463,7 @@ def test_full_size_names_and_shapes_match_reference_state_dict(mlp, num_class):
     assert got["params", "fc_2", "weight"] == (128, 2048)
 
 
-# Spec bounds (reference_cmd.md 3, "Weight init"), typed in from the spec's numbers.
+# The bounds of docs/references.md#cmd-encoder-initialisation, typed in from its numbers.
 SPEC_BOUNDS = {(3072, 150): 0.0432, (3072, 1024): 0.0383, (3072, 2048): 0.0342,
                (128, 2048): 0.0525}
 

@@ -90,6 +90,7 @@ F64_ATOL = 1e-10  # float64, everything (comment above the float64 test)
 
 def small_config():
   config = pretrain_hiclr.get_config("synthetic")
+  config.model.name, config.model.init = "stgcn", "normal_0.02"  # the release's encoder and init
   config.model.stgcn.hidden_channels, config.model.stgcn.hidden_dim = H, HIDDEN_DIM
   config.model.stgcn.dropout = 0.0
   config.model.embed_dim = D

@@ -43,8 +43,10 @@ def frame50_data(tmp_path_factory) -> str:
 
 
 def tiny_config(data_dir: str, **overrides):
-  """36 training clips, batch 12 (3 steps per epoch), ST-GCN h4/d16, mining from epoch 1."""
+  """36 training clips, batch 12 (3 steps per epoch), ST-GCN h4/d16 with HiCLR's init, mining
+  from epoch 1."""
   c = pretrain_hiclr.get_config("synthetic")
+  c.model.name, c.model.init = "stgcn", "normal_0.02"
   c.data.data_dir = data_dir
   c.batch_size = 12
   c.moco.queue_size = 24
@@ -73,6 +75,17 @@ def test_impossible_setups_are_one_line_errors(overrides, message):
   with pytest.raises(ValueError, match=message) as err:
     pretrain.validate_config(tiny_config("data", **overrides), num_train=36, num_devices=1, process_count=1)
   assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "msr_action3d", "ntu60_xsub", "synthetic_dsta", "ntu60_xsub_dsta"])
+def test_protocol_configs_expect_the_encoder_their_pretraining_trains(name):
+  # linear_hiclr.py:<name> must accept what pretrain_hiclr.py:<name> writes (the CPU-sized
+  # configs train CMD's GRU, the <name>_dsta ones DSTA-Net, the others ST-GCN)
+  from configs import finetune_hiclr, semi_hiclr  # pylint: disable=import-outside-toplevel
+  trained = pretrain_hiclr.get_config(name).model.name
+  assert trained == ("dsta" if name.endswith("_dsta") else "gru" if "xsub" not in name else "stgcn")
+  for protocol in (linear_hiclr, finetune_hiclr, semi_hiclr):
+    assert protocol.get_config(name).expected_encoder == trained
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Tests for cmd_jax.losses against independent numpy formulas and hand-worked cases.
 
-Follows reference_cmd.md 4.3 steps 4-5 and 7 quirk 4. The numpy helpers below (softmax,
-log-softmax, cross-entropy, top-k, KLDivLoss 'batchmean') are written from the PyTorch
-definitions, in float64, without using the code under test.
+Follows docs/references.md#cmd-step-order steps 4-5 and #cmd-quirks item 4. The numpy helpers
+below (softmax, log-softmax, cross-entropy, top-k, KLDivLoss 'batchmean') are written from the
+PyTorch definitions, in float64, without using the code under test.
 """
 
 from __future__ import annotations

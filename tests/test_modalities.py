@@ -1,4 +1,5 @@
-"""Tests for cmd_jax.modalities against hand-worked arrays and the spec's pair list (reference_cmd.md 4.2, 2.1)."""
+"""Tests for cmd_jax.modalities against hand-worked arrays and the spec's pair list
+(docs/references.md#cmd-modalities, #cmd-input-layout)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from cmd_jax import modalities
 from cmd_jax.layouts import MSR20, NTU25
 
-# reference_cmd.md 4.2, copied independently of cmd_jax/layouts.py: 1-based (joint, parent).
+# docs/references.md#cmd-modalities, copied independently of cmd_jax/layouts.py: 1-based (joint, parent).
 SPEC_NTU_PAIRS_1BASED = (
     (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
     (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),

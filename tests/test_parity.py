@@ -1,10 +1,10 @@
 """Numerical parity with a PyTorch model of the reference CMD, written here from the spec.
 
-Follows issue 5 scope item 2 and reference_cmd.md 3 (``BIGRU``), 4.1-4.3 (the MoCo/CMD
-builder: modalities, queries, EMA, keys, InfoNCE, the six-term distillation, enqueue), 5.1
-(SGD) and 7 quirks 3, 4 and 13. The torch side (``TorchBIGRU``, ``TorchCMD`` in
-``tests/torch_reference.py``, shared with the benchmarks) is written from that text, not
-copied from the reference repository:
+Follows issue 5 scope item 2 and docs/references.md#cmd-encoder (``BIGRU``),
+#cmd-pretraining-step (the MoCo/CMD builder: modalities, queries, EMA, keys, InfoNCE, the
+six-term distillation, enqueue), #cmd-pretraining-settings (SGD) and #cmd-quirks items 3, 4 and
+13. The torch side (``TorchBIGRU``, ``TorchCMD`` in ``tests/torch_reference.py``, shared with
+the benchmarks) is written from that text, not copied from the reference repository:
 
 - ``TorchBIGRU``: ``BatchNorm1d(F)`` on ``(N, F, T)``; ``nn.GRU(F, H, L, bidirectional=True,
   batch_first=True)`` called once per time step on a length-1 slice with the carried

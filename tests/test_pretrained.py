@@ -1,4 +1,6 @@
-"""Tests for cmd_jax.pretrained (reference_cmd.md 5.2): which arrays a downstream protocol starts from.
+"""Tests for cmd_jax.pretrained: which arrays a downstream protocol starts from.
+
+Follows docs/references.md#cmd-checkpoint-loading.
 
 The workdirs here are made by hand, without training: a tiny pretraining ``config.json`` and
 an orbax checkpoint of ``create_train_state``'s state with every leaf perturbed by known
@@ -86,7 +88,7 @@ def test_loads_the_query_encoders_without_head_bit_identical(workdir):
   for m in pre.modalities:
     saved = states[5].params[m]
     assert sorted(saved) == ["fc_0", "fc_2", "gru", "input_norm"]
-    expected = {k: v for k, v in saved.items() if not k.startswith("fc")}  # spec 5.2: drop the head
+    expected = {k: v for k, v in saved.items() if not k.startswith("fc")}  # drop the head
     got, want = leaves_with_paths(pre.params[m]), leaves_with_paths(expected)
     assert sorted(got) == sorted(want)
     for k in want:

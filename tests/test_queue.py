@@ -1,4 +1,5 @@
-"""Tests for cmd_jax.queue against a numpy ring buffer (reference_cmd.md 4.1, 4.3 step 6)."""
+"""Tests for cmd_jax.queue against a numpy ring buffer (docs/references.md#cmd-model-and-queues,
+#cmd-step-order step 6)."""
 
 from __future__ import annotations
 

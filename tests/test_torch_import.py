@@ -1,4 +1,4 @@
-"""Tests for cmd_jax.torch_import (reference_cmd.md 3, 4.1, 5.1, 5.2): reference checkpoints <-> workdirs.
+"""Tests for cmd_jax.torch_import (docs/references.md#cmd-pretraining-settings): reference checkpoints <-> workdirs.
 
 The reference-format state_dicts are built here WITHOUT the converter: a small torch module
 tree named as the reference's ``MoCo``/``BIGRU`` (BatchNorm1d ``input_norm``, ``encoder.gru``

@@ -1,13 +1,14 @@
-"""Tests for the per-sample reference augmentation in tests/torch_reference.py (reference_cmd.md 2.2, 2.4-2.6).
+"""Tests for the per-sample reference augmentation in tests/torch_reference.py
+(docs/references.md#cmd-augmentations).
 
 ``tests/torch_reference.py`` is the baseline of ``bench/bench_augment.py``; these tests check
-it against the spec with independent numpy formulas (float64): the crop-resize (2.2) against
-half-pixel linear interpolation with the crop drawn as the spec says, the joint corruption
-(2.4) and the shear (2.5) against the point maps ``p @ A`` / ``S @ p``, and the per-view
-choice (2.6). The random draws are either fixed by monkeypatching ``np.random`` / ``random``
-(exact formulas) or seeded and read back from the output (the distributions' ranges). Also:
-``cmd_jax.augment.resize_linear`` gives what the reference's ``temporal_cropresize`` gives for
-the same crop.
+it against the spec with independent numpy formulas (float64): the crop-resize
+(#cmd-crop-resize) against half-pixel linear interpolation with the crop drawn as the spec
+says, the joint corruption (#cmd-joint-corruption) and the shear (#cmd-shear) against the point
+maps ``p @ A`` / ``S @ p``, and the per-view choice (#cmd-pretraining-views). The random draws
+are either fixed by monkeypatching ``np.random`` / ``random`` (exact formulas) or seeded and
+read back from the output (the distributions' ranges). Also: ``cmd_jax.augment.resize_linear``
+gives what the reference's ``temporal_cropresize`` gives for the same crop.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ T, V, M, OUT, K = 300, 25, 2, 64, 15
 # ----------------------------------------------------------------------------------------
 
 def crop_length(num_frames: int, scale: float, min_len: int = 64) -> int:
-  """Spec 2.2 step 2: ``L = min(max(floor(F * scale), 64), F)``."""
+  """#cmd-crop-resize step 2: ``L = min(max(floor(F * scale), 64), F)``."""
   return min(max(int(np.floor(num_frames * scale)), min_len), num_frames)
 
 
@@ -58,7 +59,7 @@ _resize_jit = jax.jit(augment.resize_linear, static_argnums=3)
 
 
 # ----------------------------------------------------------------------------------------
-# 2.2: temporal_cropresize
+# #cmd-crop-resize: temporal_cropresize
 # ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_frames", [1, 5, 40, 63, 64, 65, 150, 299, 300])
@@ -112,7 +113,7 @@ def test_cropresize_matches_jax_resize_for_the_seeded_crop():
 
 
 # ----------------------------------------------------------------------------------------
-# 2.4: joint corruption
+# #cmd-joint-corruption
 # ----------------------------------------------------------------------------------------
 
 JOINTS = np.array([0, 2, 3, 5, 7, 8, 11, 12, 13, 16, 18, 19, 21, 22, 24])
@@ -167,7 +168,7 @@ def test_joint_corruption_seeded_touches_15_joints_both_branches():
 
 
 # ----------------------------------------------------------------------------------------
-# 2.5: shear
+# #cmd-shear
 # ----------------------------------------------------------------------------------------
 
 def test_shear_with_fixed_draws_is_column_vector_map(monkeypatch):
@@ -197,7 +198,7 @@ def test_shear_seeded_matrix_has_unit_diagonal_and_bounded_off_diagonal():
 
 
 # ----------------------------------------------------------------------------------------
-# 2.6: the per-view choice and the two views
+# #cmd-pretraining-views: the per-view choice and the two views
 # ----------------------------------------------------------------------------------------
 
 def test_pretrain_view_crops_then_chooses_corruption_or_shear(monkeypatch):

@@ -2,12 +2,13 @@
 
 This module owns the PyTorch side that the JAX code is compared with, numerically
 (``tests/test_parity.py``, ``tests/test_encoder.py``) and in speed (``bench/``). It is written
-from reference_cmd.md (sections 2.2-2.6, 3, 4.1-4.3, 7), not copied from the reference
-repository, and needs ``torch`` (a test/benchmark dependency, never a runtime one).
+from docs/references.md (#cmd-augmentations, #cmd-encoder, #cmd-pretraining-step, #cmd-quirks),
+not copied from the reference repository, and needs ``torch`` (a test/benchmark dependency,
+never a runtime one).
 
 - ``TorchBIGRU(impl="step")``: the reference ``BIGRU``: ``BatchNorm1d(F)`` on ``(N, F, T)``,
   then ``nn.GRU(F, H, L, bidirectional=True, batch_first=True)`` called once per time step
-  on a length-1 slice with the carried ``h_n`` (the reference's loop, quirk 1: both direction
+  on a length-1 slice with the carried ``h_n`` (the reference's loop, #cmd-quirks item 1: both direction
   cells run forward in time), the last step's output, ``fc`` or the MLP head
   ``Sequential(Linear(2H, 2H), ReLU, Linear(2H, out))``.
 - ``TorchBIGRU(impl="sequence")``: the same function computed the fast way a PyTorch user
@@ -36,7 +37,7 @@ from torch.nn import functional as tF
 MODS = ("joint", "motion", "bone")
 SUFFIX = {"joint": "", "motion": "_motion", "bone": "_bone"}
 
-# reference_cmd.md 4.2: the (v1, v2) bone pairs, 1-based.
+# docs/references.md#cmd-modalities: the (v1, v2) bone pairs, 1-based.
 NTU_BONE_PAIRS = ((1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
                   (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1),
                   (18, 17), (19, 18), (20, 19), (21, 21), (22, 23), (23, 8), (24, 25), (25, 12))
@@ -124,7 +125,7 @@ class TorchBIGRU(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
-# Modalities (reference_cmd.md 2.1, 4.2)
+# Modalities (docs/references.md#cmd-input-layout, #cmd-modalities)
 # ----------------------------------------------------------------------------------------
 
 def torch_motion(x):
@@ -148,7 +149,7 @@ def torch_flatten(x):
 
 
 # ----------------------------------------------------------------------------------------
-# The CMD builder (reference_cmd.md 4.1-4.3)
+# The CMD builder (docs/references.md#cmd-pretraining-step)
 # ----------------------------------------------------------------------------------------
 
 class TorchCMD(nn.Module):
@@ -221,7 +222,7 @@ class TorchCMD(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
-# The reference pretraining feeder's per-sample augmentation (reference_cmd.md 2.2, 2.4-2.6)
+# The reference pretraining feeder's per-sample augmentation (docs/references.md#cmd-augmentations)
 # ----------------------------------------------------------------------------------------
 
 def temporal_cropresize(x: np.ndarray, num_frames: int, ratio_range=(0.1, 1.0), out_len: int = 64,
@@ -262,7 +263,8 @@ def pose_augmentation(x: np.ndarray) -> np.ndarray:
 
 
 def reference_pretrain_view(x: np.ndarray, num_frames: int) -> np.ndarray:
-  """One view of one clip as the reference's pretraining feeder makes it (2.6)."""
+  """One view of one clip as the reference's pretraining feeder makes it
+  (docs/references.md#cmd-pretraining-views)."""
   view = temporal_cropresize(x, min(int(num_frames), x.shape[1]))
   return joint_corruption(view) if random.random() < 0.5 else pose_augmentation(view)
 

@@ -1,4 +1,4 @@
-"""1-nearest-neighbour cosine accuracy of frozen encoder features (reference_cmd.md 5.4).
+"""1-nearest-neighbour cosine accuracy of frozen encoder features (docs/references.md#cmd-knn-retrieval).
 
 The reference's retrieval protocol: features are the encoder's pooled feature (CMD's GRU:
 the 2H-d last-step output; BatchNorm in inference mode, no head) of the 95% centre crop

@@ -1,8 +1,8 @@
-"""The skeleton sequence encoder: the reference's ``BIGRU`` as it actually computes (reference_cmd.md 3).
+"""The skeleton sequence encoder: the reference's ``BIGRU`` as it actually computes (docs/references.md#cmd-encoder).
 
 This module owns the per-stream encoder of CMD: input BatchNorm, the 3-layer GRU, and the
 head (a downstream ``Linear`` or the pretraining MLP). It follows ``moco/GRU.py`` of the
-PyTorch reference and its quirks 1 and 2 (reference_cmd.md 7).
+PyTorch reference and its quirks 1 and 2 (docs/references.md#cmd-quirks).
 
 Computation (input a clip ``[N, C, T, V, M]``, flattened to ``[N, T, F]`` with ``F = V*C*M``,
 150 for NTU, by ``cmd_jax.modalities.flatten``):
@@ -67,7 +67,7 @@ PyTorch key                                 Flax collection / path
 
 with ``in_0 = F`` and ``in_k = 2H`` for ``k >= 1``.
 
-Initialisation (reference_cmd.md 3 "Weight init", quirk 2):
+Initialisation (docs/references.md#cmd-encoder-initialisation, quirk 2):
 
 - every GRU weight: xavier-uniform over the whole stacked ``[3H, in]`` matrix,
   ``U(+-sqrt(6 / (3H + in)))``; GRU biases ``U(+-1/sqrt(H))``;

@@ -10,7 +10,8 @@ TRAINERS = {
     # Pretraining of any method (config.method); "cmd_pretrain" is what CMD configs named it before.
     "pretrain": "cmd_jax.trainers.pretrain",
     "cmd_pretrain": "cmd_jax.trainers.pretrain",
-    # The downstream protocols (reference_cmd.md 5.3-5.6): one module, dispatching on config.trainer.
+    # The downstream protocols (docs/references.md#cmd-downstream-protocols): one module, dispatching
+    # on config.trainer.
     "linear": "cmd_jax.trainers.downstream",
     "knn": "cmd_jax.trainers.downstream",
     "semi": "cmd_jax.trainers.downstream",

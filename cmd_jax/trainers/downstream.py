@@ -1,31 +1,33 @@
 """The downstream protocols on a pretrained checkpoint: linear, kNN, semi-supervised, transfer.
 
-Follows reference_cmd.md 5.2-5.6 (the reference's ``action_classification_cmd.py``,
-``action_retrieval_cmd.py``, ``action_classification_cmd_semi.py`` and the transfer
-script), 2.3/2.7 (downstream crops), 2.8 (semi-supervised subsets) and quirks 5-7.
+Follows docs/references.md#cmd-downstream-protocols (the reference's
+``action_classification_cmd.py``, ``action_retrieval_cmd.py``,
+``action_classification_cmd_semi.py`` and the transfer script), #cmd-downstream-crops,
+#cmd-downstream-views, #cmd-labelled-subsets (semi-supervised subsets) and #cmd-quirks
+items 5-7.
 ``train_and_evaluate(config, workdir)`` runs the protocol named by ``config.trainer``:
 
-- ``linear`` (5.3): the pretrained query encoder frozen, BatchNorm in inference mode
+- ``linear`` (#cmd-linear-evaluation): the pretrained query encoder frozen, BatchNorm in inference mode
   (pretraining running statistics), a new ``Linear(2H, classes)`` (weight ``N(0, 0.01)``,
   bias 0) on the last-step GRU feature; SGD lr 0.1, momentum 0.9, no weight decay, batch
   64, 80 epochs, lr x0.1 at epochs 50 and 70. The encoder forward runs inside the jitted
   step under ``stop_gradient`` (the crop is random each step); only the heads are in the
   optimizer state, so every encoder parameter and statistic stays bit-identical.
-- ``knn`` (5.4): 1-NN cosine on the L2-normalised 2H features, centre crop (95%) on both
+- ``knn`` (#cmd-knn-retrieval): 1-NN cosine on the L2-normalised 2H features, centre crop (95%) on both
   splits; ``cmd_jax.evaluators.knn`` does the work.
-- ``semi`` (5.5, 2.8): full fine-tuning (BN in train mode, running statistics updated; eval
+- ``semi`` (#cmd-semi-supervised): full fine-tuning (BN in train mode, running statistics updated; eval
   mode for testing) of encoder + new head on a labelled subset of the training split, SGD
   lr 0.01, momentum 0.9, no weight decay, 80 epochs, [50, 70]. The subset is drawn with a
   seed (``labelled_subset``): ``sampling="global"`` is the reference's (a uniform sample of
   ``int(N * ratio)`` indices), ``"stratified"`` keeps ``max(1, int(n_c * ratio))`` of every
   class. Several seeds run in one command (``config.seeds``); mean and standard deviation
   (sample, ddof=1; 0 for one seed) are reported.
-- ``transfer`` (5.6): the same fine-tuning on another dataset's split (``config.data``, e.g.
+- ``transfer`` (#cmd-transfer): the same fine-tuning on another dataset's split (``config.data``, e.g.
   PKU-MMD II xsub) from a checkpoint pretrained elsewhere (``init_from``), with a new
   classifier for the target's class count and all its labels (ratio 1.0).
 
 Every protocol runs the streams of ``config.streams`` (``joint``, ``motion``, ``bone``, any
-subset the pretraining has; the reference evaluates ``joint`` only, quirk 5). Streams are
+subset the pretraining has; the reference evaluates ``joint`` only, #cmd-quirks item 5). Streams are
 trained in one jitted step from the same batches and crops, each with its own encoder and
 head; their parameters are disjoint, so this equals training them one by one.
 
@@ -36,7 +38,7 @@ bank sample with the largest **average cosine similarity** over the streams (the
 1-NN on the concatenation of the per-stream L2-normalised features). The entry is named
 ``three_stream`` for joint + motion + bone and ``fusion`` for any other set of 2+ streams.
 
-Honest reporting (quirk 6): the reference evaluates on the *test* set every 5 epochs and
+Honest reporting (#cmd-quirks item 6): the reference evaluates on the *test* set every 5 epochs and
 reports the best of those evaluations (model selection on the test set). Here every
 protocol reports ``final_top1``, the accuracy after the last epoch, and, labelled as such,
 ``best_of_evals_top1``, the reference's number. Accuracies are fractions in [0, 1].
@@ -59,7 +61,7 @@ Files written in the workdir (process 0):
   "bias" [C]}}``, torch layout). ``flax.serialization`` msgpack (``msgpack_restore``).
 
 Deviations from the reference (also in ``results.json``): crops and subsets come from
-seeded JAX/numpy generators (the reference's semi subset is unseeded, 2.8); the per-epoch
+seeded JAX/numpy generators (the reference's semi subset is unseeded, #cmd-labelled-subsets); the per-epoch
 shuffle is grain's; multi-stream fusion is ours; the final-epoch number is reported beside
 the reference's best-of-evaluations number.
 """
@@ -292,7 +294,7 @@ def num_classes_of(config, source) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Labelled subsets (spec 2.8)
+# Labelled subsets (docs/references.md#cmd-labelled-subsets)
 
 
 def split_labels(source) -> np.ndarray:
@@ -475,7 +477,7 @@ def _ce_and_accuracy(logits, labels):
 def linear_train_step(state: DownstreamState, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array], *,
                       model, layout: SkeletonLayout, streams: Sequence[str], tx: optax.GradientTransformation,
                       schedule: Callable, view: Mapping[str, Any]) -> tuple[DownstreamState, dict[str, jax.Array]]:
-  """One linear-evaluation step (spec 5.3): the random crop of ``fold_in(rng, step)``, the frozen
+  """One linear-evaluation step (#cmd-linear-evaluation): the random crop of ``fold_in(rng, step)``, the frozen
   encoders' features (inference-mode BN, ``stop_gradient``), mean cross-entropy of every
   stream's head, one SGD step on the heads only."""
   key = jax.random.fold_in(state.rng, state.step)
@@ -500,7 +502,7 @@ def linear_train_step(state: DownstreamState, frozen: Mapping[str, Any], batch: 
 def finetune_train_step(state: DownstreamState, batch: Mapping[str, jax.Array], *, model, layout: SkeletonLayout,
                         streams: Sequence[str], tx: optax.GradientTransformation, schedule: Callable,
                         view: Mapping[str, Any]) -> tuple[DownstreamState, dict[str, jax.Array]]:
-  """One fine-tuning step (spec 5.5): every parameter trained, BN in train mode (batch
+  """One fine-tuning step (#cmd-semi-supervised): every parameter trained, BN in train mode (batch
   statistics, running statistics updated), the encoder's dropout on, mean cross-entropy, SGD."""
   key = jax.random.fold_in(state.rng, state.step)
   clip = _train_clip(key, batch, view)
@@ -808,7 +810,7 @@ def _run_epochs(state, step_fn, source, *, config, mesh, seed: int, evaluate: Ca
 
 
 def run_linear(config, workdir: str) -> dict[str, Any]:
-  """Linear evaluation (spec 5.3); see the module docstring."""
+  """Linear evaluation (docs/references.md#cmd-linear-evaluation); see the module docstring."""
   mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, "linear")
   view = _train_view_params(config, pre)
   model = pre.model(num_outputs=None)
@@ -880,7 +882,7 @@ def run_linear(config, workdir: str) -> dict[str, Any]:
 
 
 def run_knn(config, workdir: str) -> dict[str, Any]:
-  """1-NN retrieval (spec 5.4): ``cmd_jax.evaluators.knn`` on the train (bank) and test splits."""
+  """1-NN retrieval (#cmd-knn-retrieval): ``cmd_jax.evaluators.knn`` on the train (bank) and test splits."""
   mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, "knn")
   frames, crop = _test_view(config, pre)
   model = pre.model(num_outputs=None)
@@ -919,7 +921,7 @@ def run_knn(config, workdir: str) -> dict[str, Any]:
 
 
 def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
-  """Semi-supervised (spec 5.5), transfer (5.6) or full fine-tuning, one run per seed."""
+  """Semi-supervised (#cmd-semi-supervised), transfer (#cmd-transfer) or full fine-tuning, one run per seed."""
   mesh, streams, pre, train_source, test_source, num_classes = _setup(config, workdir, protocol)
   view = _train_view_params(config, pre)
   dropout = float(config.get("encoder_dropout", -1.0))

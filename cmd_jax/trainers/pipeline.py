@@ -3,7 +3,9 @@
 Each stage is its own trainer in its own sub-workdir (``pretrain/``, ``knn/``, ``linear/``,
 and ``knn_random_init/``, ``linear_random_init/`` for the baselines), so every stage resumes
 or is skipped on a rerun as that trainer does; the combined results go to
-``<workdir>/results.json`` and a printed table.
+``<workdir>/results.json`` and a printed table. A method that pretrains one stream per run
+(HiCLR) sets ``config.pretrain_streams = "joint,motion,bone"``: one pretraining per stream,
+in ``pretrain_<stream>/``, and the protocols read all of them (``init_from`` lists them).
 """
 
 from __future__ import annotations
@@ -44,10 +46,28 @@ def format_table(rows) -> str:
   return "\n".join(lines)
 
 
+def pretrain_stages(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """``[(sub-workdir, pretraining config)]``: one, or one per stream of ``pretrain_streams``."""
+  streams = [s.strip() for s in str(config.get("pretrain_streams", "")).split(",") if s.strip()]
+  if not streams:
+    return [(os.path.join(workdir, "pretrain"), config.pretrain)]
+  stages = []
+  for stream in streams:
+    sub = ml_collections.ConfigDict(config.pretrain.to_dict())
+    sub.stream = stream
+    sub.name = f"{config.pretrain.name}_{stream}"
+    sub.lock()
+    stages.append((os.path.join(workdir, f"pretrain_{stream}"), sub))
+  return stages
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   workdir = os.fspath(workdir)
-  pretrain_dir = os.path.join(workdir, "pretrain")
-  trainers.get_trainer(config.pretrain.trainer)(config.pretrain, pretrain_dir)
+  pretrain_dirs = []
+  for pretrain_dir, pretrain_config in pretrain_stages(config, workdir):
+    trainers.get_trainer(pretrain_config.trainer)(pretrain_config, pretrain_dir)
+    pretrain_dirs.append(pretrain_dir)
+  pretrain_dir = ",".join(pretrain_dirs)
   stages = [("knn", config.knn, False), ("linear", config.linear, False)]
   if config.random_init_baselines:
     stages += [("knn_random_init", config.knn, True), ("linear_random_init", config.linear, True)]

@@ -48,7 +48,7 @@ def cmd_distillation(
     directions: Sequence[Direction] | None = None,
     approximate_recall: float | None = None,
 ) -> tuple[jax.Array, Metrics]:
-  """The cross-modal mutual distillation loss (reference_cmd.md 4.3 step 5).
+  """The cross-modal mutual distillation loss (docs/references.md#cmd-step-order, step 5).
 
   Args:
     teacher_sims: modality -> ``[N, K]``, that modality's KEY (momentum) embeddings against

@@ -22,7 +22,7 @@ from cmd_jax.augment import (MIN_CROP_LENGTH, NUM_CORRUPTED_JOINTS, OUTPUT_LENGT
 def spatial_augment(key: jax.Array, x: jax.Array,
                     num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
                     corruption_amplitude: float = 1.0) -> jax.Array:
-  """Spec 2.6 step 2: joint corruption with probability 0.5, otherwise the shear.
+  """docs/references.md#cmd-pretraining-views, step 2: joint corruption with probability 0.5, otherwise the shear.
 
   Net: 50% shear, 25% "zero K joints", 25% "row-vector linear map on K joints".
   Both branches are computed and one is selected (``jnp.where``), which is what a
@@ -42,7 +42,8 @@ def pretrain_view(key: jax.Array, x: jax.Array, num_frames,
                   min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
                   num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
                   corruption_amplitude: float = 1.0) -> jax.Array:
-  """One pretraining view of one sample (spec 2.6): crop-resize, then spatial augment."""
+  """One pretraining view of one sample (docs/references.md#cmd-pretraining-views): crop-resize, then
+  spatial augment."""
   crop_key, spatial_key = jax.random.split(key)
   clip = temporal_crop_resize(crop_key, x, num_frames, ratio_range, min_len, out_len)
   return spatial_augment(spatial_key, clip, num_corrupted, shear_amplitude, corruption_amplitude)
@@ -53,7 +54,8 @@ def pretrain_views(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Arr
                    min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
                    num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
                    corruption_amplitude: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """The two views ``(view_q, view_k)`` of a batch (spec 2.6), each ``[N, C, out_len, V, M]``.
+  """The two views ``(view_q, view_k)`` of a batch (docs/references.md#cmd-pretraining-views), each
+  ``[N, C, out_len, V, M]``.
 
   Every sample and every view gets its own key (``jax.random.split(key, (N, 2))``), so the
   two views of a sample are independent draws, as in the reference feeder.

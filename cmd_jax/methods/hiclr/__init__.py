@@ -21,6 +21,9 @@ One HiCLR step, as the PyTorch reference (the release's ``pretrain_hiclr`` proce
    the query encoder (head, BN and edge importances included) and ``mask_param``;
 8. enqueue the keys at the pointer.
 
+``config.hiclr.branches = 1`` keeps branch 0 alone (MoCo v2 with the basic views, mining
+from its own neighbours): the ablation the paper's claim rests on.
+
 The encoder is whatever ``config.model.name`` builds (the release: ST-GCN with 16 base
 channels, or ``dsta``); ``config.model.init = "normal_0.02"`` is the reference's
 ``weights_init``, applied to the query AND the key encoder independently (the key encoder
@@ -93,6 +96,9 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
     raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
   if not float(config.moco.temperature) > 0:
     raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
+  if int(config.hiclr.get("branches", 3)) not in (1, 3):
+    raise ValueError(f"config.hiclr.branches={config.hiclr.branches}; expected 3 (HiCLR) or 1 (branch 0 alone: "
+                     "MoCo with the basic views, the ablation of the hierarchy)")
   if not 0 <= float(config.hiclr.mask_ratio) < 1:
     raise ValueError(f"config.hiclr.mask_ratio={config.hiclr.mask_ratio} must be in [0, 1)")
   unknown = sorted(set(str(config.hiclr.aug_method)) - set("123456"))
@@ -152,8 +158,10 @@ def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Arr
   q2 = views.apply_joint_mask(q2, mask, params["mask_param"])
 
   feat_q, stats = _embed(model, params["encoder"], state.batch_stats, q, dropout_keys[0])
-  feat_q1, stats = _embed(model, params["encoder"], stats, q1, dropout_keys[1])
-  feat_q2, stats = _embed(model, params["encoder"], stats, q2, dropout_keys[2])
+  feat_q1 = feat_q2 = None
+  if int(config.hiclr.get("branches", 3)) == 3:
+    feat_q1, stats = _embed(model, params["encoder"], stats, q1, dropout_keys[1])
+    feat_q2, stats = _embed(model, params["encoder"], stats, q2, dropout_keys[2])
 
   momentum = float(config.moco.momentum)
   key_params = jax.tree.map(lambda a, b: momentum * a + (1.0 - momentum) * b, state.key_params,

@@ -66,13 +66,15 @@ def multi_positive_nce(logits: jax.Array, positives: jax.Array) -> jax.Array:
   return jnp.mean(-jnp.sum(log_p * pos, axis=-1) / jnp.sum(pos, axis=-1))
 
 
-def hiclr_loss(q: jax.Array, q1: jax.Array, q2: jax.Array, k: jax.Array, queue: jax.Array, *,
+def hiclr_loss(q: jax.Array, q1: jax.Array | None, q2: jax.Array | None, k: jax.Array, queue: jax.Array, *,
                temperature: float = 0.07, mining: jax.Array | bool = False, topk: int = 1,
                consistency_weight: float = 0.5) -> tuple[jax.Array, Metrics]:
   """HiCLR's total loss (module docstring) and its terms.
 
   Args:
-    q, q1, q2: ``[N, D]`` L2-normalised query features of the three branches.
+    q, q1, q2: ``[N, D]`` L2-normalised query features of the three branches; ``q1 = q2 =
+      None`` is branch 0 alone (MoCo with the basic views: the ablation of the hierarchy),
+      whose mining uses ``q``'s neighbours only.
     k: ``[N, D]`` L2-normalised momentum keys (stop-gradient'ed here).
     queue: ``[K, D]``, the state before this step's enqueue.
     mining: whether nearest-neighbour mining is on (a traced bool: both losses are cheap
@@ -81,19 +83,28 @@ def hiclr_loss(q: jax.Array, q1: jax.Array, q2: jax.Array, k: jax.Array, queue: 
     consistency_weight: the weight of ``L_h1 + L_h2`` (the reference: 1/2).
 
   Metrics: ``loss``, ``loss_info`` (the InfoNCE used: plain or mined), ``loss_h1``,
-  ``loss_h2``, ``acc1`` (the key is branch 0's most similar entry), ``mining``.
+  ``loss_h2`` (with three branches), ``acc1`` (the key is branch 0's most similar entry),
+  ``mining``.
   """
+  if (q1 is None) != (q2 is None):
+    raise ValueError("hiclr_loss: give both strong branches q1 and q2, or neither (branch 0 alone)")
   logits, l_neg = branch_logits(q, k, queue, temperature)
-  logits_1, l_neg_1 = branch_logits(q1, k, queue, temperature)
-  logits_2, l_neg_2 = branch_logits(q2, k, queue, temperature)
+  l_negs = [l_neg]
+  if q1 is not None:
+    logits_1, l_neg_1 = branch_logits(q1, k, queue, temperature)
+    logits_2, l_neg_2 = branch_logits(q2, k, queue, temperature)
+    l_negs += [l_neg_1, l_neg_2]
   plain = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
-  mined = multi_positive_nce(logits, mining_positives((l_neg, l_neg_1, l_neg_2), topk))
+  mined = multi_positive_nce(logits, mining_positives(tuple(l_negs), topk))
   mining = jnp.asarray(mining, jnp.bool_)
   info = jnp.where(mining, mined, plain)
-  h1 = consistency(logits, logits_1)
-  h2 = consistency(logits_1, logits_2)
-  total = info + consistency_weight * (h1 + h2)
-  metrics = {"loss": total, "loss_info": info, "loss_h1": h1, "loss_h2": h2,
-             "acc1": jnp.mean((jnp.argmax(logits, axis=-1) == 0).astype(jnp.float32)),
+  metrics = {"loss_info": info, "acc1": jnp.mean((jnp.argmax(logits, axis=-1) == 0).astype(jnp.float32)),
              "mining": mining.astype(jnp.float32)}
+  total = info
+  if q1 is not None:
+    h1 = consistency(logits, logits_1)
+    h2 = consistency(logits_1, logits_2)
+    total = info + consistency_weight * (h1 + h2)
+    metrics.update(loss_h1=h1, loss_h2=h2)
+  metrics["loss"] = total
   return total, metrics
