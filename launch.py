@@ -31,6 +31,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a setup error (otherwise one line).")
 
 
 def _init_distributed() -> None:
@@ -65,6 +66,8 @@ def main(argv) -> None:
     trainer = get_trainer(config.trainer)
     trainer(config, workdir)
   except (ConfigError, FileNotFoundError) as err:  # bad setup or missing data: one line, no traceback
+    if _DEBUG.value:
+      raise
     sys.exit(f"launch.py: {err}")
 
 

@@ -198,9 +198,11 @@ def _describe(params_shapes: dict[str, tuple], state_field: str) -> str:
 _NOT_COMPARED = ("step", "opt_state", "rng")  # opt_state mirrors params; step and rng are scalars/keys
 
 
-def _check_shapes(expected_state, stored_tree, where: str, method: str) -> None:
-  """The checkpoint's state must have the shapes ``config.json`` implies (every field but
-  the optimizer state, the step and the key)."""
+def check_shapes(expected_state, stored_tree, where: str, method: str, *, expected_from: str = "config.json",
+                 advice: str = "expected the checkpoint of the run that wrote this config.json") -> None:
+  """The checkpoint's state must have the shapes the config (``expected_from``: the
+  workdir's ``config.json``, or the config of a run resuming it) implies (every field but
+  the optimizer state, the step and the key); ``advice`` ends the error."""
   problems = []
   summary = None
   parts = [f.name for f in dataclasses.fields(expected_state) if f.name not in _NOT_COMPARED]
@@ -211,14 +213,14 @@ def _check_shapes(expected_state, stored_tree, where: str, method: str) -> None:
     expected = _tree_shapes(getattr(expected_state, part))
     found = _tree_shapes(stored_tree[part])
     if part == "params":
-      summary = f"found {_describe(found, part)}; config.json implies {_describe(expected, part)}"
+      summary = f"found {_describe(found, part)}; {expected_from} implies {_describe(expected, part)}"
     for name in sorted(set(expected) | set(found)):
       if expected.get(name) != found.get(name):
         problems.append(f"{part}/{name}: found {found.get(name, 'nothing')}, expected {expected.get(name, 'nothing')}")
   if problems:
     shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)" if len(problems) > 4 else "")
-    raise ConfigError(f"{where} does not match its config.json: {summary} ({shown}); expected the checkpoint "
-                      "of the run that wrote this config.json")
+    its = "its config.json" if expected_from == "config.json" else expected_from
+    raise ConfigError(f"{where} does not match {its}: {summary} ({shown}); {advice}")
 
 
 def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, random_init: bool = False,
@@ -259,24 +261,31 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
     if not steps:
       raise FileNotFoundError(f"{workdir} has no checkpoint (expected checkpoints/<step>/state); has its "
                               "pretraining run saved one yet?")
-    if step is None or int(step) < 0:
-      restored_step = steps[-1]
+    mesh = mesh if mesh is not None else sharding.make_mesh()
+    if step is None or int(step) < 0:  # the newest readable one (a damaged newer one is reported)
+      ckpt = checkpoint.Checkpointer(workdir, keep=len(steps) + 1)
+      try:
+        restored_step, state, _, _ = ckpt.restore_newest_readable(
+            expected, mesh, set_aside=False, log=lambda line: print(f"{workdir}: {line}"),
+            check=lambda stored, step_dir: check_shapes(expected, stored, f"checkpoint {step_dir}/state",
+                                                        method_name(config)))
+      finally:
+        ckpt.close()
     elif int(step) in steps:
       restored_step = int(step)
+      state_dir = os.path.join(ckpt_dir, str(restored_step), "state")
+      try:
+        stored = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
+      except (FileNotFoundError, ValueError, OSError) as err:
+        raise FileNotFoundError(f"{state_dir} is not a readable orbax checkpoint ({err})") from None
+      check_shapes(expected, stored, f"checkpoint {state_dir}", method_name(config))
+      ckpt = checkpoint.Checkpointer(workdir, keep=len(steps) + 1)
+      try:
+        state, _, _ = ckpt.restore(restored_step, expected, mesh)
+      finally:
+        ckpt.close()
     else:
       raise FileNotFoundError(f"{ckpt_dir} has no step {step} (steps there: {', '.join(map(str, steps))})")
-    state_dir = os.path.join(ckpt_dir, str(restored_step), "state")
-    try:
-      stored = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
-    except (FileNotFoundError, ValueError, OSError) as err:
-      raise FileNotFoundError(f"{state_dir} is not a readable orbax checkpoint ({err})") from None
-    _check_shapes(expected, stored, f"checkpoint {state_dir}", method_name(config))
-    mesh = mesh if mesh is not None else sharding.make_mesh()
-    ckpt = checkpoint.Checkpointer(workdir, keep=len(steps) + 1)
-    try:
-      state, _, _ = ckpt.restore(restored_step, expected, mesh)
-    finally:
-      ckpt.close()
 
   encoders = method.query_encoders(state, config)
   params = {m: to_host(strip_head(encoders[m]["params"])) for m in names}

@@ -188,9 +188,16 @@ def export_npy(dataset: str, benchmark: str, out: str | os.PathLike, *, raw: str
   if raw is not None and not spec.needs_raw:
     say(f"note: {spec.name} is generated; --raw is ignored")
   raw_dir = check_raw(spec, raw)
+  npy_export.check_provenance(out, spec.name, benchmark, fmt)  # before anything is written
   cache_dir = convert.cache_folder(Path(out) / ".cmd_jax_cache", spec.name, variant)
+  had_cache = Path(cache_dir).exists()
   cache = convert.prepare(spec, raw_dir, cache_dir, options, workers, progress=progress, variant=variant)
-  counts = npy_export.export(cache, benchmark, out, fmt)
+  try:
+    counts = npy_export.export(cache, benchmark, out, fmt)
+  except ValueError:
+    if not had_cache and not keep_cache:  # a refused export leaves the folder as it was
+      remove_cache(cache_dir)
+    raise
   what = "" if fmt == "cmd" else f" in the {fmt} format"
   say(f"{spec.name}/{benchmark}: wrote train ({counts['train']}) and val ({counts['val']}){what} to {out}")
   conversion = cache.summary()

@@ -22,10 +22,15 @@ Each file is written under a temporary name and renamed when complete; the data 
 renamed last, so a part is complete exactly when its data file (``_data_joint.npy``,
 ``_position.npy``) exists, and a rerun skips complete parts.
 ``cmd_jax.npy_source.NpySource`` reads both formats back.
+
+``export.json`` records the dataset, benchmark, format and variant; an export into a folder
+holding another one (by ``export.json``, or by the sample names of a complete part) is
+refused before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -39,6 +44,7 @@ from data_prep.convert import Cache
 PARTS = (("train", True), ("val", False))
 FORMAT_VARIANTS = {"cmd": "standard", "hiclr": "frame50"}  # each format is written from this conversion
 FORMATS = tuple(FORMAT_VARIANTS)
+PROVENANCE = "export.json"  # dataset, benchmark, format and variant of the folder's export
 
 
 def check_format(fmt: str) -> None:
@@ -54,6 +60,22 @@ def part_paths(out_dir: str | os.PathLike, part: str, fmt: str = "cmd") -> dict[
     return {"data": out / f"{part}_position.npy", "label": out / f"{part}_label.pkl"}
   return {"data": out / f"{part}_data_joint.npy", "num_frame": out / f"{part}_num_frame.npy",
           "label": out / f"{part}_label.pkl"}
+
+
+def check_provenance(out_dir: str | os.PathLike, dataset: str, benchmark: str, fmt: str) -> dict[str, str]:
+  """The provenance record of an export; ValueError when ``out_dir/export.json`` names another."""
+  wanted = {"dataset": dataset, "benchmark": benchmark, "format": fmt, "variant": FORMAT_VARIANTS[fmt]}
+  path = Path(out_dir) / PROVENANCE
+  if path.exists():  # what made this folder (written by every export)
+    try:
+      there = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+      there = {}
+    differ = [f"{k} {there.get(k)!r}" for k in wanted if there.get(k) != wanted[k]]
+    if differ:
+      raise ValueError(f"{out_dir} holds another export ({', '.join(differ)}; asked: {dataset} {benchmark} {fmt}); "
+                       "nothing was written: export into another --out folder, or delete that one")
+  return wanted
 
 
 def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike, fmt: str = "cmd") -> dict[str, int]:
@@ -72,19 +94,31 @@ def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike, fmt: str = 
     if any(p.exists() for p in clash):
       raise ValueError(f"{out} already holds the {other} format ({next(p for p in clash if p.exists()).name}); "
                        f"export the {fmt} format into another folder (both formats use {{part}}_label.pkl)")
-  out.mkdir(parents=True, exist_ok=True)
-  counts = {}
+  wanted = check_provenance(out, cache.spec.name, benchmark, fmt)
+  index = {}
   for part, train in PARTS:
-    paths = part_paths(out, part, fmt)
     names = cache.split_names(benchmark, train)
     if not names:
       raise ValueError(f"{cache.spec.name} {benchmark}: the {part} part is empty")
-    if all(p.exists() for p in paths.values()):
+    index[part] = list(_part_index(cache, names))
+    paths = part_paths(out, part, fmt)
+    if paths["label"].exists() and paths["data"].exists():  # a complete part: must be this very split
       with open(paths["label"], "rb") as f:
-        counts[part] = len(pickle.load(f)[0])
+        found = list(pickle.load(f)[0])
+      if found != index[part]:
+        raise ValueError(f"{out} holds another export: its {part} part has {len(found)} samples, not the "
+                         f"{len(index[part])} of {cache.spec.name} {benchmark} ({part}); nothing was written: "
+                         "export into another --out folder, or delete that one")
+  out.mkdir(parents=True, exist_ok=True)
+  (out / PROVENANCE).write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+  counts = {}
+  for part, train in PARTS:
+    paths = part_paths(out, part, fmt)
+    if all(p.exists() for p in paths.values()):
+      counts[part] = len(index[part])
       print(f"{paths['data']} exists: {part} part already exported")
       continue
-    records = list(_part_index(cache, names))
+    records = index[part]
     n = len(records)
     v, m = cache.spec.layout.num_joints, cache.spec.layout.num_persons
     tmp = {k: p.with_name(p.name + ".partial") for k, p in paths.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -68,3 +69,29 @@ def build_tiny_synthetic(out: Path) -> str:
   import data_prep  # pylint: disable=import-outside-toplevel
   data_prep.build_dataset("synthetic", str(out), options=TINY_SYNTHETIC, progress=False)
   return str(out)
+
+
+def folder_digest(folder) -> str:
+  """A hash of every file's relative path and bytes under ``folder``."""
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(folder)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      digest.update(os.path.relpath(path, folder).encode())
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def damage_checkpoint(step_dir, kind: str) -> str:
+  """Damages one file of a checkpoint step as a crash or a full disk would; returns its path."""
+  state = os.path.join(step_dir, "state")
+  if kind == "metadata":  # orbax's tree metadata cut in half
+    path = os.path.join(state, "_METADATA")
+  else:  # the largest array data file truncated
+    files = [os.path.join(r, f) for r, _, fs in os.walk(state) for f in fs]
+    path = max(files, key=os.path.getsize)
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(size // 2)
+  return path

@@ -6,6 +6,7 @@ neither look complete nor redo finished conversion work.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -19,6 +20,7 @@ from data_prep import cli, convert, datasets
 from data_prep.builders import load_builder_class
 from data_prep.errors import DataFormatError
 from data_prep.preprocess import pre_normalization
+from tests.conftest import folder_digest
 
 tfds.disable_progress_bar()
 
@@ -193,8 +195,10 @@ def test_cli_export_npy_reads_back(tmp_path, ntu_dir):
   out = tmp_path / "npy"
   assert cli.main(["export-npy", "ntu120", "--benchmark", "xset", "--raw", str(raw), "--out", str(out),
                    "--missing-list", "none", "--quiet"]) == 0
-  assert sorted(p.name for p in out.iterdir()) == sorted(
-      f"{part}_{suffix}" for part in ("train", "val") for suffix in ("data_joint.npy", "num_frame.npy", "label.pkl"))
+  assert sorted(p.name for p in out.iterdir()) == sorted(["export.json"] + [
+      f"{part}_{suffix}" for part in ("train", "val") for suffix in ("data_joint.npy", "num_frame.npy", "label.pkl")])
+  assert json.loads((out / "export.json").read_text()) == {"dataset": "ntu120", "benchmark": "xset", "format": "cmd",
+                                                          "variant": "standard"}
   expected = _expected(datasets.NTU120, raw, {"missing_list": "none"})
   for part, train in (("train", True), ("val", False)):
     data = np.load(out / f"{part}_data_joint.npy")
@@ -217,6 +221,27 @@ def test_cli_export_npy_reads_back(tmp_path, ntu_dir):
   assert cli.main(["export-npy", "ntu120", "--benchmark", "xset", "--raw", str(raw), "--out", str(out),
                    "--missing-list", "none", "--quiet"]) == 0
   assert (out / "val_data_joint.npy").stat().st_mtime_ns == stamp
+
+
+def test_cli_export_npy_refuses_a_folder_of_another_export(tmp_path, ntu_dir, capsys):
+  """An xsub export then an xview export into the same folder: refused in one line naming both,
+  nothing written (folder hash unchanged); also for a folder without export.json (the sample
+  names of its complete parts are compared)."""
+  raw = _ntu_raw(tmp_path, ntu_dir)
+  out = tmp_path / "npy"
+  args = ["--raw", str(raw), "--out", str(out), "--missing-list", "none", "--quiet"]
+  assert cli.main(["export-npy", "ntu60", "--benchmark", "xsub", *args]) == 0
+  for without_provenance in (False, True):
+    if without_provenance:
+      (out / "export.json").unlink()
+    before = folder_digest(out)
+    capsys.readouterr()
+    assert cli.main(["export-npy", "ntu60", "--benchmark", "xview", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = ("holds another export: its train part has" if without_provenance
+                else "holds another export (benchmark 'xsub'; asked: ntu60 xview cmd)")
+    assert expected in err and "nothing was written" in err and len(err.splitlines()) == 1, err
+    assert folder_digest(out) == before
 
 
 def test_builder_configs_per_variant():

@@ -31,6 +31,7 @@ import optax
 import pytest
 
 from cmd_jax import augment, checkpoint, data, losses, metrics as metrics_lib, modalities, sharding
+from cmd_jax.errors import ConfigError
 from cmd_jax.models.gru import GRUEncoder as Encoder
 from cmd_jax.trainers import pretrain as cp
 from cmd_jax import optim
@@ -38,7 +39,7 @@ from cmd_jax.methods import cmd as cmd_method
 from cmd_jax.methods.cmd import views as cmd_views
 from cmd_jax.methods.cmd import losses as cmd_losses
 from configs import pretrain_cmd
-from tests.conftest import build_tiny_synthetic
+from tests.conftest import build_tiny_synthetic, damage_checkpoint, folder_digest
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("joint", "motion", "bone")
@@ -496,6 +497,15 @@ def test_bfloat16_compute_mode_tolerance():
     ({"evaluator.name": "linear"}, 1, "config.evaluator.name='linear'"),
     ({"model.compute_dtype": "float16"}, 1, "config.model.compute_dtype='float16'.*'float32' or 'bfloat16'"),
     ({"model.scan_unroll": 0}, 1, "config.model.scan_unroll=0 must be >= 1"),
+    # runs that would train nothing, keep no model or divide by zero (each exited 0 or with a
+    # ZeroDivisionError traceback before these checks)
+    ({"num_epochs": 0}, 1, r"config.num_epochs=0: expected at least 1 \(epochs to train\)"),
+    ({"keep_checkpoints": 0}, 1, r"config.keep_checkpoints=0: expected at least 1"),
+    ({"checkpoint_every_steps": 0}, 1, r"config.checkpoint_every_steps=0: expected at least 1"),
+    ({"log_every_steps": 0}, 1, r"config.log_every_steps=0: expected at least 1"),
+    ({"moco.temperature": 0.0}, 1, r"config.moco.temperature=0.0 must be positive"),
+    ({"evaluator.name": "knn", "evaluator.every_epochs": 0}, 1, r"config.evaluator.every_epochs=0 and batch_size=.*expected at least 1"),
+    ({"model.hidden_size": 0}, 1, r"config.model.hidden_size=0 must be positive"),
 ])
 def test_validate_config_errors(overrides, num_devices, message):
   """Each impossible setup raises ValueError with a message naming the field and values."""
@@ -617,6 +627,67 @@ def test_kill_and_resume_ends_in_the_same_state(tiny_data, tmp_path):
       np.testing.assert_array_equal(a, b, err_msg=f"checkpoint {run}: {path}")
     on_disk = sorted(int(d) for d in os.listdir(tmp_path / run / "checkpoints") if d.isdigit())
     assert on_disk == [10, 12]
+
+
+@pytest.fixture(scope="module")
+def resume_config_and_reference(tiny_data, tmp_path_factory):
+  config = tiny_config(**{"data.data_dir": tiny_data, "num_epochs": 3, "checkpoint_every_steps": 2,
+                          "log_every_steps": 1, "keep_checkpoints": 2})
+  return config, jax.device_get(cp.train_and_evaluate(config, tmp_path_factory.mktemp("reference")).state)
+
+
+@pytest.mark.parametrize("kind", ["metadata", "array_data"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(resume_config_and_reference, tmp_path, capsys, kind):
+  """Stopped after step 6 (checkpoints 4 and 6), step 6 damaged: the rerun says so in one line
+  naming the folder, resumes from step 4, sets step 6 aside, and ends in the same state as an
+  uninterrupted run (steps 5-6 are recomputed identically)."""
+  config, reference = resume_config_and_reference
+  cp.train_and_evaluate(config, tmp_path, stop_after_step=6)
+  ckpt_dir = tmp_path / "checkpoints"
+  assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [4, 6]
+  damage_checkpoint(ckpt_dir / "6", kind)
+  capsys.readouterr()
+  final = jax.device_get(cp.train_and_evaluate(config, tmp_path).state)
+  out = capsys.readouterr().out
+  assert f"checkpoint {ckpt_dir / '6'} is unreadable (" in out and f"resuming from {ckpt_dir / '4'}" in out, out
+  assert (tmp_path / "checkpoints_unreadable" / "6").is_dir()
+  for path, a, b in zip(leaf_paths(reference), jax.tree.leaves(reference), jax.tree.leaves(final)):
+    np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+def test_no_readable_checkpoint_is_a_one_line_error(resume_config_and_reference, tmp_path):
+  config, _ = resume_config_and_reference
+  cp.train_and_evaluate(config, tmp_path, stop_after_step=4)
+  for step in (2, 4):
+    damage_checkpoint(tmp_path / "checkpoints" / str(step), "metadata")
+  before = folder_digest(tmp_path)
+  with pytest.raises(checkpoint.CheckpointError, match=r"none of the 2 checkpoints is readable \(the newest, step 4: "
+                                                       r".*new --workdir") as err:
+    cp.train_and_evaluate(config, tmp_path)
+  assert "\n" not in str(err.value)
+  assert folder_digest(tmp_path) == before  # nothing moved or rewritten
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.hidden_size": 12}, r"checkpoint .*/4 does not match this config: found .*hidden size 8.*; this config implies .*hidden size 12"
+                                r".*nothing was changed: use a new --workdir"),
+    ({"modalities": "joint"}, r"holds another run \(modalities: 'joint,motion,bone' there, 'joint' asked\); nothing "
+                              r"was changed: use a new --workdir"),
+    ({"data.benchmark": "xview"}, r"holds another run \(data.benchmark: 'xsub' there, 'xview' asked\)"),
+])
+def test_an_incompatible_config_is_refused_with_the_workdir_unchanged(resume_config_and_reference, tmp_path,
+                                                                       overrides, message):
+  """Rerunning a workdir with another hidden size, modalities or benchmark refuses in one line
+  before anything is written: config.json, checkpoints and metrics are byte-identical after."""
+  config, _ = resume_config_and_reference
+  cp.train_and_evaluate(config, tmp_path, stop_after_step=4)
+  before = folder_digest(tmp_path)
+  other = tiny_config(**{"data.data_dir": config.data.data_dir, "num_epochs": 3, "checkpoint_every_steps": 2,
+                         "log_every_steps": 1, "keep_checkpoints": 2, **overrides})
+  with pytest.raises(ConfigError, match=message) as err:
+    cp.train_and_evaluate(other, tmp_path)
+  assert "\n" not in str(err.value)
+  assert folder_digest(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -309,6 +309,43 @@ def test_knn_equals_brute_force_numpy_1nn(pretrain_dir, tiny_data, tmp_path):
     assert json.load(f)["three_stream"]["method"].startswith("1-NN by the mean of the per-stream cosine")
 
 
+def test_a_finished_run_is_skipped_and_a_changed_one_recomputed(pretrain_dir, tiny_data, tmp_path, monkeypatch,
+                                                                 capsys):
+  """Rerunning a finished protocol with the same config and pretraining returns the stored
+  results without computing (the protocol's runner is booby-trapped); another config value,
+  a newer pretraining checkpoint, or a results.json without the completion mark recompute."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  pre_dir = tmp_path / "pretrain"
+  shutil.copytree(pretrain_dir, pre_dir)
+  config = tiny_config("knn", str(pre_dir), tiny_data, streams="joint")
+  workdir = str(tmp_path / "knn")
+  first = downstream.train_and_evaluate(config, workdir)
+  assert first["inputs"]["init_from_steps"] == {str(pre_dir): 4}
+  real_run_knn = downstream.run_knn
+
+  def trapped(*args, **kwargs):
+    raise AssertionError("recomputed a finished run")
+  monkeypatch.setattr(downstream, "run_knn", trapped)
+  capsys.readouterr()
+  assert downstream.train_and_evaluate(config, workdir) == first
+  assert "already done with this config and pretraining" in capsys.readouterr().out
+
+  calls = []
+  monkeypatch.setattr(downstream, "run_knn", lambda *a, **k: calls.append(1) or real_run_knn(*a, **k))
+  downstream.train_and_evaluate(set_fields(config, {"eval_batch_size": 6}), workdir)  # another config
+  assert len(calls) == 1
+  os.rename(pre_dir / "checkpoints" / "4", pre_dir / "checkpoints" / "5")  # a newer pretraining step
+  downstream.train_and_evaluate(config, workdir)
+  assert len(calls) == 2
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    stored = json.load(f)
+  del stored["inputs"]  # as a run killed before its last write leaves it
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(stored, f)
+  downstream.train_and_evaluate(config, workdir)
+  assert len(calls) == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Semi-supervised subsets and fine-tuning.
 

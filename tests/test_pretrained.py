@@ -26,6 +26,7 @@ from cmd_jax import checkpoint, data, pretrained
 from cmd_jax.errors import ConfigError
 from cmd_jax.trainers import pretrain as cmd_pretrain
 from configs import linear, pretrain_cmd
+from tests.conftest import damage_checkpoint, folder_digest
 
 TINY = {"model.hidden_size": 8, "model.num_layers": 1, "model.embed_dim": 8, "batch_size": 8,
         "moco.queue_size": 32, "cmd.topk": 8, "augment.frames": 8, "augment.min_length": 8, "evaluator.name": ""}
@@ -123,6 +124,27 @@ def test_an_earlier_step_and_a_missing_step(workdir):
                                 states[2].batch_stats["motion"]["input_norm"]["var"])
   with pytest.raises(FileNotFoundError, match=r"no step 3 \(steps there: 2, 5\)"):
     pretrained.load_pretrained(path, step=3)
+
+
+@pytest.mark.parametrize("kind", ["metadata", "array_data"])
+def test_a_damaged_newest_checkpoint_is_reported_and_the_older_one_read(workdir, tmp_path, capsys, kind):
+  """init_from a workdir whose newest checkpoint (5) is damaged: one line names it, step 2 is
+  read, and the pretraining's folder is left as it is (a reader moves nothing)."""
+  path, states = workdir
+  shutil.copytree(path, tmp_path / "w")
+  damage_checkpoint(tmp_path / "w" / "checkpoints" / "5", kind)
+  before = folder_digest(tmp_path / "w")
+  pre = pretrained.load_pretrained(tmp_path / "w")
+  assert pre.step == 2
+  np.testing.assert_array_equal(pre.batch_stats["motion"]["input_norm"]["var"],
+                                states[2].batch_stats["motion"]["input_norm"]["var"])
+  out = capsys.readouterr().out
+  assert f"checkpoint {tmp_path / 'w' / 'checkpoints' / '5'} is unreadable (" in out, out
+  assert folder_digest(tmp_path / "w") == before
+  damage_checkpoint(tmp_path / "w" / "checkpoints" / "2", "metadata")
+  with pytest.raises(ConfigError, match=r"none of the 2 checkpoints is readable") as err:
+    pretrained.load_pretrained(tmp_path / "w")
+  assert "\n" not in str(err.value)
 
 
 def test_random_init_is_the_pretraining_initial_state(workdir):

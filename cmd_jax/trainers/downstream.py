@@ -69,6 +69,7 @@ the reference's best-of-evaluations number.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -1020,11 +1021,45 @@ def run_finetune(config, workdir: str, protocol: str) -> dict[str, Any]:
   return results
 
 
+def run_inputs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a protocol run's results depend on: a hash of its config and, per ``init_from``
+  workdir, its newest checkpoint step (stored in ``results.json`` as ``inputs``)."""
+  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  steps = {}
+  for path in [p.strip() for p in str(config.get("init_from", "")).split(",") if p.strip()]:
+    ckpt_dir = os.path.join(path, "checkpoints")
+    found = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    steps[os.path.abspath(path)] = max(found) if found else None
+  return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(), "init_from_steps": steps}
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """The stored results when ``<workdir>/results.json`` was written by a complete run with the
+  same config and the same pretraining checkpoints; None otherwise (the protocol reruns)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    return None  # damaged: rerun
+  return stored if stored.get("inputs") == run_inputs(config) else None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs the protocol ``config.trainer`` (linear, knn, semi, transfer) in ``workdir``; returns
-  the results (also in ``<workdir>/results.json``)."""
+  the results (also in ``<workdir>/results.json``). A workdir whose ``results.json`` comes from
+  the same config and pretraining checkpoints is not recomputed: its results are returned."""
   workdir = os.fspath(workdir)
   protocol = str(config.trainer)
+  done = finished_results(config, workdir)
+  if done is not None:
+    if _is_writer():
+      print(f"{workdir}: already done with this config and pretraining (results.json); skipped. Delete "
+            "results.json to recompute it")
+    return done
+  inputs = run_inputs(config)
   if protocol == "linear":
     results = run_linear(config, workdir)
   elif protocol == "knn":
@@ -1038,4 +1073,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     from cmd_jax import plots  # pylint: disable=import-outside-toplevel
     for path in plots.plot_workdir(workdir):
       print(f"wrote {path}")
+  results = dict(results, inputs=inputs)  # last: marks the run complete (finished_results)
+  _save_json(os.path.join(workdir, "results.json"), results)
   return results

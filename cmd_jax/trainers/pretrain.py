@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -73,8 +74,19 @@ def _validate_config(config, num_train, num_devices, process_count) -> None:
   if num_train is not None and b > num_train:
     raise ValueError(f"config.batch_size={b} is larger than the {num_train} training samples")
   optim.validate(config)
+  # A run that would train nothing, keep no trained model, or divide by zero.
+  for field, what in (("num_epochs", "epochs to train"), ("keep_checkpoints", "checkpoints to keep"),
+                      ("checkpoint_every_steps", "steps between checkpoints"),
+                      ("log_every_steps", "steps between metrics")):
+    if int(config[field]) < 1:
+      raise ValueError(f"config.{field}={config[field]}: expected at least 1 ({what})")
+  if not float(config.moco.temperature) > 0:
+    raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
   if config.evaluator.name not in ("", "knn"):
     raise ValueError(f"config.evaluator.name={config.evaluator.name!r}; expected 'knn' or '' (none)")
+  if config.evaluator.name and (int(config.evaluator.every_epochs) < 1 or int(config.evaluator.batch_size) < 1):
+    raise ValueError(f"config.evaluator.every_epochs={config.evaluator.every_epochs} and batch_size="
+                     f"{config.evaluator.batch_size}: expected at least 1 (or config.evaluator.name='' for none)")
   method.validate(config, num_train=num_train, num_devices=num_devices, process_count=process_count)
 
 
@@ -156,6 +168,36 @@ def _knn_monitor(config, layout, mesh):
   return evaluate
 
 
+# What makes a workdir's run: resuming it with another value would mix two runs.
+_RUN_IDENTITY = ("method", "data.dataset", "data.benchmark", "data.variant", "modalities", "stream", "model.name")
+
+
+def check_same_run(config, workdir: str) -> None:
+  """Refuses (``ConfigError``, one line) to resume a workdir whose ``config.json`` names
+  another method, dataset, benchmark, data variant, stream(s) or encoder; nothing is written.
+  (Differing shapes, e.g. another hidden size, are refused by the checkpoint's own check.)"""
+  path, ckpt_dir = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
+  if not os.path.exists(path) or not (os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))):
+    return  # nothing to resume: a new run (config.json alone is rewritten)
+  with open(path, encoding="utf-8") as f:
+    there = json.load(f)
+  asked = config.to_dict()
+
+  def get(tree, dotted):
+    for part in dotted.split("."):
+      if not isinstance(tree, dict) or part not in tree:
+        return None
+      tree = tree[part]
+    return tree
+
+  differ = [f"{field}: {get(there, field)!r} there, {get(asked, field)!r} asked" for field in _RUN_IDENTITY
+            if get(there, field) is not None and get(asked, field) is not None
+            and str(get(there, field)) != str(get(asked, field))]
+  if differ:
+    raise ConfigError(f"{workdir} holds another run ({'; '.join(differ)}); nothing was changed: use a new "
+                      "--workdir for this config, or the workdir's own settings to resume it")
+
+
 @dataclasses.dataclass
 class RunResult:
   state: Any
@@ -174,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(int(config.mesh.data))
   validate_config(config, num_train=None, num_devices=mesh.devices.size, process_count=jax.process_count())
+  check_same_run(config, workdir)  # before anything is prepared or written
   layout = data.layout_of(config.data)
   data.ensure_prepared(config.data)
   source = data.open_split(config.data, "train")
@@ -182,9 +225,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   steps_per_epoch = input_pipeline.steps_per_epoch(len(source), global_batch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 
-  if jax.process_index() == 0:  # what downstream protocols rebuild the encoders from
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
   state = create_train_state(config, layout, steps_per_epoch)
   if jax.process_index() == 0:
     print(describe_encoders(config, state))
@@ -193,9 +233,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                           prefetch_batches=int(config.data.prefetch_batches))
   iterator = iter(dataset)
   ckpt = checkpoint.Checkpointer(workdir, int(config.keep_checkpoints))
-  start = ckpt.latest_step() or 0
-  if start:
-    state, data_state, meta = ckpt.restore(start, state, mesh)
+  log = print if jax.process_index() == 0 else (lambda _: None)
+
+  def same_shapes(stored, step_dir):
+    from cmd_jax import pretrained  # pylint: disable=import-outside-toplevel
+    pretrained.check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", str(config.get("method", "cmd")),
+                            expected_from="this config", advice="nothing was changed: use a new --workdir for "
+                            "this config, or the workdir's own settings to resume it")
+
+  restored = ckpt.restore_newest_readable(state, mesh, check=same_shapes, log=log)
+  start = restored[0] if restored else 0
+  if jax.process_index() == 0:  # what downstream protocols rebuild the encoders from; written
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:  # once the run can proceed
+      f.write(config.to_json_best_effort(indent=2))
+  if restored:
+    _, state, data_state, meta = restored
     if not data_state and "torch_epoch" in meta:
       # A checkpoint imported from the PyTorch reference (cmd_jax.torch_import): its step is
       # the reference's completed-epoch count and it has no data position. Continue after
