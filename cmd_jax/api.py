@@ -149,6 +149,12 @@ class EncoderHandle:
                        f"{self.layout.name} of this encoder: {v} joints, {m} person slots)")
     if x.shape[2] < 1:
       raise ValueError(f"features: x has shape {x.shape}: no frames (T = 0)")
+    finite = np.isfinite(x)
+    if not finite.all():  # a NaN coordinate would make the whole batch's features NaN
+      clips = np.flatnonzero(~finite.reshape(x.shape[0], -1).all(axis=1))
+      raise ValueError(f"features: x has {int(x.size - finite.sum())} non-finite values (NaN or inf) in "
+                       f"{clips.size} clip(s), the first clip {int(clips[0])}; expected finite coordinates "
+                       "(absent joints and persons as 0)")
     return x
 
   @staticmethod

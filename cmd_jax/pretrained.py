@@ -223,6 +223,17 @@ def check_shapes(expected_state, stored_tree, where: str, method: str, *, expect
     raise ConfigError(f"{where} does not match {its}: {summary} ({shown}); {advice}")
 
 
+def non_finite_leaves(tree) -> list[str]:
+  """``"path (k of n)"`` for every floating-point leaf of ``tree`` holding NaN or inf."""
+  out = []
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    x = np.asarray(x)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+      name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+      out.append(f"{name} ({int(np.size(x) - np.isfinite(x).sum())} of {x.size})")
+  return out
+
+
 def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, random_init: bool = False,
                     mesh: jax.sharding.Mesh | None = None) -> Pretrained:
   """The query encoders (no heads, BN running stats kept) of a pretraining workdir.
@@ -290,6 +301,11 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
   encoders = method.query_encoders(state, config)
   params = {m: to_host(strip_head(encoders[m]["params"])) for m in names}
   stats = {m: to_host(encoders[m]["batch_stats"]) for m in names}
+  bad = non_finite_leaves({"params": params, "batch_stats": stats})
+  if bad:  # a NaN weight would make every feature NaN, silently
+    raise ConfigError(f"{workdir}: checkpoint step {restored_step} holds non-finite encoder weights "
+                      f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); expected a finite model: an "
+                      "earlier step (--config.init_step=<step>) or a rerun of that pretraining")
   return Pretrained(workdir=workdir, config=config, layout=layout, step=restored_step, params=params,
                     batch_stats=stats, random_init=random_init)
 

@@ -517,6 +517,12 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
   except ValueError as err:
     raise TorchImportError(str(err)) from None
   state, meta = convert(state_dict, config, epoch=epoch)
+  from cmd_jax.pretrained import non_finite_leaves  # pylint: disable=import-outside-toplevel
+  bad = non_finite_leaves({"params": state.params, "key_params": state.key_params,
+                           "batch_stats": state.batch_stats, "queues": state.queues})
+  if bad:
+    raise TorchImportError(f"{path} holds non-finite values ({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); "
+                           "expected a finite checkpoint (nothing was written)")
   step = int(epoch or 0)
   config.torch_import = ml_collections.ConfigDict(
       {"source": path, "epoch": -1 if epoch is None else epoch, "kind": meta["kind"]})

@@ -8,12 +8,18 @@ training side (``cmd_jax.data.ensure_prepared``) and the tests call them directl
 ``<out>/.cache/<dataset>/<variant>/``), writes one TFDS config per benchmark and variant
 (``<benchmark>`` for ``standard``, ``<benchmark>_frame50`` for ``frame50``), skips
 configs that are already built, removes leftovers of an interrupted build, and deletes
-the cache of a variant once all its configs are written (unless ``keep_cache``).
+the cache of a variant once all its configs are written (unless ``keep_cache``). Each
+built config records what it was built from (``<out>/<dataset>/<config>/inputs.json``: the
+sample list's size and hash, the options); a rebuild whose raw files, missing list or
+options changed refuses with the command that rebuilds, instead of reporting "already
+built". Unknown option keys are errors; files in ``--raw`` that are not samples are named.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -80,6 +86,49 @@ def remove_cache(cache_dir: str | os.PathLike, levels: int = 2) -> None:
     folder.rmdir()
 
 
+INPUTS_FILE = "inputs.json"  # per built config: what it was built from (build_dataset)
+
+
+def input_record(spec: datasets.DatasetSpec, raw_dir: Path | None, options: Mapping[str, Any]) -> dict[str, Any]:
+  """What a build of ``spec`` reads: the sample list (names, labels, splits; the missing list
+  and the setups' cut included) and the options that shape the samples."""
+  digest = hashlib.sha256()
+  samples = spec.list_samples(raw_dir, options)
+  for sample in samples:
+    digest.update(f"{sample.name}\t{sample.label}\t{','.join(sorted(sample.train))}\n".encode())
+  shaping = {k: str(v) for k, v in sorted(options.items()) if k != "missing_list"}  # its effect is in the list
+  return {"samples": len(samples), "samples_sha256": digest.hexdigest(), "options": shaping}
+
+
+def _report_ignored_files(spec: datasets.DatasetSpec, raw_dir: Path | None, say: Callable[[str], None]) -> None:
+  """One line naming the files directly in ``raw_dir`` that are not samples of ``spec``."""
+  if raw_dir is None or spec.name == "pku_mmd2":  # PKU-MMD's files are in sub-folders
+    return
+  used = {os.path.basename(str(s.source)) for s in spec.list_samples(raw_dir, {"missing_list": "none"}
+                                                                     if "missing_list" in spec.option_keys else {})}
+  ignored = sorted(e for e in os.listdir(raw_dir) if e not in used and (raw_dir / e).is_file())
+  if ignored:
+    say(f"note: {len(ignored)} file(s) in {raw_dir} are not {spec.name} samples and are ignored "
+        f"(e.g. {', '.join(ignored[:3])})")
+
+
+def _check_inputs(folder: Path, record: dict[str, Any], config: str) -> None:
+  """ValueError when a built config's recorded inputs differ from today's."""
+  path = folder / INPUTS_FILE
+  if not path.exists():
+    return  # built before inputs were recorded: nothing to compare
+  try:
+    there = json.loads(path.read_text(encoding="utf-8"))
+  except ValueError:
+    there = {}
+  differ = [f"{k}: {there.get(k)!r} there, {record[k]!r} now" for k in ("samples", "options") if there.get(k) != record[k]]
+  if not differ and there.get("samples_sha256") != record["samples_sha256"]:
+    differ = ["the same number of samples, other names, labels or splits"]
+  if differ:
+    raise ValueError(f"{folder} ({config}) was built from other inputs ({'; '.join(differ)}); it was left as it is: "
+                     f"to rebuild it from these, rm -rf {folder} and run this build command again")
+
+
 def _quiet_tfds() -> None:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
@@ -128,6 +177,9 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
     datasets.check_benchmark(spec, b)
   out = Path(out)
   options = dict(options or {})
+  datasets.check_options(spec, options)
+  record = input_record(spec, raw_dir, options)  # listing errors surface here, before any writing
+  _report_ignored_files(spec, raw_dir, say)
   builder_cls = load_builder_class(spec.name)
   if not progress:
     _quiet_tfds()
@@ -138,6 +190,9 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
     names = [datasets.config_name(b, v) for b in benchmarks]
     pending = [c for c in names
                if not builder_cls(config=c, data_dir=str(out), file_format="array_record").is_prepared()]
+    for config in names:  # built ones must come from these inputs, checked before anything is written
+      if config not in pending:
+        _check_inputs(out / spec.name / config, record, config)
     if pending:  # convert once for all benchmarks; listing errors surface here, before any writing
       convert.prepare(spec, raw_dir, cache_dir, options, workers, progress=progress, variant=v)
     for config in names:
@@ -145,12 +200,14 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
         shutil.rmtree(stale)  # left by an interrupted earlier run
       builder = builder_cls(config=config, data_dir=str(out), file_format="array_record", options=options,
                             workers=workers, cache_dir=cache_dir, progress=progress)
+      folder = out / spec.name / config
       if builder.is_prepared():
         say(f"{spec.name}/{config}: already built in {builder.data_dir}")
         summary.already_built.append(config)
       else:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
                                      file_format="array_record")
+        (folder / INPUTS_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
       splits = builder.info.splits
       summary.configs[config] = {"train": splits["train"].num_examples, "val": splits["val"].num_examples}
       if config not in summary.already_built:
@@ -188,6 +245,7 @@ def export_npy(dataset: str, benchmark: str, out: str | os.PathLike, *, raw: str
   if raw is not None and not spec.needs_raw:
     say(f"note: {spec.name} is generated; --raw is ignored")
   raw_dir = check_raw(spec, raw)
+  datasets.check_options(spec, options)
   npy_export.check_provenance(out, spec.name, benchmark, fmt)  # before anything is written
   cache_dir = convert.cache_folder(Path(out) / ".cmd_jax_cache", spec.name, variant)
   had_cache = Path(cache_dir).exists()

@@ -80,6 +80,7 @@ class DatasetSpec:
       reported) rather than kept as all-zero inputs.
     needs_raw: False for generated datasets.
     description: one line for --help.
+    option_keys: the ``options`` keys ``list_samples`` reads (any other is an error).
   """
   name: str
   layout: SkeletonLayout
@@ -90,6 +91,7 @@ class DatasetSpec:
   drop_all_zero: bool = False
   needs_raw: bool = True
   description: str = ""
+  option_keys: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,11 +156,11 @@ def load_ntu_file_order(sample: Sample) -> np.ndarray:
 
 NTU60 = DatasetSpec(
     name="ntu60", layout=NTU25, num_classes=60, benchmarks=("xsub", "xview"),
-    list_samples=_ntu_lister("ntu60", 17, ("xsub", "xview")), load=load_ntu,
+    list_samples=_ntu_lister("ntu60", 17, ("xsub", "xview")), load=load_ntu, option_keys=("missing_list",),
     description="NTU RGB+D 60: the .skeleton files of setups S001-S017 in --raw")
 NTU120 = DatasetSpec(
     name="ntu120", layout=NTU25, num_classes=120, benchmarks=("xsub", "xset"),
-    list_samples=_ntu_lister("ntu120", 32, ("xsub", "xset")), load=load_ntu,
+    list_samples=_ntu_lister("ntu120", 32, ("xsub", "xset")), load=load_ntu, option_keys=("missing_list",),
     description="NTU RGB+D 120: the .skeleton files of setups S001-S032 in --raw")
 
 # Specs defined in their reader modules, imported on first use.
@@ -179,6 +181,14 @@ def get_spec(name: str) -> DatasetSpec:
     module, attr = _SPEC_MODULES[name]
     return getattr(importlib.import_module(module), attr)
   raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+
+
+def check_options(spec: DatasetSpec, options: Mapping[str, Any] | None) -> None:
+  """ValueError naming any option key the dataset does not read (a misspelt --option)."""
+  unknown = sorted(set(options or {}) - set(spec.option_keys))
+  if unknown:
+    known = ", ".join(spec.option_keys) or "none"
+    raise ValueError(f"{spec.name}: unknown option(s) {', '.join(unknown)}; this dataset reads: {known}")
 
 
 def check_benchmark(spec: DatasetSpec, benchmark: str) -> None:

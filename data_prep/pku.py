@@ -243,5 +243,5 @@ def load(sample: Sample) -> np.ndarray:
 
 SPEC = DatasetSpec(
     name="pku_mmd2", layout=NTU25, num_classes=NUM_CLASSES, benchmarks=BENCHMARKS,
-    list_samples=list_samples, load=load, drop_all_zero=False,
+    list_samples=list_samples, load=load, drop_all_zero=False, option_keys=("skeleton_dir", "label_dir", "split_dir"),
     description="PKU-MMD II: <raw>/skeleton/*.txt, <raw>/label/*.txt, <raw>/cross_{subject,view}_v2.txt")

@@ -163,7 +163,7 @@ def _rotate_persons(p: np.ndarray, rot: np.ndarray) -> np.ndarray:
   products, each point rounded back to float32; empty frames and persons keep their
   values, as the reference skips them."""
   k, c, t, v = p.shape
-  out = np.matmul(rot, p.reshape(k, c, -1).astype(np.float64)).astype(np.float32).reshape(p.shape)
+  out = np.matmul(rot, p.reshape(k, c, t * v).astype(np.float64)).astype(np.float32).reshape(p.shape)
   _, frame_sum = _sums(p)
   skip = (frame_sum == 0) | (frame_sum.sum(-1) == 0)[:, None]  # [K, T]
   if skip.any():

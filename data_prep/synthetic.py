@@ -653,6 +653,7 @@ def load(sample: Sample) -> np.ndarray:
 SPEC = DatasetSpec(
     name="synthetic", layout=NTU25, num_classes=NUM_CLASSES, benchmarks=BENCHMARKS,
     list_samples=list_samples, load=load, needs_raw=False, drop_all_zero=False,
+    option_keys=("synthetic_seed", "synthetic_subjects", "synthetic_repetitions"),
     description=(f"generated NTU-25 clips, {NUM_CLASSES} actions x subjects x 3 cameras x "
                  "repetitions, generated (no download; --option synthetic_seed=N, "
                  "synthetic_subjects=N, synthetic_repetitions=N)"))

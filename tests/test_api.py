@@ -245,3 +245,20 @@ def test_load_errors(run, tmp_path):
 def test_feature_errors(encoders, shape, kwargs, match):
   with pytest.raises(ValueError, match=match):
     encoders["joint"].features(np.zeros(shape, np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_coordinates_are_an_error_not_nan_features(encoders, bad):
+  x = np.zeros((3, 3, 10, 25, 2), np.float32)
+  x[2, 1, 4, 7, 0] = bad
+  with pytest.raises(ValueError, match=r"x has 1 non-finite values \(NaN or inf\) in 1 clip\(s\), the first clip 2; "
+                                       r"expected finite coordinates"):
+    encoders["joint"].features(x)
+
+
+def test_an_all_zero_batch_gives_finite_features(encoders):
+  # documented behaviour: absent persons and joints are zeros, so an all-zero clip is a valid
+  # (empty) recording; its feature is finite (the preprocessing leaves it at zero)
+  features = encoders["joint"].features(np.zeros((2, 3, 10, 25, 2), np.float32))
+  assert features.shape[0] == 2 and np.isfinite(features).all()
+

@@ -244,6 +244,39 @@ def test_cli_export_npy_refuses_a_folder_of_another_export(tmp_path, ntu_dir, ca
     assert folder_digest(out) == before
 
 
+def test_cli_build_reports_changed_inputs_unknown_options_and_ignored_files(tmp_path, ntu_dir, capsys):
+  """A rebuild after a raw file is added (or the missing list changes) refuses in one line with
+  the command that rebuilds, leaving the built config as it was; an unknown --option key is an
+  error naming the keys the dataset reads; files in --raw that are not samples are named."""
+  raw = _ntu_raw(tmp_path, ntu_dir)
+  moved = sorted(raw.iterdir())[-1]
+  os.rename(moved, tmp_path / moved.name)  # held back, added later
+  (raw / "README.txt").write_text("not a skeleton file\n")
+  out = tmp_path / "data"
+  args = ["build", "ntu60", "--raw", str(raw), "--out", str(out), "--workers", "1", "--quiet"]
+  assert cli.main([*args, "--missing-list", "none"]) == 0
+  printed = capsys.readouterr().out
+  assert f"note: 1 file(s) in {raw} are not ntu60 samples and are ignored (e.g. README.txt)" in printed, printed
+  record = json.loads((out / "ntu60" / "xsub" / "inputs.json").read_text())
+  assert record["samples"] == len(list(raw.glob("*.skeleton")))
+  before = folder_digest(out / "ntu60")
+  assert cli.main([*args, "--missing-list", "none"]) == 0  # unchanged inputs: already built
+  assert "already built" in capsys.readouterr().out
+
+  os.rename(tmp_path / moved.name, raw / moved.name)  # a raw file added
+  assert cli.main([*args, "--missing-list", "none"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "was built from other inputs (samples: " in err, err
+  assert f"rm -rf {out / 'ntu60' / 'xsub'} and run this build command again" in err, err
+  missing = tmp_path / "missing.txt"
+  missing.write_text(moved.name.replace(".skeleton", "") + "\n")
+  assert cli.main([*args, "--missing-list", str(missing)]) == 0  # the list removes the added file again
+  assert folder_digest(out / "ntu60") == before
+
+  assert cli.main([*args, "--option", "missing_lst=none"]) == 2
+  assert "unknown option(s) missing_lst; this dataset reads: missing_list" in capsys.readouterr().err
+
+
 def test_builder_configs_per_variant():
   assert [c.name for c in load_builder_class("ntu60").BUILDER_CONFIGS] == [
       "xsub", "xview", "xsub_frame50", "xview_frame50"]

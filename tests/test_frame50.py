@@ -108,7 +108,7 @@ def test_export_hiclr_format(tmp_path, ntu_dir, ntu_missing_dir, ntu_loop):
   assert cli.main(["export-npy", "ntu60", "--benchmark", "xsub", "--format", "hiclr", "--raw", str(raw),
                    "--missing-list", str(missing), "--out", str(out), "--workers", "1", "--quiet"]) == 0
   assert sorted(p.name for p in out.iterdir()) == [
-      "train_label.pkl", "train_position.npy", "val_label.pkl", "val_position.npy"]
+      "export.json", "train_label.pkl", "train_position.npy", "val_label.pkl", "val_position.npy"]
   xsub_train = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
   for part, train in (("train", True), ("val", False)):
     data = np.load(out / f"{part}_position.npy")

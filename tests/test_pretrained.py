@@ -147,6 +147,24 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_older_one_read(workdir,
   assert "\n" not in str(err.value)
 
 
+def test_a_checkpoint_with_non_finite_weights_is_refused(workdir, tmp_path):
+  """A newest checkpoint whose encoder holds a NaN (a diverged run saved before the check, or
+  a damaged import) is a one-line error naming the array, not a silent NaN feature; the
+  earlier step still loads."""
+  path, states = workdir
+  shutil.copytree(path, tmp_path / "w")
+  state = jax.tree.map(np.array, states[5])
+  state.params["motion"]["gru"]["weight_hh_l0"][1, 2] = np.nan
+  ckpt = checkpoint.Checkpointer(tmp_path / "w", keep=5)
+  ckpt.save(7, jax.tree.map(jnp.asarray, state), {}, {"step": 7})
+  ckpt.close()
+  with pytest.raises(ConfigError, match=r"checkpoint step 7 holds non-finite encoder weights "
+                                        r"\(params/motion/gru/weight_hh_l0 \(1 of \d+\)\).*--config.init_step") as err:
+    pretrained.load_pretrained(tmp_path / "w")
+  assert "\n" not in str(err.value)
+  assert pretrained.load_pretrained(tmp_path / "w", step=5).step == 5
+
+
 def test_random_init_is_the_pretraining_initial_state(workdir):
   path, _ = workdir
   pre = pretrained.load_pretrained(path, random_init=True)

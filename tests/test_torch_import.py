@@ -193,7 +193,12 @@ def _bad_inputs(tmp_path):
   agcn.update({"encoder_q.fc.weight": torch.zeros(128, 256), "encoder_q.fc.bias": torch.zeros(128),
                "encoder_q.data_bn.weight": torch.zeros(150), "encoder_q.data_bn.running_mean": torch.zeros(150),
                "encoder_q.st_gcn_networks.0.gcn.conv.weight": torch.zeros(64, 3, 1, 1)})
+  nan = dict(sd)
+  nan["encoder_q_bone.encoder.gru.weight_hh_l0"] = sd["encoder_q_bone.encoder.gru.weight_hh_l0"].clone()
+  nan["encoder_q_bone.encoder.gru.weight_hh_l0"][0, 0] = float("nan")
   return [
+      (save(tmp_path / "nan.pth.tar", nan), {}, ["holds non-finite values", "bone/gru/weight_hh_l0 (1 of",
+                                                 "nothing was written"]),
       (not_torch, {}, ["not a readable torch checkpoint"]),
       (truncated, {}, ["not a readable torch checkpoint"]),
       (save(tmp_path / "no_bone.pth.tar", no_bone), {}, ["missing keys", "encoder_k_bone.* (the whole encoder",
