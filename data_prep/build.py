@@ -106,7 +106,8 @@ def _report_ignored_files(spec: datasets.DatasetSpec, raw_dir: Path | None, say:
     return
   used = {os.path.basename(str(s.source)) for s in spec.list_samples(raw_dir, {"missing_list": "none"}
                                                                      if "missing_list" in spec.option_keys else {})}
-  ignored = sorted(e for e in os.listdir(raw_dir) if e not in used and (raw_dir / e).is_file())
+  expected = used | set(datasets.MISSING_LIST_NAMES.values())  # the missing list may sit beside the files
+  ignored = sorted(e for e in os.listdir(raw_dir) if e not in expected and (raw_dir / e).is_file())
   if ignored:
     say(f"note: {len(ignored)} file(s) in {raw_dir} are not {spec.name} samples and are ignored "
         f"(e.g. {', '.join(ignored[:3])})")

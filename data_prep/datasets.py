@@ -97,7 +97,7 @@ class DatasetSpec:
 # ---------------------------------------------------------------------------------------
 # NTU RGB+D 60 / 120
 
-_MISSING_LIST_NAMES = {
+MISSING_LIST_NAMES = {
     "ntu60": "NTU_RGBD_samples_with_missing_skeletons.txt",
     "ntu120": "NTU_RGBD120_samples_with_missing_skeletons.txt",
 }
@@ -111,7 +111,7 @@ def _find_missing_list(dataset: str, raw_dir: Path, option: str | None) -> froze
     if not os.path.isfile(option):
       raise FileNotFoundError(f"--missing-list {option}: no such file")
     return ntu.read_missing_list(option)
-  file_name = _MISSING_LIST_NAMES[dataset]
+  file_name = MISSING_LIST_NAMES[dataset]
   for folder in (raw_dir, raw_dir.parent):
     if (folder / file_name).is_file():
       return ntu.read_missing_list(folder / file_name)

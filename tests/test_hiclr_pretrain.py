@@ -42,11 +42,14 @@ def frame50_data(tmp_path_factory) -> str:
   return str(out)
 
 
-def tiny_config(data_dir: str, **overrides):
-  """36 training clips, batch 12 (3 steps per epoch), ST-GCN h4/d16 with HiCLR's init, mining
-  from epoch 1."""
+def tiny_config(data_dir: str, encoder: str = "stgcn", **overrides):
+  """36 training clips, batch 12 (3 steps per epoch), mining from epoch 1; ST-GCN h4/d16 with
+  HiCLR's init (the release's encoder, what imported checkpoints hold), or ``encoder="gru"``
+  (hidden 8, one layer: the loop's properties do not depend on the encoder, and the GRU
+  compiles several times faster on a CPU)."""
   c = pretrain_hiclr.get_config("synthetic")
-  c.model.name, c.model.init = "stgcn", "normal_0.02"
+  c.model.name, c.model.init = encoder, ("normal_0.02" if encoder == "stgcn" else "default")
+  c.model.hidden_size, c.model.num_layers = 8, 1
   c.data.data_dir = data_dir
   c.batch_size = 12
   c.moco.queue_size = 24
@@ -91,7 +94,7 @@ def test_protocol_configs_expect_the_encoder_their_pretraining_trains(name):
 @pytest.fixture(scope="module")
 def uninterrupted(frame50_data, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("hiclr_a")
-  return workdir, pretrain.train_and_evaluate(tiny_config(frame50_data), workdir)
+  return workdir, pretrain.train_and_evaluate(tiny_config(frame50_data, encoder="gru"), workdir)
 
 
 def test_a_run_logs_the_loss_terms_mining_and_knn(uninterrupted):
@@ -107,12 +110,12 @@ def test_a_run_logs_the_loss_terms_mining_and_knn(uninterrupted):
   evals = [r for r in rows if r["split"] == "eval"]
   assert [r["epoch"] for r in evals] == [0, 1, 2, 3] and all(0 <= r["knn_top1"] <= 1 for r in evals)
   config = pretrained.read_pretrain_config(workdir)
-  assert (config.method, config.model.name, config.data.variant) == ("hiclr", "stgcn", "frame50")
+  assert (config.method, config.model.name, config.data.variant) == ("hiclr", "gru", "frame50")
 
 
 def test_kill_and_resume_across_mining_ends_in_the_same_state(frame50_data, uninterrupted, tmp_path):
   workdir_a, _ = uninterrupted
-  config = tiny_config(frame50_data)
+  config = tiny_config(frame50_data, encoder="gru")
   first = pretrain.train_and_evaluate(config, tmp_path, stop_after_step=2)  # killed in epoch 0
   assert first.step == 2
   second = pretrain.train_and_evaluate(config, tmp_path)  # resumes; mining starts at step 4
@@ -141,9 +144,10 @@ def hiclr_sharded_run(tmp_path_factory):
 
 
 # The worker runs this comparison in float64 (its docstring says why: ReLU units at the
-# rounding boundary). ST-GCN's BatchNorm statistics and weight gradients are sums over 16
-# clips x 2 persons x 50 frames x 25 joints = 40,000 terms per step, ordered differently on 8
-# devices: ~log2(n) u = 2e-15 relative to the terms' magnitude (not to a cancelling result),
+# rounding boundary). The encoder's BatchNorm statistics and weight gradients are sums over
+# the 16 clips x 50 frames of a step (the GRU: per input channel, and through the recurrence),
+# ordered differently on 8 devices: ~log2(n) u = 2e-15 relative to the terms' magnitude (not
+# to a cancelling result),
 # which the SGD steps (lr 0.1, gradients of L2-normalised features up to ~1e2) amplify to
 # ~1e-12. Every leaf is compared relative to its own scale (its largest entry, at least 1):
 # 1e-9 leaves ~1000x; a missing or doubled step, a wrong mask or BN batch would differ by
