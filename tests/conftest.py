@@ -84,13 +84,17 @@ def folder_digest(folder) -> str:
 
 
 def damage_checkpoint(step_dir, kind: str) -> str:
-  """Damages one file of a checkpoint step as a crash or a full disk would; returns its path."""
+  """Truncates one file of a checkpoint step to half, as a crash or a full disk would; returns
+  its path. ``kind``: "metadata" (the state's tree metadata), "array_data" (the state's largest
+  file, array bytes) or a path relative to the step folder (e.g. "data/metadata")."""
   state = os.path.join(step_dir, "state")
-  if kind == "metadata":  # orbax's tree metadata cut in half
+  if kind == "metadata":
     path = os.path.join(state, "_METADATA")
-  else:  # the largest array data file truncated
+  elif kind == "array_data":
     files = [os.path.join(r, f) for r, _, fs in os.walk(state) for f in fs]
     path = max(files, key=os.path.getsize)
+  else:
+    path = os.path.join(step_dir, kind)
   size = os.path.getsize(path)
   with open(path, "r+b") as f:
     f.truncate(size // 2)

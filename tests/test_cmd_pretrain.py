@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -636,21 +637,43 @@ def resume_config_and_reference(tiny_data, tmp_path_factory):
   return config, jax.device_get(cp.train_and_evaluate(config, tmp_path_factory.mktemp("reference")).state)
 
 
-@pytest.mark.parametrize("kind", ["metadata", "array_data"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(resume_config_and_reference, tmp_path, capsys, kind):
-  """Stopped after step 6 (checkpoints 4 and 6), step 6 damaged: the rerun says so in one line
-  naming the folder, resumes from step 4, sets step 6 aside, and ends in the same state as an
-  uninterrupted run (steps 5-6 are recomputed identically)."""
+# Every file kind of an orbax step folder (orbax 0.12): the state's tree metadata, its largest
+# array data file, the OCDBT manifest, the sharding and array-metadata records, the data
+# iterator's and the meta item's JSON, and the step's own _CHECKPOINT_METADATA (which restoring
+# does not need: damaged, it changes nothing).
+DAMAGE_KINDS = ["metadata", "array_data", "state/manifest.ocdbt", "state/_sharding", "state/array_metadatas/process_0",
+                "data/metadata", "meta/metadata", "_CHECKPOINT_METADATA"]
+
+
+@pytest.fixture(scope="module")
+def stopped_at_step_6(resume_config_and_reference, tmp_path_factory):
+  """A workdir of the run stopped after step 6 (checkpoints 4 and 6), copied by each test."""
+  workdir = tmp_path_factory.mktemp("stopped")
+  cp.train_and_evaluate(resume_config_and_reference[0], workdir, stop_after_step=6)
+  return workdir
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(resume_config_and_reference, stopped_at_step_6,
+                                                                  tmp_path, capsys, kind):
+  """Stopped after step 6 (checkpoints 4 and 6), one file of step 6 damaged: the rerun says so
+  in one line naming the folder, resumes from step 4, sets step 6 aside, and ends in the same
+  state as an uninterrupted run (steps 5-6 are recomputed identically); a damaged file that
+  restoring does not read changes nothing."""
   config, reference = resume_config_and_reference
-  cp.train_and_evaluate(config, tmp_path, stop_after_step=6)
+  tmp_path = tmp_path / "w"
+  shutil.copytree(stopped_at_step_6, tmp_path)
   ckpt_dir = tmp_path / "checkpoints"
   assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [4, 6]
   damage_checkpoint(ckpt_dir / "6", kind)
   capsys.readouterr()
   final = jax.device_get(cp.train_and_evaluate(config, tmp_path).state)
   out = capsys.readouterr().out
-  assert f"checkpoint {ckpt_dir / '6'} is unreadable (" in out and f"resuming from {ckpt_dir / '4'}" in out, out
-  assert (tmp_path / "checkpoints_unreadable" / "6").is_dir()
+  if kind == "_CHECKPOINT_METADATA":
+    assert "unreadable" not in out and not (tmp_path / "checkpoints_unreadable").exists(), out
+  else:
+    assert f"checkpoint {ckpt_dir / '6'} is unreadable (" in out and f"resuming from {ckpt_dir / '4'}" in out, out
+    assert (tmp_path / "checkpoints_unreadable" / "6").is_dir()
   for path, a, b in zip(leaf_paths(reference), jax.tree.leaves(reference), jax.tree.leaves(final)):
     np.testing.assert_array_equal(a, b, err_msg=path)
 
