@@ -31,6 +31,13 @@ def _first_line(err: BaseException) -> str:
   return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+  """The step numbers under ``<workdir>/checkpoints`` (sorted), listed without opening or
+  creating anything; [] when there is no such folder."""
+  ckpt_dir = os.path.join(os.fspath(workdir), "checkpoints")
+  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+
+
 def stored_state_tree(step_dir: str) -> Any:
   """The shapes and dtypes of the ``state`` item saved in ``<checkpoints>/<step>`` (orbax's
   metadata; reads no array). Raises whatever orbax raises on a missing or damaged file."""
@@ -84,21 +91,24 @@ class Checkpointer:
     if not steps:
       return None
     unreadable = []
+
+    def skip(step: int, step_dir: str, err: BaseException) -> None:
+      unreadable.append((step, _first_line(err)))
+      log(f"checkpoint {step_dir} is unreadable ({unreadable[-1][1]}); trying the next older one")
+
     for step in steps:
       step_dir = os.path.join(self.directory, str(step))
       try:
         stored = stored_state_tree(step_dir)
       except Exception as err:  # pylint: disable=broad-except
-        unreadable.append((step, _first_line(err)))
-        log(f"checkpoint {step_dir} is unreadable ({unreadable[-1][1]}); trying the next older one")
+        skip(step, step_dir, err)
         continue
       if check is not None:
-        check(stored, step_dir)
+        check(stored, step_dir)  # a readable checkpoint of another configuration: refused, no fallback
       try:
         state, data_state, meta = self.restore(step, like_state, mesh)
       except Exception as err:  # pylint: disable=broad-except
-        unreadable.append((step, _first_line(err)))
-        log(f"checkpoint {step_dir} is unreadable ({unreadable[-1][1]}); trying the next older one")
+        skip(step, step_dir, err)
         continue
       if unreadable and set_aside:
         self._set_aside([s for s, _ in unreadable])

@@ -268,7 +268,7 @@ def load_pretrained(workdir: str | os.PathLike, step: int | None = None, *, rand
     restored_step = 0
   else:
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) if os.path.isdir(ckpt_dir) else []
+    steps = checkpoint.saved_steps(workdir)
     if not steps:
       raise FileNotFoundError(f"{workdir} has no checkpoint (expected checkpoints/<step>/state); has its "
                               "pretraining run saved one yet?")

@@ -35,9 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if hiclr:
     c.pretrain = pretrain_hiclr.get_config(dataset)
     c.pretrain_streams = "joint,motion,bone"   # HiCLR pretrains one stream per run
-    c.linear = linear_hiclr.get_config(dataset)
-    with c.linear.unlocked():
-      c.linear.expected_encoder = c.pretrain.model.name  # the CPU-sized configs' encoder
+    c.linear = linear_hiclr.get_config(dataset)        # expects the encoder c.pretrain trains
   else:
     c.pretrain = pretrain_cmd.get_config(dataset)
     c.pretrain_streams = ""                    # CMD pretrains the three streams in one run

@@ -54,7 +54,9 @@ def split_name(name: str, config_file: str) -> tuple[str, bool, str, str]:
 
 
 def encoder_name(name: str, config_file: str) -> str:
-  """The encoder ``get_config(name)`` pretrains (the downstream configs expect it in ``init_from``)."""
+  """The encoder ``get_config(name)`` pretrains, the one rule for it (the downstream configs
+  expect it in ``init_from``): DSTA-Net for ``<name>_dsta``, CMD's GRU for the CPU-sized
+  names (ST-GCN is too slow there), ST-GCN otherwise."""
   base, dsta, _, _ = split_name(name, config_file)
   return "dsta" if dsta else ("gru" if base in CPU_SIZED else "stgcn")
 
@@ -74,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stream = "joint"                  # joint | motion | bone: one stream per run
 
   c.model = models.default_config()
-  c.model.name = "dsta" if dsta else "stgcn"
+  c.model.name = encoder_name(name, "configs/pretrain_hiclr.py")  # CPU-sized: CMD's GRU (below)
   c.model.embed_dim = 128             # feature_dim
   c.model.mlp = True
   c.model.init = "normal_0.02"        # the processor's weights_init on the whole model
@@ -131,8 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Measured on the synthetic set (README, "Pretraining HiCLR"): with the release's settings
     # a CPU-sized run collapses (InfoNCE stays at ln(queue + 1), kNN falls below random
     # init), as the original PyTorch code does on the same data; these deviations make it learn.
-    if not dsta:                      # ST-GCN's XLA:CPU step is 7 s at batch 32 (h16): too slow for minutes
-      c.model.name = "gru"
+    if c.model.name == "gru":         # ST-GCN's XLA:CPU step is 7 s at batch 32 (h16): too slow for minutes
       c.model.hidden_size = 64
       c.model.num_layers = 2
     c.model.init = "default"          # HiCLR's N(0, 0.02) re-initialisation collapses at this scale
@@ -146,7 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = 40 if base == "synthetic" else 100
     c.optimizer.milestones = (30,) if base == "synthetic" else (80,)
     c.hiclr.mining_epoch = c.num_epochs // 2
-    c.deviations = (() if dsta else (
+    c.deviations = (() if c.model.name != "gru" else (
         "CPU-sized encoder: CMD's GRU (hidden 64, 2 layers) instead of ST-GCN, whose step is too slow on a CPU",)) + (
         "PyTorch's default initialisation instead of HiCLR's N(0, 0.02) weights_init (which collapses at this scale)",
         "key-encoder momentum 0.99 (reference 0.999) for the short schedule",

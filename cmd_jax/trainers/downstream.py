@@ -84,7 +84,7 @@ import numpy as np
 import optax
 import tqdm
 
-from cmd_jax import augment, data, input_pipeline, metrics as metrics_lib, modalities, optim
+from cmd_jax import augment, checkpoint, data, input_pipeline, metrics as metrics_lib, modalities, optim
 from cmd_jax import pretrained as pretrained_lib, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
@@ -1027,15 +1027,14 @@ def run_inputs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   text = json.dumps(config.to_dict(), sort_keys=True, default=str)
   steps = {}
   for path in [p.strip() for p in str(config.get("init_from", "")).split(",") if p.strip()]:
-    ckpt_dir = os.path.join(path, "checkpoints")
-    found = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-    steps[os.path.abspath(path)] = max(found) if found else None
+    found = checkpoint.saved_steps(path)
+    steps[os.path.abspath(path)] = found[-1] if found else None
   return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(), "init_from_steps": steps}
 
 
-def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+def finished_results(workdir: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
   """The stored results when ``<workdir>/results.json`` was written by a complete run with the
-  same config and the same pretraining checkpoints; None otherwise (the protocol reruns)."""
+  same ``run_inputs`` (config and pretraining checkpoints); None otherwise (the protocol reruns)."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return None
@@ -1044,7 +1043,7 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       stored = json.load(f)
   except (OSError, ValueError):
     return None  # damaged: rerun
-  return stored if stored.get("inputs") == run_inputs(config) else None
+  return stored if stored.get("inputs") == inputs else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -1053,13 +1052,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   the same config and pretraining checkpoints is not recomputed: its results are returned."""
   workdir = os.fspath(workdir)
   protocol = str(config.trainer)
-  done = finished_results(config, workdir)
+  inputs = run_inputs(config)
+  done = finished_results(workdir, inputs)
   if done is not None:
     if _is_writer():
       print(f"{workdir}: already done with this config and pretraining (results.json); skipped. Delete "
             "results.json to recompute it")
     return done
-  inputs = run_inputs(config)
   if protocol == "linear":
     results = run_linear(config, workdir)
   elif protocol == "knn":

@@ -176,8 +176,8 @@ def check_same_run(config, workdir: str) -> None:
   """Refuses (``ConfigError``, one line) to resume a workdir whose ``config.json`` names
   another method, dataset, benchmark, data variant, stream(s) or encoder; nothing is written.
   (Differing shapes, e.g. another hidden size, are refused by the checkpoint's own check.)"""
-  path, ckpt_dir = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
-  if not os.path.exists(path) or not (os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not checkpoint.saved_steps(workdir):
     return  # nothing to resume: a new run (config.json alone is rewritten)
   with open(path, encoding="utf-8") as f:
     there = json.load(f)
