@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -462,10 +463,26 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], int | None
   return strip_module_prefix(state_dict), epoch
 
 
+def _check_new_workdir(workdir: str) -> None:
+  """Refuses an existing ``workdir`` that is not an empty folder; one that holds a finished
+  import (the folder appears only complete, by the final rename, so a rerun of an import
+  killed after that rename finds it) is named as such."""
+  if not os.path.exists(workdir) or (os.path.isdir(workdir) and not os.listdir(workdir)):
+    return
+  try:
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+      source = json.load(f)["torch_import"]["source"]
+  except (OSError, ValueError, KeyError, TypeError):
+    source = None
+  if source is not None and checkpoint.saved_steps(workdir):
+    raise TorchImportError(f"{workdir} already holds a complete import (of {source}); nothing was written. Use it as "
+                           f"it is (--config.init_from={workdir}), or remove it to import again")
+  raise TorchImportError(f"{workdir} already exists and is not empty; expected a new workdir")
+
+
 def _write_atomically(workdir: str, write) -> None:
   """Runs ``write(tmp_dir)`` in a temporary sibling folder, then renames it to ``workdir``."""
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    raise TorchImportError(f"{workdir} already exists and is not empty; expected a new workdir")
+  _check_new_workdir(workdir)
   parent = os.path.dirname(workdir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.importing-", dir=parent)
@@ -494,8 +511,7 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
 
   path = os.path.abspath(os.fspath(path))
   workdir = os.path.abspath(os.fspath(workdir))
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    raise TorchImportError(f"{workdir} already exists and is not empty; expected a new workdir")
+  _check_new_workdir(workdir)
   if method not in (None, "cmd", "hiclr"):
     raise TorchImportError(f"method {method!r}; expected 'cmd' or 'hiclr' (or none: detected from the keys)")
   state_dict, stored_epoch = read_checkpoint(path)

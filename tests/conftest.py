@@ -1,4 +1,19 @@
-"""Shared test fixtures: the real recordings in ../shared/data (skipped when absent)."""
+"""Shared test fixtures: the real recordings in ../shared/data (skipped when absent).
+
+Numerical tolerances, the convention of the suite: each float comparison says next to its
+bound (or at the module constant it uses) why the bound holds. Results that must be
+bit-identical (copies, integer paths, the same float operations in the same order) are
+compared exactly; float64 comparisons use bounds far above float64 rounding (~1e-10 of the
+values or tighter). Float32 results, whose summation order depends on the CPU (AVX2 or
+AVX-512 kernels), the thread count and the library (XLA, PyTorch, BLAS), are compared within
+a bound relative to the size of the compared quantity (an rtol, or an atol scaled by the
+largest |value|; a plain atol only where the values are O(1) by construction) and derived
+from float32 rounding: unit roundoff u = 2^-24 = 6e-8 times the growth of the computation
+(n terms of a sum at worst, sqrt(n) typically, times its depth), usually 10x or more above the
+measured error and far below what a wrong formula changes, never tuned to the error one
+machine shows. Statistical checks use seeded draws (jax.random is counter-based: the same
+numbers on every CPU) and bounds of 4-6 standard errors of their sample size.
+"""
 
 from __future__ import annotations
 

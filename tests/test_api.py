@@ -41,6 +41,9 @@ TINY = {"model.hidden_size": 8, "model.num_layers": 1, "model.embed_dim": 8, "ba
         "moco.queue_size": 32, "cmd.topk": 8, "augment.frames": 8, "augment.min_length": 8, "num_epochs": 1,
         "evaluator.name": ""}
 FRAMES, FEATURE_DIM = 8, 16
+# The features are GRU states in (-1, 1). Two computations of them (other batch sizes, padding,
+# devices or compiled programs) sum in other orders: T = 8 steps of <= 158-term float32 sums,
+# a few u (6e-8) of that O(1) scale each (measured <= 6.5 u). rtol = atol = 1e-5 is ~170 u.
 
 
 def tiny_config(data_dir: str):
@@ -148,9 +151,9 @@ def test_crop_none_is_the_encoder_on_the_clip(run, encoders, modality):
     return np.asarray(model.apply(run_variables(state, modality), flat, train=False, features_only=True))
 
   enc = encoders[modality]
-  np.testing.assert_allclose(enc.features(x, crop=None, preprocess=False), direct(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(enc.features(x, crop=None, preprocess=False), direct(x), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(enc.features(x, crop=None), direct(preprocess.pre_normalization(x, layout)),
-                             rtol=1e-5, atol=1e-6)
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_result_does_not_depend_on_the_batch_size(val_split, encoders):

@@ -22,6 +22,14 @@ from cmd_jax.models.gru import GRUEncoder as Encoder
 from cmd_jax.models import gru as encoder_lib
 
 N, T, F, H, L = 3, 6, 10, 8, 3
+# Tolerances (float32 JAX against the float64 numpy or torch reference, u = 2^-24 = 6e-8).
+# ATOL is absolute because every compared output here is O(1) by construction: GRU states lie
+# in (-1, 1) and the heads' outputs are below 1 (measured scale 0.5-0.9). Each is a chain of
+# T x L = 18 cell steps whose gate sums have <= 2H + H = 24 (head: 2H = 16) terms, rounded in
+# any order (AVX2 / AVX-512 kernels, threads): ~sqrt(24) u per sum, the gates contracting.
+# Measured <= 1.6e-7 (3 u); 2e-5 is ~300 u of the scale. BatchNorm running statistics
+# (rtol and atol 1e-6, values up to ~3) are 0.9 old + 0.1 of two-pass means over N x T = 18
+# rows: <= 18 u of the rows' size times 0.1, below the bound in any order (measured 1 u).
 ATOL = 2e-5
 
 
@@ -268,7 +276,7 @@ def test_grad_through_time():
 
   value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
   out, _ = _apply(REF_MLP, variables, x, train=True)
-  np.testing.assert_allclose(value, np.sum(out.astype(np.float64) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(value, np.sum(out.astype(np.float64) ** 2), rtol=1e-5)  # a sum of 15 squares
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   # Every parameter of both cells of every layer gets gradient (full BPTT).
   assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["gru"]))
@@ -361,6 +369,8 @@ def test_speed_options_keep_the_function():
     (_, (out, upd)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     results[(projection, unroll)] = (out, upd, grads)
   base = results[("hoisted", 1)]
+  # The same float32 sums, split and ordered differently: a few u of values up to ~3, and of the
+  # gradients' scale for entries near 0 (measured identical here); 1e-5 is ~170 u.
   for key, other in results.items():
     for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(base)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=str(key))
@@ -476,13 +486,18 @@ def test_spec_bounds_at_full_shapes():
     w = np.asarray(w)
     assert w.shape == shape
     exact = math.sqrt(6 / sum(shape))
-    assert abs(exact - bound) < 5e-5
+    assert abs(exact - bound) < 5e-5  # the spec's numbers have 3 significant digits
+    # Seeded draws (the same on every CPU) of >= 3.9e5 values: the std's relative standard
+    # error is sqrt(0.8 / n) / 2 < 7e-4, so 2% is > 25 standard errors.
     assert np.abs(w).max() <= exact
     assert np.abs(w).max() > 0.99 * exact  # the whole range is used
     np.testing.assert_allclose(w.std(), exact / math.sqrt(3), rtol=0.02)
 
 
 def _check_uniform(a, bound, what):
+  """Draws of U(-bound, bound) (seeded): inside the bound; with >= 90 draws, the largest above
+  0.9 bound (missed with probability 0.9^90 < 1e-4) and the mean within 4 standard errors
+  (bound / sqrt(3 n) <= bound / 16)."""
   a = np.asarray(a, np.float64)
   assert np.abs(a).max() <= bound * (1 + 1e-6), what
   if a.size >= 90:  # enough draws to see the range and the centre
@@ -512,8 +527,8 @@ def test_init_distributions(mlp, fc_init):
     _check_uniform(last["weight"], math.sqrt(6 / (out + 2 * hidden)), "fc weight (xavier)")
     _check_uniform(last["bias"], 1 / math.sqrt(2 * hidden), "fc bias (torch default)")
   else:
-    w = last["weight"].astype(np.float64)
-    assert abs(w.std() - 0.01) < 0.001 and abs(w.mean()) < 0.001
+    w = last["weight"].astype(np.float64)  # N(0, 0.01) draws: 5 standard errors for their number
+    assert abs(w.std() - 0.01) < 5 * 0.01 / math.sqrt(2 * w.size) and abs(w.mean()) < 5 * 0.01 / math.sqrt(w.size)
     np.testing.assert_array_equal(last["bias"], np.zeros(out))
   if mlp:  # the MLP's hidden Linear keeps PyTorch's default init
     _check_uniform(p["fc_0"]["weight"], 1 / math.sqrt(2 * hidden), "fc_0 weight")

@@ -37,6 +37,13 @@ from tests.test_ntu import Skeleton
 # headroom for platforms whose libm or BLAS rounds a float32 arccos/cos or a float64
 # product differently (an ulp of the angle moves a point ~1e-7 m).
 ATOL = 1e-5
+# The float32 angle chain against its float64 formulas (``_expected_rotation``): the ratio
+# v_x / (|v| + 1e-4) carries <= ~5 float32 roundings (u = 6e-8), which arccos amplifies by
+# 1 / sin(angle), and the angles here go down to 1.3 degrees (shoulders along x: the 1e-4);
+# arccos, cos and sin add a few ulps (their SIMD and libm builds differ in the last one). A
+# point of size <= 2.4 then moves by <= 2.4 x (5 u / 0.022 + 8 u) = 3.3e-5 (measured 1.1e-6).
+# Still far below what leaving out the 1e-4 changes (>= 7e-4 here), a sign or a wrong vector.
+ROT_ATOL = 4e-5
 
 
 # ----------------------------------------------------------------------------------------
@@ -278,7 +285,7 @@ def test_rotation_aligns_each_persons_shoulders_with_x():
   # (arccos(cos(30) * 0.4 / 0.4001) is 0.025 degrees more than 30).
   sample = _shoulders([[30] * 50, [-60] * 50])
   got = frame50_normalization(sample[None], NTU25)[0]
-  np.testing.assert_allclose(got, _expected_rotation(sample), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(got, _expected_rotation(sample), rtol=0, atol=ROT_ATOL)
   v = got[:, :, 8] - got[:, :, 4]  # [3, 50, M]
   np.testing.assert_allclose(v[0], 0.4, rtol=0, atol=1e-6)
   assert np.abs(v[1]).max() == 0 and np.abs(v[2]).max() < 3e-4
@@ -295,7 +302,7 @@ def test_rotation_sign_is_global():
   angles = [10] * 49 + [-30]
   sample = _shoulders([angles, [0] * 50])
   got = frame50_normalization(sample[None], NTU25)[0]
-  np.testing.assert_allclose(got, _expected_rotation(sample), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(got, _expected_rotation(sample), rtol=0, atol=ROT_ATOL)
   v = got[:, 49, 8, 0] - got[:, 49, 4, 0]
   assert abs(math.degrees(math.atan2(v[2], v[0])) + 60) < 0.1
   v = got[:, 0, 8, 0] - got[:, 0, 4, 0]
@@ -312,7 +319,7 @@ def test_centring_is_per_person_and_unmasked():
   sample[:, 10, 7, 0] = 0  # a dropped joint: not masked, it becomes minus the root
   sample[:, 5:9, :, 1] = 0  # person 1 absent in 4 frames: they stay zero
   got = frame50_normalization(sample[None], NTU25)[0]
-  np.testing.assert_allclose(got, _expected_rotation(sample), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(got, _expected_rotation(sample), rtol=0, atol=ROT_ATOL)
   assert np.all(got[:, 5:9, :, 1] == 0)
   assert np.all(got[:, :, 20] == 0)  # each person's own root is its origin
   assert np.abs(got[:, 10, 7, 0]).min() > 0.01  # the dropped joint is now minus the root
@@ -355,7 +362,7 @@ def test_length_one_repeats_the_frame():
   np.testing.assert_allclose(got, spec.frame50(sample), rtol=0, atol=ATOL)
   # Every output frame is that frame (p * (1 - w) + p * w rounds to p or a neighbour).
   np.testing.assert_allclose(got, np.repeat(got[:, :1], 50, axis=1), rtol=0, atol=1e-6)
-  np.testing.assert_allclose(got[:, :1], _expected_rotation(sample[:, :1]), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(got[:, :1], _expected_rotation(sample[:, :1]), rtol=0, atol=ROT_ATOL)
 
 
 def test_length_zero_is_an_error(tmp_path):

@@ -20,6 +20,11 @@ from cmd_jax.methods.hiclr import views
 from tests import hiclr_feeder_reference as ref
 
 T, V, M = 50, 25, 2
+# Tolerances (float32 views against the float64 per-sample feeder, u = 2^-24 = 6e-8): each
+# value is a short chain of 3-term point maps (shear, rotation) and a 15-tap blur of clips
+# ~N(0, 1), within tens of u of the terms' size in any summation order; rtol = atol = 1e-5
+# (1e-4 for the whole strong chain and SkeleAdaIN's statistics) is >= 10x the measured error
+# and far below what a wrong coefficient, order or axis changes.
 
 
 def _clips(batch: int, seed: int = 0, t: int = T, v: int = V, m: int = M) -> np.ndarray:
@@ -145,7 +150,10 @@ def test_gauss_noise_adds_where_on():
 def test_blur_kernel_is_unnormalised():
   k = np.asarray(views.blur_kernel(jnp.asarray([0.1, 1.0, 2.0])))
   for row, sigma in zip(k, [0.1, 1.0, 2.0]):
-    np.testing.assert_allclose(row, ref.blur_kernel(sigma), rtol=1e-5, atol=1e-30)
+    # exp(-t^2 / (2 sigma^2)) in float32: the exponent x carries ~3 roundings, so the value
+    # ~(3 |x| + 2) u relative; |x| <= 50 where it does not underflow (sigma 0.1, t 1; t 2 gives
+    # exp(-200), 0 in float32: atol). 8 u x 50 (measured 1.3 u x 50).
+    np.testing.assert_allclose(row, ref.blur_kernel(sigma), rtol=8 * 50 * 2.0 ** -24, atol=1e-30)
     assert row[7] == 1.0
   assert k[2].sum() > 4.9  # sqrt(2 pi) * 2 ~= 5.01: not normalised
 

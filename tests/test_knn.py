@@ -74,4 +74,6 @@ def test_extract_features_in_order_and_equal_to_direct_encoder():
   clip = augment.downstream_test_view(jnp.asarray(source.x), jnp.asarray(source.frames), ratio=0.95, out_len=8)
   x = modalities.flatten(modalities.bone(clip, NTU25))
   direct = model.apply(variables, x, train=False, features_only=True)
-  np.testing.assert_allclose(feats, np.asarray(direct), rtol=1e-5, atol=1e-6)
+  # O(1) GRU features from two compiled programs (padded batches of 8 vs one call): summation
+  # order differs, a few u (6e-8) of that scale; 1e-5 is ~170 u (measured 4.6 u).
+  np.testing.assert_allclose(feats, np.asarray(direct), rtol=1e-5, atol=1e-5)

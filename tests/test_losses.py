@@ -20,6 +20,17 @@ from cmd_jax.methods.cmd import losses as cmd_losses
 
 MODALITIES = ("joint", "motion", "bone")
 
+# Tolerances: the JAX side is float32 (unit roundoff u = 2^-24 = 6e-8), the numpy side
+# float64, so every bound is float32 rounding of the compared quantity, in any summation order
+# (AVX2 / AVX-512 kernels, thread counts). A similarity of two unit D-vectors (D <= 16) carries
+# <= D u = 1e-6 absolute; a loss or KL term is a log-sum-exp of logits of size <= 1/tau, so it
+# carries a few u of 1/tau plus, where the similarities are computed, up to 1e-6 / tau. InfoNCE
+# losses (tau 0.07, values 1-50) are compared with rtol 1e-5 (~170 u of the value); KL terms
+# whose teacher logits reach 1/0.05 = 20 with rtol 2e-4 (5e-4 where the float32 similarities
+# of the step feed them, vs the float64 ones), ~10x the 1e-6 / 0.05 = 2e-5 that a logit can
+# carry; measured errors are <= 1e-6 relative. Each is far below the change a wrong formula,
+# index or temperature makes (>= 1e-3).
+
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy versions.
@@ -92,14 +103,16 @@ def test_info_nce_hand_worked_case():
   queue = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
   loss, metrics = losses.info_nce(q, q, queue, temperature=1.0)
   # logits [1, 0, -1]: -log(e / (e + 1 + 1/e)) = log(1 + e^-1 + e^-2)
-  assert float(loss) == pytest.approx(math.log(1 + math.exp(-1) + math.exp(-2)), rel=1e-6)
+  # Absolute bounds: the loss is log-sum-exp minus the positive logit, a few float32 roundings
+  # of the logits' size (<= 2 here, 1.2e-7 each), whatever the loss's own size (0.14 below).
+  assert float(loss) == pytest.approx(math.log(1 + math.exp(-1) + math.exp(-2)), rel=1e-6, abs=1e-6)
   assert float(metrics["acc1"]) == 1.0 and float(metrics["acc5"]) == 1.0
   loss, _ = losses.info_nce(q, q, queue, temperature=0.5)  # logits [2, 0, -2]
-  assert float(loss) == pytest.approx(math.log(1 + math.exp(-2) + math.exp(-4)), rel=1e-6)
+  assert float(loss) == pytest.approx(math.log(1 + math.exp(-2) + math.exp(-4)), rel=1e-6, abs=1e-6)
   # A key orthogonal to q and a negative equal to q: positive logit 0 loses to 1/T.
   loss, metrics = losses.info_nce(q, jnp.array([[0.0, 1.0]]), jnp.array([[1.0, 0.0], [0.0, 1.0]]),
                                   temperature=1.0)
-  assert float(loss) == pytest.approx(math.log(1 + math.e + 1) - 0.0, rel=1e-6)
+  assert float(loss) == pytest.approx(math.log(1 + math.e + 1) - 0.0, rel=1e-6, abs=1e-6)
   assert float(metrics["acc1"]) == 0.0 and float(metrics["acc5"]) == 1.0
 
 
@@ -126,13 +139,14 @@ def test_similarities_are_q_times_queue_transpose():
   q, queue = random_unit(rng, (5, 8)), random_unit(rng, (11, 8))
   sims = losses.similarities(q, queue)
   assert sims.shape == (5, 11)
-  np.testing.assert_allclose(sims, q.astype(np.float64) @ queue.T, atol=1e-6)
+  np.testing.assert_allclose(sims, q.astype(np.float64) @ queue.T, atol=1e-6)  # 8-term unit dots: <= 8 u
   # bf16 inputs are computed in float32.
   assert losses.similarities(jnp.asarray(q, jnp.bfloat16), queue).dtype == jnp.float32
 
 
 def test_l2_normalize_matches_torch_semantics():
   x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+  # Exact arithmetic: the norm is 5, and 3/5, 4/5 are correctly rounded (default rtol 1e-7).
   np.testing.assert_allclose(losses.l2_normalize(jnp.asarray(x)), [[0.6, 0.8], [0.0, 0.0]])
 
 
@@ -154,10 +168,11 @@ def test_cmd_distillation_hand_worked_case():
   j2m = kl2(0.9, 0.5, 0.2, 0.4)
   # motion teacher keeps columns {1, 2} (values 0.3, 0.2); joint student there: 0.8, 0.1.
   m2j = kl2(0.3, 0.2, 0.8, 0.1)
-  assert float(metrics["kl_joint_to_motion"]) == pytest.approx(j2m, rel=1e-5)
-  assert float(metrics["kl_motion_to_joint"]) == pytest.approx(m2j, rel=1e-5)
-  assert float(loss) == pytest.approx(j2m + m2j, rel=1e-5)
-  assert float(metrics["distillation"]) == pytest.approx(j2m + m2j, rel=1e-5)
+  # KLs of ~0.05 from log-probabilities of size ~1: a few float32 roundings of 1 (abs 1e-6).
+  assert float(metrics["kl_joint_to_motion"]) == pytest.approx(j2m, rel=1e-5, abs=1e-6)
+  assert float(metrics["kl_motion_to_joint"]) == pytest.approx(m2j, rel=1e-5, abs=1e-6)
+  assert float(loss) == pytest.approx(j2m + m2j, rel=1e-5, abs=1e-6)
+  assert float(metrics["distillation"]) == pytest.approx(j2m + m2j, rel=1e-5, abs=1e-6)
   assert set(metrics) == {"kl_joint_to_motion", "kl_motion_to_joint", "distillation"}
 
 
@@ -227,6 +242,8 @@ def test_cmd_distillation_is_zero_when_student_matches_teacher():
   sims = np.tanh(rng.standard_normal((5, 30))).astype(np.float32)
   same = {m: sims for m in MODALITIES}
   loss, metrics = cmd_losses.cmd_distillation(same, same, 10, 0.1, 0.1)
+  # Both sides are the same float32 logits (2 * s / 0.1 == s / 0.05 exactly): 0.0 here; the
+  # bounds only allow a KL of a few u of the logits' size (10, 20) per term.
   assert abs(float(loss)) < 1e-6
   # tau_t = 0.05, tau_s = 0.1: a student with twice the teacher's similarities matches it.
   loss, _ = cmd_losses.cmd_distillation(same, {m: 2 * sims for m in MODALITIES}, 10, 0.05, 0.1)
@@ -398,7 +415,7 @@ def test_student_gradient_matches_the_analytic_kl_gradient():
   s = np.take_along_axis(np.asarray(student["motion"], np.float64), idx, 1)
   want = np.zeros((N, K))
   np.put_along_axis(want, idx, (np_softmax(s / TAU_S) - p) / (TAU_S * N), axis=1)
-  np.testing.assert_allclose(g["motion"], want, atol=1e-5)
+  np.testing.assert_allclose(g["motion"], want, atol=1e-5)  # entries <= 1/(tau_s N) = 2.5: 1e-5 is ~70 u of it
   np.testing.assert_array_equal(g["joint"], 0.0)
   np.testing.assert_array_equal(g["bone"], 0.0)
 
@@ -419,4 +436,6 @@ def test_query_gradient_matches_finite_differences():
       minus[m][i, j] -= eps
       fd[i, j] = (_np_loss(plus, w_k, queues, x, x_key)
                   - _np_loss(minus, w_k, queues, x, x_key)) / (2 * eps)
+    # float32 backward vs a float64 central difference (truncation ~eps^2): loose on purpose, a
+    # wrong gradient (a missing stop-gradient or term) is off by O(1) of its size.
     np.testing.assert_allclose(grads[m], fd, rtol=2e-3, atol=2e-4)

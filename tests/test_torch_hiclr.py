@@ -221,4 +221,5 @@ def test_cli_imports_and_exports(stgcn_import, tmp_path, capsys):
   assert torch_import.main(["--export", str(tmp_path / "w"), str(tmp_path / "back.pt")]) == 0
   assert_state_dicts_identical(torch.load(tmp_path / "back.pt", weights_only=True), model.state_dict())
   assert torch_import.main([path, "--workdir", str(tmp_path / "w")]) == 1  # not empty: refused
-  assert "already exists" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "already holds a complete import" in err and "--config.init_from=" in err

@@ -28,6 +28,8 @@ from tests import torch_reference as ref  # noqa: E402
 from tests.test_augment import frame_ramp, np_col_map, np_resize, np_row_map, random_clip  # noqa: E402
 
 T, V, M, OUT, K = 300, 25, 2, 64, 15
+# Tolerances: as in tests/test_augment.py (float32 interpolation and 3x3 point maps within a few
+# u of their inputs' size, in any order); the ramp read-backs (atol 1e-3) check formulas only.
 
 
 # ----------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ Files written in the workdir (process 0):
 - ``results.json``: protocol, init_from, pretraining step and dataset, the downstream
   dataset, per stream ``final_top1``, ``best_of_evals_top1``, ``best_epoch`` and the curve
   of evaluations (semi/transfer: per seed, plus mean and std), the fusion entry;
-- ``metrics.jsonl`` (+ TensorBoard): per-epoch train loss/accuracy/lr, every evaluation;
+- ``metrics.jsonl`` (+ TensorBoard): per-epoch train loss/accuracy/lr, every evaluation; of the
+  last run only (a recomputation replaces what a killed or other run left);
 - ``predictions_<stream>.npz`` (``labels``, ``predictions``, ``probabilities`` of the test
   split after the last epoch; kNN: probabilities are one-hot of the 1-NN label) and
   ``predictions_<three_stream|fusion>.npz``;
@@ -73,6 +74,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from typing import Any, Callable, Mapping, Sequence
 
 import flax
@@ -732,9 +734,21 @@ def _setup(config, workdir, protocol):
   num_classes = num_classes_of(config, train_source)
   os.makedirs(workdir, exist_ok=True)
   if _is_writer():
+    _remove_stale_logs(workdir)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
   return mesh, streams, pre, train_source, test_source, num_classes
+
+
+def _remove_stale_logs(workdir: str) -> None:
+  """A protocol run starts from scratch (nothing resumes), so the ``metrics.jsonl`` and
+  TensorBoard events of an earlier run in ``workdir`` (killed, or with other inputs) are
+  removed, not appended to; a folder holding checkpoints (a pretraining's) is left alone."""
+  if checkpoint.saved_steps(workdir):
+    return
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+  shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
 
 
 def check_settings_fit(config, pre: pretrained_lib.Pretrained) -> None:
