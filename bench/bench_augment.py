@@ -1,6 +1,8 @@
 """Augmentation throughput: the batched, jitted pretraining views vs the reference's per-sample feeder path.
 
-One sample = one stored clip ``x [3, 300, 25, 2]`` float32 with its ``num_frames`` turned
+For both methods (``--method cmd,hiclr``, default both). Every row carries ``method``.
+
+CMD: one sample = one stored clip ``x [3, 300, 25, 2]`` float32 with its ``num_frames`` turned
 into its two pretraining views ``(view_q, view_k)``, each ``[3, 64, 25, 2]`` float32
 (docs/references.md#cmd-pretraining-views: per view, the random crop of
 ``L = min(max(floor(F * U(0.1, 1)), 64), F)`` frames resized to 64, then with probability
@@ -35,13 +37,27 @@ reference row's) and ``goal_50x`` (the issue's goal: ``jax_batched`` >= 50x
 ``reference_per_sample``). On a GPU the jax rows are the device's figure and the reference
 rows the host CPU's.
 
-Sizes (``--size``): ``full`` = the reference's (batch 64, 64 output frames, 300 stored
+HiCLR: one sample = one stored 50-frame clip ``x [3, 50, 25, 2]`` float32 (random normal
+values, seeded) turned into its four views ``(q, k, q1, q2)`` (``cmd_jax.methods.hiclr.views``:
+crop + shear for ``q`` and ``k``; crop + shear + flip / rotation / noise / blur / axis mask
+for ``q1`` and ``q2``, the release's ``aug_method="12345"``):
+
+* ``jax_batched``: ``hiclr_views`` jitted on a batch, the configured default
+  (``hiclr.noise_rng="threefry"``: JAX's PRNG for the Gaussian noise);
+  ``jax_batched[noise_rng=fast]``: the same with the hash-based noise generator (an option);
+* ``reference_per_sample`` (and ``[workers=N]``): ``tests/hiclr_feeder_reference.feeder_views``
+  per sample, the release's data-loader worker path in numpy (float64, as the release).
+* The joint mask of the third query branch is drawn once per batch by both (in the
+  processor, after the stream conversion) and is not included.
+
+Sizes (``--size``): CMD ``full`` = the reference's (batch 64, 64 output frames, 300 stored
 frames, 25 joints, 2 persons, 15 corrupted joints); ``cpu`` is identical for this benchmark
-(the augmentation is cheap at the full size). ``--batches`` lists the jax batch sizes
-(default: the size's batch and 4x it, i.e. 64,256).
+(the augmentation is cheap at the full size); HiCLR: 50 stored frames, 25 joints, 2
+persons for both sizes (its release's batch is 128). ``--batches`` lists the jax batch sizes
+(default: 64,128, the issue's two batch sizes).
 
   python bench/bench_augment.py --size full
-  python bench/bench_augment.py --size cpu --batches 64,256 --workers 2
+  python bench/bench_augment.py --size cpu --method hiclr --batches 64,128 --workers 2
   python bench/bench_augment.py --batches 64 --steps 5 --ref-samples 64 --workers 2   # smoke run
 """
 
@@ -61,25 +77,31 @@ SIZES = {
     "full": dict(batch=64, frames=64, stored_frames=300, joints=25, persons=2, corrupted_joints=15),
     "cpu": dict(batch=64, frames=64, stored_frames=300, joints=25, persons=2, corrupted_joints=15),
 }
+HICLR_SIZES = dict(batch=128, frames=50, stored_frames=50, joints=25, persons=2, aug_method="12345")
+METHODS = ("cmd", "hiclr")
+JAX_IMPLS = {"cmd": ("jax_batched",), "hiclr": ("jax_batched", "jax_batched[noise_rng=fast]")}
 RATIO_RANGE, MIN_LEN, AMPLITUDE = (0.1, 1.0), 64, 1.0
 GOAL = 50.0
 REFERENCE = "reference_per_sample"
 
 
-def sizes_of(args, batch: int) -> dict:
+def sizes_of(args, batch: int, method: str) -> dict:
+  if method == "hiclr":
+    return dict(HICLR_SIZES, batch=batch)
   s = dict(SIZES[args.size])
   s.update(batch=batch, ratio_range=list(RATIO_RANGE), min_len=MIN_LEN, amplitude=AMPLITUDE)
   return s
 
 
 def make_clips(n: int, seed: int, s: dict):
-  """``n`` stored clips ``[n, 3, T, V, M]`` float32 (zero after num_frames) and num_frames
-  int32 ``[n]`` uniform in [1, T]; the same for every implementation."""
+  """``n`` stored clips ``[n, 3, T, V, M]`` float32 and num_frames int32 ``[n]``; the same for
+  every implementation. CMD: zero after num_frames, num_frames uniform in [1, T]; HiCLR:
+  every frame valid (its clips are resampled to 50 frames)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(seed)
   t = s["stored_frames"]
-  frames = rng.integers(1, t + 1, size=n).astype(np.int32)
+  frames = rng.integers(1, t + 1, size=n).astype(np.int32) if "min_len" in s else np.full(n, t, np.int32)
   clips = rng.standard_normal((n, 3, t, s["joints"], s["persons"]), dtype=np.float32)
   clips *= (np.arange(t)[None, :] < frames[:, None]).astype(np.float32)[:, None, :, None, None]
   return clips, frames
@@ -95,17 +117,23 @@ def _limit_threads() -> None:
 # Workers
 # ----------------------------------------------------------------------------------------
 
-def jax_worker(args, s: dict) -> dict:
+def jax_worker(args, s: dict, method: str, impl: str) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
+  from cmd_jax import layouts  # pylint: disable=import-outside-toplevel
   from cmd_jax.methods.cmd import views as cmd_views  # pylint: disable=import-outside-toplevel
+  from cmd_jax.methods.hiclr import views as hiclr_views  # pylint: disable=import-outside-toplevel
 
   base = jax.random.key(args.seed)
+  noise_rng = "fast" if impl.endswith("[noise_rng=fast]") else "threefry"
 
   @jax.jit
   def views(i, x, f):
-    return cmd_views.pretrain_views(jax.random.fold_in(base, i), x, f, ratio_range=RATIO_RANGE, min_len=MIN_LEN,
+    key = jax.random.fold_in(base, i)
+    if method == "hiclr":
+      return hiclr_views.hiclr_views(key, x, layout=layouts.NTU25, aug_method=s["aug_method"], noise_rng=noise_rng)
+    return cmd_views.pretrain_views(key, x, f, ratio_range=RATIO_RANGE, min_len=MIN_LEN,
                                     out_len=s["frames"], num_corrupted=s["corrupted_joints"],
                                     shear_amplitude=AMPLITUDE, corruption_amplitude=AMPLITUDE)
 
@@ -115,7 +143,7 @@ def jax_worker(args, s: dict) -> dict:
   out = jax.block_until_ready(views(np.int32(0), x, f))
   compile_s = time.perf_counter() - start
   expected = (s["batch"], 3, s["frames"], s["joints"], s["persons"])
-  assert out[0].shape == out[1].shape == expected and out[0].dtype == np.float32, (out[0].shape, expected)
+  assert all(o.shape == expected and o.dtype == np.float32 for o in out), (out[0].shape, expected)
   counter = {"i": 0}
 
   def step():
@@ -127,7 +155,7 @@ def jax_worker(args, s: dict) -> dict:
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   gpu_peak = stats and "peak_bytes_in_use" in stats
-  return {"name": "augment", "impl": "jax_batched", "samples_per_s": round(s["batch"] / mean, 1),
+  return {"name": "augment", "method": method, "impl": impl, "samples_per_s": round(s["batch"] / mean, 1),
           "ms_per_batch": round(1e3 * mean, 3), "sizes": s, "steps": args.steps,
           "compile_s": round(compile_s, 3), "step_s_all": [round(t, 5) for t in times],
           "peak_mem_bytes": int(stats["peak_bytes_in_use"]) if gpu_peak else common.host_peak_rss_bytes(),
@@ -135,6 +163,32 @@ def jax_worker(args, s: dict) -> dict:
 
 
 def _reference_loop(n: int, warmup: int, seed: int, s: dict, barrier=None) -> tuple[float, int]:
+  if "aug_method" in s:
+    return _hiclr_reference_loop(n, warmup, seed, s, barrier)
+  return _cmd_reference_loop(n, warmup, seed, s, barrier)
+
+
+def _hiclr_reference_loop(n: int, warmup: int, seed: int, s: dict, barrier=None) -> tuple[float, int]:
+  """Per-sample HiCLR feeder views (numpy) of ``n`` samples, after ``warmup`` untimed ones."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from tests.hiclr_feeder_reference import feeder_views  # pylint: disable=import-outside-toplevel
+
+  clips, _ = make_clips(s["pool"], seed, s)
+  rng = np.random.default_rng(seed)
+  for i in range(warmup):
+    feeder_views(clips[i % len(clips)], rng, aug_method=s["aug_method"])
+  if barrier is not None:
+    barrier.wait()
+  start = time.perf_counter()
+  for i in range(n):
+    views = feeder_views(clips[i % len(clips)], rng, aug_method=s["aug_method"])
+  seconds = time.perf_counter() - start
+  assert len(views) == 4 and all(v.shape == (3, s["frames"], s["joints"], s["persons"]) for v in views)
+  return seconds, n
+
+
+def _cmd_reference_loop(n: int, warmup: int, seed: int, s: dict, barrier=None) -> tuple[float, int]:
   """Per-sample reference views of ``n`` samples (cycling the clip pool), after ``warmup``
   untimed ones; waits on ``barrier`` (if any) before timing. Returns (seconds, samples)."""
   import random  # pylint: disable=import-outside-toplevel
@@ -170,16 +224,16 @@ def _reference_child(index: int, n: int, warmup: int, seed: int, s: dict, barrie
     queue.put({"index": index, "error": f"{type(e).__name__}: {e}"})
 
 
-def reference_worker(args, s: dict) -> dict:
+def reference_worker(args, s: dict, method: str) -> dict:
   seconds, n = _reference_loop(args.ref_samples, args.ref_warmup, args.seed, s)
   import torch  # pylint: disable=import-outside-toplevel
-  return {"name": "augment", "impl": REFERENCE, "samples_per_s": round(n / seconds, 1),
+  return {"name": "augment", "method": method, "impl": REFERENCE, "samples_per_s": round(n / seconds, 1),
           "ms_per_sample": round(1e3 * seconds / n, 4), "sizes": s, "workers": 1, "samples": n,
           "torch_threads": torch.get_num_threads(), "peak_mem_bytes": common.host_peak_rss_bytes(),
           "peak_mem_kind": "host_rss", "machine": common.machine("torch")}
 
 
-def reference_workers_worker(args, s: dict) -> dict:
+def reference_workers_worker(args, s: dict, method: str) -> dict:
   import multiprocessing  # pylint: disable=import-outside-toplevel
 
   n, workers = args.ref_samples, args.workers
@@ -208,7 +262,7 @@ def reference_workers_worker(args, s: dict) -> dict:
   if errors:
     raise RuntimeError("a reference worker process failed: " + "; ".join(errors))
   total = sum(r["samples"] for r in results)
-  return {"name": "augment", "impl": f"{REFERENCE}[workers={workers}]", "samples_per_s": round(total / wall, 1),
+  return {"name": "augment", "method": method, "impl": f"{REFERENCE}[workers={workers}]", "samples_per_s": round(total / wall, 1),
           "ms_per_sample": round(1e3 * wall / total, 4), "sizes": s, "workers": workers, "samples": total,
           "per_process_samples_per_s": [round(r["samples"] / r["seconds"], 1) for r in results],
           "torch_threads": 1, "peak_mem_bytes": sum(r["peak_rss"] for r in results),
@@ -220,9 +274,11 @@ def reference_workers_worker(args, s: dict) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
   parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
+  parser.add_argument("--method", default="cmd,hiclr", help="comma-separated: cmd, hiclr")
   parser.add_argument("--impls", default=f"jax_batched,{REFERENCE}",
-                      help=f"comma-separated: jax_batched, {REFERENCE} (the latter also runs the --workers row)")
-  parser.add_argument("--batches", default=None, help="comma-separated jax batch sizes (default: the size's batch and 4x)")
+                      help=f"comma-separated: jax_batched (every jax row of the method), {REFERENCE} "
+                           "(also runs the --workers row)")
+  parser.add_argument("--batches", default="64,128", help="comma-separated jax batch sizes")
   parser.add_argument("--steps", type=int, default=100, help="timed jax calls per batch size (the median counts)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed jax calls after the compiling one")
   parser.add_argument("--ref-samples", type=int, default=2048, help="timed samples per reference process")
@@ -235,22 +291,30 @@ def main(argv=None) -> int:
   parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  batches = [int(b) for b in (args.batches or f"{SIZES[args.size]['batch']},{4 * SIZES[args.size]['batch']}").split(",")
-             if b.strip()]
+  try:
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+  except ValueError:
+    batches = []
   if not batches or min(batches) <= 0:
-    parser.error("--batches: positive integers expected")
+    parser.error(f"--batches: positive integers expected, got {args.batches!r}")
+  methods = [m.strip() for m in args.method.split(",") if m.strip()]
+  for method in methods:
+    if method not in METHODS:
+      parser.error(f"--method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
   impls = [i.strip() for i in args.impls.split(",") if i.strip()]
   for impl in impls:
     if impl not in ("jax_batched", REFERENCE):
       parser.error(f"--impls: unknown implementation {impl!r}; expected jax_batched or {REFERENCE}")
-  ref_sizes = dict(sizes_of(args, 1), pool=max(batches))
 
   if args.worker:
-    if args.impl == "jax_batched":
-      row = jax_worker(args, sizes_of(args, args.batch))
+    method = methods[0]
+    if args.impl.startswith("jax_batched"):
+      row = jax_worker(args, sizes_of(args, args.batch, method), method, args.impl)
     else:
       _limit_threads()
-      row = reference_worker(args, ref_sizes) if args.impl == REFERENCE else reference_workers_worker(args, ref_sizes)
+      ref_sizes = dict(sizes_of(args, 1, method), pool=max(batches))
+      row = (reference_worker(args, ref_sizes, method) if args.impl == REFERENCE
+             else reference_workers_worker(args, ref_sizes, method))
     common.emit(**row)
     return 0
 
@@ -258,34 +322,39 @@ def main(argv=None) -> int:
                  "--ref-samples", str(args.ref_samples), "--ref-warmup", str(args.ref_warmup),
                  "--workers", str(args.workers), "--seed", str(args.seed), "--timeout", str(args.timeout),
                  "--batches", ",".join(map(str, batches))]
-  jobs = []
-  if "jax_batched" in impls:
-    jobs += [("jax_batched", ["--batch", str(b)], sizes_of(args, b), "jax_batched") for b in batches]
-  if REFERENCE in impls:
-    jobs.append((REFERENCE, [], ref_sizes, REFERENCE))
-    if args.workers > 0:
-      jobs.append(("reference_workers", [], ref_sizes, f"{REFERENCE}[workers={args.workers}]"))
-  rows, failed = [], 0
-  for impl, extra, s, display in jobs:
-    for row in common.run_worker(__file__, passthrough + ["--impl", impl, *extra], args.timeout):
-      if "error" in row:
-        failed += 1
-        common.emit(name="augment", impl=display, error=row["error"], sizes=s)
-      else:
-        rows.append(row)
-  references = [r for r in rows if r["impl"].startswith(REFERENCE)]
-  for r in rows:
-    if r["impl"] == "jax_batched" and references:
-      r["ratio_vs"] = common.ratios(r, references, digits=2)
-      if REFERENCE in r["ratio_vs"]:
-        r["goal_50x"] = {"vs": REFERENCE, "ratio": r["ratio_vs"][REFERENCE], "met": r["ratio_vs"][REFERENCE] >= GOAL}
-    elif r["impl"] != REFERENCE and r["impl"].startswith(REFERENCE):
-      single = [o for o in references if o["impl"] == REFERENCE]
-      if single:
-        r["speedup_vs_1_process"] = round(r["samples_per_s"] / single[0]["samples_per_s"], 2)
-  for r in rows:
-    common.emit(**r)
-  return 0 if rows and not failed else 1
+  failed, all_rows = 0, []
+  for method in methods:
+    ref_sizes = dict(sizes_of(args, 1, method), pool=max(batches))
+    jobs = []
+    if "jax_batched" in impls:
+      jobs += [(impl, ["--batch", str(b)], sizes_of(args, b, method), impl)
+               for impl in JAX_IMPLS[method] for b in batches]
+    if REFERENCE in impls:
+      jobs.append((REFERENCE, [], ref_sizes, REFERENCE))
+      if args.workers > 0:
+        jobs.append(("reference_workers", [], ref_sizes, f"{REFERENCE}[workers={args.workers}]"))
+    rows = []
+    for impl, extra, s, display in jobs:
+      for row in common.run_worker(__file__, passthrough + ["--method", method, "--impl", impl, *extra], args.timeout):
+        if "error" in row:
+          failed += 1
+          common.emit(name="augment", method=method, impl=display, error=row["error"], sizes=s)
+        else:
+          rows.append(row)
+    references = [r for r in rows if r["impl"].startswith(REFERENCE)]
+    for r in rows:
+      if r["impl"].startswith("jax_batched") and references:
+        r["ratio_vs"] = common.ratios(r, references, digits=2)
+        if REFERENCE in r["ratio_vs"]:
+          r["goal_50x"] = {"vs": REFERENCE, "ratio": r["ratio_vs"][REFERENCE], "met": r["ratio_vs"][REFERENCE] >= GOAL}
+      elif r["impl"] != REFERENCE and r["impl"].startswith(REFERENCE):
+        single = [o for o in references if o["impl"] == REFERENCE]
+        if single:
+          r["speedup_vs_1_process"] = round(r["samples_per_s"] / single[0]["samples_per_s"], 2)
+    for r in rows:
+      common.emit(**r)
+    all_rows += rows
+  return 0 if all_rows and not failed else 1
 
 
 if __name__ == "__main__":

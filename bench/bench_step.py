@@ -24,6 +24,8 @@ overridden (``--hidden 128 --batch 32 ...``).
 Each row: ``samples_per_s`` (batch / mean step time over ``--steps`` timed steps after
 ``--warmup`` steps, compilation excluded; the best of ``--rounds`` interleaved rounds, each
 in a fresh process, all rounds listed in ``round_step_ms``), ``step_ms``, ``peak_mem_bytes`` (bench/common.py),
+JAX rows also ``first_step_s`` (the first call: tracing, compilation and one step) and ``compile_s``
+(that minus the mean step time; run with ``JAX_COMPILATION_CACHE_DIR`` unset to see the full compile),
 ``model_flops_per_step`` (the matmul FLOPs of the encoders, forward for the six encoders and
 backward for the three query encoders, counted the same for every implementation) and the
 achieved ``model_flops_per_s``; ``ratio_vs`` on the first JAX row.
@@ -38,6 +40,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,13 +125,17 @@ def jax_worker(s: dict, args, options: list[str]) -> dict:
     holder["state"], metrics = step_fn(holder["state"], batch)
     return metrics["loss"]
 
+  start = time.perf_counter()
+  jax.block_until_ready(step())  # the first call: trace, lower, compile (or read the compilation cache), one step
+  first_step_s = time.perf_counter() - start
   mean, times = common.time_loop(step, jax.block_until_ready, args.steps, args.warmup)
   profile = profile_one_step(step) if args.profile else None
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   peak = int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else common.host_peak_rss_bytes()
   row = {"impl": "jax" + ("[" + ",".join(options) + "]" if options else ""), "step_s": times,
-         "mean_step_s": mean, "peak_mem_bytes": peak,
+         "mean_step_s": mean, "first_step_s": round(first_step_s, 3),
+         "compile_s": round(first_step_s - mean, 3), "peak_mem_bytes": peak,
          "peak_mem_kind": "device" if stats else "host_rss", "machine": common.machine("jax")}
   if profile:
     row["profile"] = profile
@@ -218,6 +225,9 @@ def finish(row: dict, s: dict, args) -> dict:
   if peaks:
     out["fraction_of_peak"] = {k: round(out["model_flops_per_s"] / v, 4) for k, v in peaks.items()}
   out["step_s_all"] = [round(t, 4) for t in row["step_s"]]
+  for key in ("first_step_s", "compile_s"):
+    if key in row:
+      out[key] = row[key]
   if row.get("profile"):
     out["profile"] = row["profile"]
   out["machine"] = row["machine"]

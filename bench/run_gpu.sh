@@ -20,5 +20,6 @@ python bench/bench_encoder.py --size full --options input_projection=per_step \
 python bench/bench_scaling.py --size full --steps 5 --warmup 2 --markdown \
   > "$out/gpu_scaling.jsonl" 2> "$out/gpu_scaling.md"
 python bench/bench_augment.py --size full | tee "$out/gpu_augment.jsonl"
+python bench/bench_hiclr.py --size full --rounds 3 --steps 10 --warmup 3 | tee "$out/gpu_hiclr.jsonl"
 python bench/bench_input_pipeline.py --size full --read-threads 1,4,8,16 \
   --step-json "$out/gpu_step.jsonl" | tee "$out/gpu_input_pipeline.jsonl"

@@ -77,7 +77,7 @@ def resize_linear(clip_source: jax.Array, start, length, out_len: int = OUTPUT_L
   return (1.0 - lam) * x0 + lam * x1
 
 
-def _valid_length(num_frames, max_frames: int) -> jax.Array:
+def valid_length(num_frames, max_frames: int) -> jax.Array:
   """F = min(num_frames, T), at least 1."""
   return jnp.clip(jnp.asarray(num_frames, jnp.int32), 1, max_frames)
 
@@ -97,7 +97,7 @@ def crop_params(key: jax.Array, num_frames, max_frames: int,
   """
   r0, r1 = float(ratio_range[0]), float(ratio_range[1])
   scale_key, start_key = jax.random.split(key)
-  f = _valid_length(num_frames, max_frames)
+  f = valid_length(num_frames, max_frames)
   scale = jax.random.uniform(scale_key, (), jnp.float32, r0, r1)
   length = jnp.floor(f.astype(jnp.float32) * scale).astype(jnp.int32)
   length = jnp.minimum(jnp.maximum(length, min_len), f)
@@ -138,7 +138,7 @@ def _center_start_table(ratio: float, max_frames: int) -> np.ndarray:
 def center_crop_params(num_frames, max_frames: int,
                        ratio: float = CENTER_CROP_RATIO) -> tuple[jax.Array, jax.Array]:
   """#cmd-downstream-crops, test branch: ``start = int((1 - ratio) * F / 2)``, ``L = F - 2 * start``."""
-  f = _valid_length(num_frames, max_frames)
+  f = valid_length(num_frames, max_frames)
   start = jnp.asarray(_center_start_table(float(ratio), max_frames))[f]
   return start, f - 2 * start
 
@@ -154,7 +154,7 @@ def center_crop_resize(x: jax.Array, num_frames, ratio: float = CENTER_CROP_RATI
 # #cmd-joint-corruption, #cmd-shear, #cmd-pretraining-views (the per-view choice)
 # ----------------------------------------------------------------------------------------
 
-def _row_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
+def row_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
   """``p' = p @ A`` for every point of ``x [3, ...]``: ``p'_j = sum_c p_c A[c, j]``.
 
   Written as three unrolled multiply-adds per output coordinate (elementwise, one fused
@@ -184,7 +184,7 @@ def joint_corruption_with(x: jax.Array, joints: jax.Array, matrix: jax.Array, ze
   """
   num_joints = x.shape[2]
   selected = jnp.zeros((num_joints,), bool).at[joints].set(True)[None, None, :, None]
-  replacement = jnp.where(zero, jnp.zeros_like(x), _row_vector_map(x, matrix))
+  replacement = jnp.where(zero, jnp.zeros_like(x), row_vector_map(x, matrix))
   return jnp.where(selected, replacement, x)
 
 

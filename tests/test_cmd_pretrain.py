@@ -89,7 +89,11 @@ def leaf_paths(tree) -> list[str]:
 
 
 def assert_trees_close(actual, expected, rtol, atol_frac, what):
-  """Leaf by leaf; the absolute tolerance is ``atol_frac`` times the leaf's largest value."""
+  """Leaf by leaf; the absolute tolerance is ``atol_frac`` times the leaf's largest value.
+
+  The expectations come from another compiled program (``recompute_step``), whose float32 sums
+  run in other orders: a few u (6e-8) of a leaf's scale. Momentum buffers (sums of gradients)
+  get rtol 1e-4 and 1e-5 of the scale, parameters 1e-5 and 1e-6; measured <= 1.6% of the bound."""
   for path, a, e in zip(leaf_paths(expected), jax.tree.leaves(actual), jax.tree.leaves(expected)):
     e = np.asarray(e, np.float64)
     atol = atol_frac * max(float(np.max(np.abs(e))), 1e-12)
@@ -237,7 +241,7 @@ def test_enqueued_rows_are_the_new_key_encoders_train_mode_embeddings(two_steps,
   for m in MODALITIES:
     new, old = np.asarray(s.after.queues[m]), np.asarray(s.before.queues[m])
     np.testing.assert_allclose(new[ptr:ptr + N], s.expected.keys[m], rtol=1e-5, atol=2e-6, err_msg=m)
-    np.testing.assert_allclose(np.linalg.norm(new[ptr:ptr + N], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(new[ptr:ptr + N], axis=1), 1.0, rtol=1e-6)  # D = 8: <= 6 u off
     rest = np.ones(K, bool)
     rest[ptr:ptr + N] = False
     np.testing.assert_array_equal(new[rest], old[rest], err_msg=m)
@@ -439,6 +443,8 @@ def test_stacked_modalities_and_unrolled_scan_compute_the_same_steps():
   plain, m_plain = _run_steps(**hidden, **{"model.stack_modalities": False, "model.scan_unroll": 1})
   stacked, m_stacked = _run_steps(**hidden, **{"model.stack_modalities": True, "model.scan_unroll": 1})
   unrolled, m_unrolled = _run_steps(**hidden, **{"model.stack_modalities": True, "model.scan_unroll": 4})
+  # The same float32 sums, vmapped or unrolled: a few u of the O(1) state (parameters up to
+  # 1.4, momentum buffers up to 14); measured 3.6e-7 and 4e-6, ~25x below the bounds.
   for other, metrics in ((stacked, m_stacked), (unrolled, m_unrolled)):
     assert max_abs_diff(other.params, plain.params) < 1e-5
     assert max_abs_diff(other.key_params, plain.key_params) < 1e-5
@@ -456,20 +462,27 @@ def test_bfloat16_compute_mode_tolerance():
   """``model.compute_dtype=bfloat16`` rounds the GRU and head matmul operands to bfloat16
   (float32 accumulation). Documented tolerance against float32, for the same initial state
   and batches, at a moderate size (H 64, 2 layers, 16 frames): the losses of two steps within
-  2% relative (+1e-3 absolute for the small terms), the encoder outputs within 0.05 (unit-norm embeddings), and the parameters
-  after two SGD steps within 2% of the step's parameter change. Also: the state stays
-  float32 (bf16 is a compute mode, not a storage mode)."""
+  5% relative (+0.01 absolute for the small terms), the encoder outputs within 0.05
+  (unit-norm embeddings), and the parameters after two SGD steps within 25% of the steps'
+  parameter change. Also: the state stays float32 (bf16 is a compute mode, not a storage mode).
+
+  How the bounds were chosen: bfloat16 rounds each operand by up to 2^-9 relative, but CMD's
+  loss keeps the top-k most similar queue entries, and a rounding can swap one of them: a
+  discontinuity no rounding analysis bounds. So the bounds come from measurement over batch
+  seeds (7 seeds, two versions of the views): parameter deviations 1-12% of the change, loss
+  deviations up to 5% relative or 0.005 absolute; the bounds are about 2x the worst seen.
+  The check that the outputs differ keeps the test from passing with the mode off."""
   size = {"model.hidden_size": 64, "model.num_layers": 2, "augment.frames": 16, "augment.min_length": 16}
   f32, m32 = _run_steps(**size, **{"model.compute_dtype": "float32"})
   b16, m16 = _run_steps(**size, **{"model.compute_dtype": "bfloat16"})
   assert all(a.dtype == np.float32 for a in jax.tree.leaves(b16.params))
   for a, b in zip(m16, m32):
     for k in ("loss", "loss_joint", "loss_motion", "loss_bone"):
-      np.testing.assert_allclose(a[k], b[k], rtol=0.02, atol=1e-3, err_msg=k)
+      np.testing.assert_allclose(a[k], b[k], rtol=0.05, atol=0.01, err_msg=k)
   init = host_copy(cp.create_train_state(tiny_config(**size), data.layout_of(tiny_config().data), STEPS_PER_EPOCH))
   change = max_abs_diff(f32.params, init.params)
   assert change > 1e-4
-  assert max_abs_diff(b16.params, f32.params) < 0.02 * change + 1e-6
+  assert max_abs_diff(b16.params, f32.params) < 0.25 * change
   # Encoder outputs on the same input: unit-norm embeddings within 0.05.
   config = tiny_config(**size)
   x = jnp.asarray(np.random.default_rng(5).normal(size=(N, 16, 150)).astype(np.float32))

@@ -12,7 +12,11 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import logging
+import re
 import sys
 
 import jax
@@ -91,14 +95,42 @@ def test_protocol_configs_expect_the_encoder_their_pretraining_trains(name):
     assert protocol.get_config(name).expected_encoder == trained
 
 
+@contextlib.contextmanager
+def recording_compilations():
+  """Records the programs JAX compiles inside the block: ``jax.log_compiles`` logs one line
+  "Compiling <name> with global shapes and types (...)" per compilation (also when the
+  persistent cache then supplies the executable); the list holds those lines."""
+  lines: list[str] = []
+
+  class Handler(logging.Handler):
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith("Compiling "):
+        lines.append(message.split(". Argument mapping")[0])
+
+  logger, handler = logging.getLogger("jax"), Handler(level=logging.DEBUG)
+  level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.DEBUG)
+  try:
+    with jax.log_compiles(True):
+      yield lines
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(frame50_data, tmp_path_factory):
+  """3 epochs, mining from epoch 1, the kNN monitor after every epoch; with the compilations counted."""
   workdir = tmp_path_factory.mktemp("hiclr_a")
-  return workdir, pretrain.train_and_evaluate(tiny_config(frame50_data, encoder="gru"), workdir)
+  with recording_compilations() as compiled:
+    result = pretrain.train_and_evaluate(tiny_config(frame50_data, encoder="gru"), workdir)
+  return workdir, result, compiled
 
 
 def test_a_run_logs_the_loss_terms_mining_and_knn(uninterrupted):
-  workdir, result = uninterrupted
+  workdir, result, _ = uninterrupted
   assert result.step == 9
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   train = [r for r in rows if r["split"] == "train"]
@@ -113,8 +145,19 @@ def test_a_run_logs_the_loss_terms_mining_and_knn(uninterrupted):
   assert (config.method, config.model.name, config.data.variant) == ("hiclr", "gru", "frame50")
 
 
+def test_compilations_do_not_grow_with_epochs_evaluations_or_mining(uninterrupted):
+  """9 steps over 3 epochs, mining switched on after the first, the kNN monitor before training
+  and after every epoch (4 evaluations): the monitor's programs are compiled for its first
+  evaluation, the train step once at the first step, and nothing after that (no compilation
+  per epoch, per evaluation or when mining starts)."""
+  _, _, compiled = uninterrupted
+  names = [re.match(r"Compiling (\S+)", line).group(1) for line in compiled]
+  assert names.count("jit(train_step)") == 1 and names.count("jit(nearest_neighbours)") == 1, compiled
+  assert names[-1] == "jit(train_step)", compiled[names.index("jit(train_step)"):]
+
+
 def test_kill_and_resume_across_mining_ends_in_the_same_state(frame50_data, uninterrupted, tmp_path):
-  workdir_a, _ = uninterrupted
+  workdir_a, _, _ = uninterrupted
   config = tiny_config(frame50_data, encoder="gru")
   first = pretrain.train_and_evaluate(config, tmp_path, stop_after_step=2)  # killed in epoch 0
   assert first.step == 2

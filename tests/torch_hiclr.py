@@ -114,7 +114,7 @@ class TorchHiCLRStep(nn.Module):
     logits1, l_neg1 = self.branch_logits(q1, k, queue)
     logits2, l_neg2 = self.branch_logits(q2, k, queue)
 
-    plain = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.int64))
+    plain = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device))
     mined_cols = torch.zeros_like(l_neg)
     for scores in (l_neg, l_neg1, l_neg2):
       mined_cols.scatter_(1, torch.topk(scores.detach(), topk, dim=1).indices, 1.0)
