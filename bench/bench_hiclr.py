@@ -120,13 +120,7 @@ NPY_FOLDER, TFDS_FOLDER = "npy", "tfds"
 
 
 def sizes_of(args) -> dict:
-  s = dict(SIZES[args.size])
-  for k in s:
-    v = getattr(args, k, None)
-    if v is not None:
-      s[k] = v
-  s.update(frames=FRAMES, joints=JOINTS, persons=PERSONS)
-  return s
+  return common.sizes_with_overrides(SIZES[args.size], args, frames=FRAMES, joints=JOINTS, persons=PERSONS)
 
 
 def encoder_sizes(s: dict, encoder: str) -> dict:
@@ -403,12 +397,8 @@ def torch_model(s: dict, encoder: str, device):
 def torch_device(args):
   import torch  # pylint: disable=import-outside-toplevel
 
-  device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+  device = common.torch_device(args.cpu, args.matmul_precision)
   if device.type == "cuda":
-    torch.backends.cudnn.benchmark = True
-    tf32 = args.matmul_precision == "default"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
     torch.cuda.reset_peak_memory_stats()
   return device
 
@@ -620,24 +610,14 @@ def add_ratios(rows: list[dict]) -> None:
 def run_rounds(jobs, passthrough, rounds, timeout, s) -> tuple[list[dict], int]:
   """Every job once per round, interleaved; per job the row of its fastest round, with the
   step times of all rounds (``round_step_ms``). Returns (rows, failed workers)."""
-  best: dict[int, dict] = {}
-  history: dict[int, list[float]] = {}
-  failed = 0
-  for _ in range(max(rounds, 1)):
-    for j, (impl, encoder) in enumerate(jobs):
-      for row in common.run_worker(__file__, passthrough + ["--impl", impl, "--encoder", encoder], timeout):
-        if "error" in row:
-          failed += 1
-          common.emit(name=KINDS[impl], impl=impl, encoder=encoder, error=row["error"], sizes=encoder_sizes(s, encoder))
-          continue
-        history.setdefault(j, []).append(row["step_ms"])
-        if j not in best or row["step_ms"] < best[j]["step_ms"]:
-          best[j] = row
-  rows = []
-  for j in sorted(best):
-    best[j]["round_step_ms"] = history[j]
-    rows.append(best[j])
-  return rows, failed
+
+  def report(j, error):
+    impl, encoder = jobs[j]
+    common.emit(name=KINDS[impl], impl=impl, encoder=encoder, error=error, sizes=encoder_sizes(s, encoder))
+
+  return common.best_of_rounds(
+      __file__, [passthrough + ["--impl", impl, "--encoder", encoder] for impl, encoder in jobs], rounds, timeout,
+      report)
 
 
 def names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:

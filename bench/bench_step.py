@@ -77,13 +77,7 @@ def model_flops(s: dict) -> float:
 
 
 def sizes_of(args) -> dict:
-  s = dict(SIZES[args.size])
-  for k in s:
-    v = getattr(args, k, None)
-    if v is not None:
-      s[k] = v
-  s.update(modalities=3, joints=JOINTS, persons=PERSONS)
-  return s
+  return common.sizes_with_overrides(SIZES[args.size], args, modalities=3, joints=JOINTS, persons=PERSONS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -181,12 +175,7 @@ def torch_worker(s: dict, args, impl: str) -> dict:
   from tests.torch_reference import TorchCMD  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
-  device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-  if device.type == "cuda":
-    torch.backends.cudnn.benchmark = True
-    tf32 = args.matmul_precision == "default"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+  device = common.torch_device(args.cpu, args.matmul_precision)
   model = TorchCMD(s["hidden"], s["layers"], s["embed"], s["queue"], 0.999, 0.07, s["topk"],
                    input_size=FEATURES, impl=impl.removeprefix("torch_")).to(device)
   model.train()
@@ -237,21 +226,9 @@ def finish(row: dict, s: dict, args) -> dict:
 def run_rounds(jobs, passthrough, rounds, timeout, s) -> list[dict]:
   """Every job once per round, interleaved; per job the row of its fastest round, with the
   step times of all rounds (``round_step_ms``)."""
-  best: dict[int, dict] = {}
-  history: dict[int, list[float]] = {}
-  for _ in range(max(rounds, 1)):
-    for j, (impl, options) in enumerate(jobs):
-      for row in common.run_worker(__file__, passthrough + ["--impl", impl, "--options", options], timeout):
-        if "error" in row:
-          common.emit(name="train_step", impl=impl, error=row["error"], sizes=s)
-          continue
-        history.setdefault(j, []).append(row["step_ms"])
-        if j not in best or row["step_ms"] < best[j]["step_ms"]:
-          best[j] = row
-  rows = []
-  for j in sorted(best):
-    best[j]["round_step_ms"] = history[j]
-    rows.append(best[j])
+  rows, _ = common.best_of_rounds(
+      __file__, [passthrough + ["--impl", impl, "--options", options] for impl, options in jobs], rounds, timeout,
+      lambda j, error: common.emit(name="train_step", impl=jobs[j][0], error=error, sizes=s))
   return rows
 
 

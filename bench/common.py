@@ -112,6 +112,57 @@ def run_worker(script: str | Path, args: Sequence[str], timeout: float | None = 
   return results
 
 
+def torch_device(cpu_only: bool, matmul_precision: str):
+  """The torch device of a benchmark: the GPU when one is visible (unless ``cpu_only``), with
+  cuDNN autotuning and TF32 as ``matmul_precision`` says ("default": allowed; "highest": not)."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  device = torch.device("cuda" if torch.cuda.is_available() and not cpu_only else "cpu")
+  if device.type == "cuda":
+    torch.backends.cudnn.benchmark = True
+    tf32 = matmul_precision == "default"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+  return device
+
+
+def sizes_with_overrides(sizes: dict[str, Any], args, **fixed) -> dict[str, Any]:
+  """A copy of ``sizes`` with every key that ``args`` sets (not None) overridden, then ``fixed``."""
+  s = dict(sizes)
+  for k in s:
+    v = getattr(args, k, None)
+    if v is not None:
+      s[k] = v
+  s.update(fixed)
+  return s
+
+
+def best_of_rounds(script: str | Path, job_args: Sequence[Sequence[str]], rounds: int, timeout: float | None,
+                   on_error: Callable[[int, str], None]) -> tuple[list[dict[str, Any]], int]:
+  """Runs every job (its worker arguments) once per round, interleaved, each in a fresh worker
+  process of ``script``; keeps per job the row of its fastest round (``step_ms``), with the
+  step times of all rounds in ``round_step_ms``. ``on_error(job index, message)`` reports a
+  failed worker. Returns (the rows in job order, the number of failed workers)."""
+  best: dict[int, dict[str, Any]] = {}
+  history: dict[int, list[float]] = {}
+  failed = 0
+  for _ in range(max(rounds, 1)):
+    for j, args in enumerate(job_args):
+      for row in run_worker(script, args, timeout):
+        if "error" in row:
+          failed += 1
+          on_error(j, row["error"])
+          continue
+        history.setdefault(j, []).append(row["step_ms"])
+        if j not in best or row["step_ms"] < best[j]["step_ms"]:
+          best[j] = row
+  rows = []
+  for j in sorted(best):
+    best[j]["round_step_ms"] = history[j]
+    rows.append(best[j])
+  return rows, failed
+
+
 def ratios(row: dict[str, Any], others: list[dict[str, Any]], key: str = "samples_per_s",
            digits: int = 3) -> dict[str, float]:
   """The ``ratio_vs`` field: ``row[key]`` over each other row's, keyed by their ``impl``."""
