@@ -86,6 +86,12 @@ def valid_length(num_frames, max_frames: int) -> jax.Array:
 # #cmd-crop-resize / #cmd-downstream-crops: random crop + resize
 # ----------------------------------------------------------------------------------------
 
+def crop_length(valid_frames: jax.Array, scale: jax.Array, min_len: int = MIN_CROP_LENGTH) -> jax.Array:
+  """#cmd-crop-resize step 2: ``L = min(max(floor(F * scale), min_len), F)`` (int32, elementwise)."""
+  length = jnp.floor(valid_frames.astype(jnp.float32) * scale).astype(jnp.int32)
+  return jnp.minimum(jnp.maximum(length, min_len), valid_frames)
+
+
 def crop_params(key: jax.Array, num_frames, max_frames: int,
                 ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
                 min_len: int = MIN_CROP_LENGTH) -> tuple[jax.Array, jax.Array]:
@@ -98,9 +104,7 @@ def crop_params(key: jax.Array, num_frames, max_frames: int,
   r0, r1 = float(ratio_range[0]), float(ratio_range[1])
   scale_key, start_key = jax.random.split(key)
   f = valid_length(num_frames, max_frames)
-  scale = jax.random.uniform(scale_key, (), jnp.float32, r0, r1)
-  length = jnp.floor(f.astype(jnp.float32) * scale).astype(jnp.int32)
-  length = jnp.minimum(jnp.maximum(length, min_len), f)
+  length = crop_length(f, jax.random.uniform(scale_key, (), jnp.float32, r0, r1), min_len)
   start = jax.random.randint(start_key, (), 0, f - length + 1, dtype=jnp.int32)
   return start, length
 
@@ -154,7 +158,7 @@ def center_crop_resize(x: jax.Array, num_frames, ratio: float = CENTER_CROP_RATI
 # #cmd-joint-corruption, #cmd-shear, #cmd-pretraining-views (the per-view choice)
 # ----------------------------------------------------------------------------------------
 
-def row_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
+def _row_vector_map(x: jax.Array, matrix: jax.Array) -> jax.Array:
   """``p' = p @ A`` for every point of ``x [3, ...]``: ``p'_j = sum_c p_c A[c, j]``.
 
   Written as three unrolled multiply-adds per output coordinate (elementwise, one fused
@@ -182,10 +186,14 @@ def joint_corruption_with(x: jax.Array, joints: jax.Array, matrix: jax.Array, ze
   Returns:
     ``x`` with the selected joints replaced; the other joints unchanged.
   """
-  num_joints = x.shape[2]
-  selected = jnp.zeros((num_joints,), bool).at[joints].set(True)[None, None, :, None]
-  replacement = jnp.where(zero, jnp.zeros_like(x), row_vector_map(x, matrix))
-  return jnp.where(selected, replacement, x)
+  selected = jnp.zeros((x.shape[2],), bool).at[joints].set(True)
+  return joint_corruption_masked(x, selected, matrix, zero)
+
+
+def joint_corruption_masked(x: jax.Array, selected: jax.Array, matrix: jax.Array, zero) -> jax.Array:
+  """:func:`joint_corruption_with` with the corrupted joints as a bool mask ``selected [V]``."""
+  replacement = jnp.where(zero, jnp.zeros_like(x), _row_vector_map(x, matrix))
+  return jnp.where(selected[None, None, :, None], replacement, x)
 
 
 def joint_corruption_params(key: jax.Array, num_joints: int,

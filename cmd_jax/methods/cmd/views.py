@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from cmd_jax.augment import (MIN_CROP_LENGTH, NUM_CORRUPTED_JOINTS, OUTPUT_LENGTH, PRETRAIN_RATIO_RANGE,
-                             valid_length, joint_corruption, resize_linear, row_vector_map, shear, shear_with,
-                             temporal_crop_resize)
+                             crop_length, joint_corruption, joint_corruption_masked, resize_linear, shear, shear_with,
+                             temporal_crop_resize, valid_length)
 
 
 def spatial_augment(key: jax.Array, x: jax.Array,
@@ -94,9 +94,7 @@ def pretrain_view_params(key: jax.Array, batch_num_frames: jax.Array, max_frames
   bits = jax.random.bits(key, (2, n, 4 + num_joints + 18), jnp.uint32)
   u = jnp.moveaxis((bits[..., :4] >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24), -1, 0)  # [4, 2, N] in [0, 1)
   f = jnp.broadcast_to(valid_length(batch_num_frames, max_frames)[None, :], (2, n))
-  scale = jnp.float32(r0) + jnp.float32(r1 - r0) * u[0]
-  length = jnp.floor(f.astype(jnp.float32) * scale).astype(jnp.int32)
-  length = jnp.minimum(jnp.maximum(length, min_len), f)
+  length = crop_length(f, jnp.float32(r0) + jnp.float32(r1 - r0) * u[0], min_len)
   room = f - length + 1
   start = jnp.minimum(jnp.floor(u[1] * room.astype(jnp.float32)).astype(jnp.int32), room - 1)
   b = bits[..., 4:4 + num_joints]
@@ -114,14 +112,12 @@ def pretrain_view_params(key: jax.Array, batch_num_frames: jax.Array, max_frames
 def pretrain_views_with(batch_x: jax.Array, params: ViewParams,
                         out_len: int = OUTPUT_LENGTH) -> tuple[jax.Array, jax.Array]:
   """The two views of a batch with given parameters: per sample and view, the crop-resize
-  (``resize_linear``), then the joint corruption (as ``joint_corruption_with``, the joints
-  given as a mask) or the shear (``shear_with``)."""
+  (``resize_linear``), then the joint corruption (``joint_corruption_masked``) or the shear
+  (``shear_with``)."""
 
   def one(x, start, length, corrupt, zero, corrupted, corruption, shear_matrix):
     clip = resize_linear(x, start, length, out_len)
-    replacement = jnp.where(zero, jnp.zeros_like(clip), row_vector_map(clip, corruption))
-    corrupted_clip = jnp.where(corrupted[None, None, :, None], replacement, clip)
-    return jnp.where(corrupt, corrupted_clip, shear_with(clip, shear_matrix))
+    return jnp.where(corrupt, joint_corruption_masked(clip, corrupted, corruption, zero), shear_with(clip, shear_matrix))
 
   per_sample = jax.vmap(one)
   return tuple(per_sample(batch_x, *(getattr(params, name)[v] for name in ViewParams._fields)) for v in range(2))
