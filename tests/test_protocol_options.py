@@ -21,7 +21,7 @@ import pytest
 from cmd_jax import optim
 from cmd_jax.errors import ConfigError
 from cmd_jax.layouts import NTU25
-from cmd_jax.methods.hiclr import views
+from cmd_jax.methods.common import views
 from cmd_jax.trainers import downstream
 
 
@@ -130,7 +130,7 @@ def test_basic_view_is_crop_then_shear():
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 3, 50, 25, 2)), jnp.float32)
   key = jax.random.PRNGKey(4)
   out = views.basic_view(key, x)
-  params = views.hiclr_view_params(key, x.shape, aug_method="")[0]
+  (params,) = views.view_params(key, x.shape, (False,), aug_method="")
   want = views.shear_with(views.temporal_crop_with(x, params.crop_start), params.shear)
   np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
   assert out.shape == x.shape and NTU25.num_joints == out.shape[3]

@@ -251,7 +251,7 @@ def _train_view_params(config, pre: pretrained_lib.Pretrained) -> dict[str, Any]
 
   ``crop_resize``: the CMD reference's random crop-resize (``augment.downstream_train_view``);
   ``crop_shear``: HiCLR's basic view, a temporal crop with mirrored padding and a shear
-  (``cmd_jax.methods.hiclr.views.basic_view``; HiCLR's transformer fine-tuning);
+  (``cmd_jax.methods.common.views.basic_view``; HiCLR's transformer fine-tuning);
   ``none``: the stored clip."""
   mode = train_view_mode(config, pre)
   if mode == "none":
@@ -275,8 +275,8 @@ def _train_clip(key, batch, view):
   if view is None:
     return batch["skeleton"]
   if view["mode"] == "crop_shear":
-    from cmd_jax.methods.hiclr import views as hiclr_views  # pylint: disable=import-outside-toplevel
-    return hiclr_views.basic_view(key, batch["skeleton"], temporal_padding_ratio=view["temporal_padding_ratio"],
+    from cmd_jax.methods.common import views  # pylint: disable=import-outside-toplevel
+    return views.basic_view(key, batch["skeleton"], temporal_padding_ratio=view["temporal_padding_ratio"],
                                   shear_amplitude=view["shear_amplitude"])
   args = {k: v for k, v in view.items() if k != "mode"}
   return augment.downstream_train_view(key, batch["skeleton"], batch["num_frames"], **args)

@@ -44,10 +44,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cmd_jax import losses as contrastive, models, modalities
+from cmd_jax import models, modalities
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods.hiclr import losses
+from cmd_jax.methods.common import moco
+from cmd_jax.methods.hiclr import losses, views
 
 FRAMES = 50  # the 50-frame clips (config.data.variant = "frame50") HiCLR trains on
 STREAMS_FIELD = "config.stream"
@@ -123,9 +124,7 @@ def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformatio
   model = make_model(config, layout)
   rng = jax.random.PRNGKey(int(config.seed))
   query_key, key_key, queue_key, run_key = jax.random.split(rng, 4)
-  dummy = jnp.zeros((2, 3, FRAMES, layout.num_joints, layout.num_persons), jnp.float32)
-  query = models.init_variables(model, query_key, dummy)
-  key = models.init_variables(model, key_key, dummy)
+  query, key = moco.init_encoder_pair(model, query_key, key_key, moco.dummy_clip(layout, FRAMES))
   params = {"encoder": query["params"], "mask_param": jnp.zeros((1,), jnp.float32)}
   queues, ptr = queue_lib.init_queues(queue_key, (stream,), int(config.model.embed_dim), int(config.moco.queue_size))
   return HiCLRState(step=jnp.zeros((), jnp.int32), params=params, key_params=key["params"],
@@ -133,17 +132,9 @@ def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformatio
                     queue_ptr=ptr, opt_state=tx.init(params), rng=run_key)
 
 
-def _embed(model, params, stats, x, key):
-  out, updated = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"],
-                             rngs={"dropout": key})
-  return contrastive.l2_normalize(out), updated["batch_stats"]
-
-
 def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Array, *, config,
          layout: SkeletonLayout, steps_per_epoch: int):
   """Steps 1-6 and 8 of the module docstring: ``(loss, (metrics, state updates))``."""
-  from cmd_jax.methods.hiclr import views  # pylint: disable=import-outside-toplevel
-
   (stream,) = streams(config)
   model = make_model(config, layout, training=True)
   view_key, mask_key, *dropout_keys = jax.random.split(key, 6)
@@ -157,16 +148,15 @@ def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Arr
   mask = views.joint_mask(mask_key, q2.shape[2], layout.num_joints, float(config.hiclr.mask_ratio))
   q2 = views.apply_joint_mask(q2, mask, params["mask_param"])
 
-  feat_q, stats = _embed(model, params["encoder"], state.batch_stats, q, dropout_keys[0])
+  feat_q, stats = moco.embed(model, params["encoder"], state.batch_stats, q, dropout_keys[0])
   feat_q1 = feat_q2 = None
   if int(config.hiclr.get("branches", 3)) == 3:
-    feat_q1, stats = _embed(model, params["encoder"], stats, q1, dropout_keys[1])
-    feat_q2, stats = _embed(model, params["encoder"], stats, q2, dropout_keys[2])
+    feat_q1, stats = moco.embed(model, params["encoder"], stats, q1, dropout_keys[1])
+    feat_q2, stats = moco.embed(model, params["encoder"], stats, q2, dropout_keys[2])
 
   momentum = float(config.moco.momentum)
-  key_params = jax.tree.map(lambda a, b: momentum * a + (1.0 - momentum) * b, state.key_params,
-                            jax.lax.stop_gradient(params["encoder"]))
-  feat_k, key_stats = _embed(model, key_params, state.key_batch_stats, k, dropout_keys[3])
+  key_params = moco.momentum_update(state.key_params, params["encoder"], momentum)
+  feat_k, key_stats = moco.embed(model, key_params, state.key_batch_stats, k, dropout_keys[3])
   feat_k = jax.lax.stop_gradient(feat_k)
 
   epoch = state.step // steps_per_epoch  # 0-based: the reference's 1-based epoch > mining_epoch
