@@ -27,8 +27,9 @@ must equal the uninterrupted run's:
   so (an accepted end of the rerun).
 
 Each case prints when the kills came and what the killed run left (``pytest -s`` shows it);
-the README's count of cases is ``KILLS`` x 4 commands + 4 (one kill each). Subprocesses run on
-CPU with the module's compilation cache, so the JAX ones compile once.
+the count of cases in docs/runs.md#kills-damaged-files-and-mixed-runs is ``KILLS`` x 4
+commands + 4 (one kill each). Subprocesses run on CPU with the module's compilation cache, so
+the JAX ones compile once.
 """
 
 from __future__ import annotations
