@@ -1,6 +1,6 @@
 """The dataset registry: what each convertible dataset is, how its samples are listed and loaded.
 
-A dataset is a ``DatasetSpec``: its skeleton layout, class count and benchmarks, a
+A dataset is a ``DatasetSpec``: its skeleton layout, class names and benchmarks, a
 ``list_samples(raw_dir, options)`` that lists every sample with its label and the
 benchmarks it trains in, and a ``load(sample)`` that returns the sample's raw joint
 coordinates ``(3, T, V, M)`` (before padding and normalisation). The converter
@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from cmd_jax import action_names
 from cmd_jax.layouts import NTU25, SkeletonLayout
 from data_prep import ntu
 from data_prep.errors import DataFormatError
@@ -70,7 +71,8 @@ class DatasetSpec:
   Attributes:
     name: CLI name, also the TFDS dataset name.
     layout: the skeleton layout of every sample.
-    num_classes: labels are in [0, num_classes).
+    class_names: the action names, index = label (``cmd_jax.action_names``); labels are
+      in [0, num_classes) with ``num_classes = len(class_names)``.
     benchmarks: benchmark names (TFDS builder configs).
     list_samples: ``(raw_dir or None, options) -> [Sample]``, sorted by name; raises
       ``FileNotFoundError``/``DataFormatError`` for a missing raw directory or bad split
@@ -84,7 +86,7 @@ class DatasetSpec:
   """
   name: str
   layout: SkeletonLayout
-  num_classes: int
+  class_names: tuple[str, ...]
   benchmarks: tuple[str, ...]
   list_samples: Callable[[Path | None, Mapping[str, Any]], list[Sample]]
   load: Callable[[Sample], np.ndarray]
@@ -92,6 +94,10 @@ class DatasetSpec:
   needs_raw: bool = True
   description: str = ""
   option_keys: tuple[str, ...] = ()
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,11 +161,11 @@ def load_ntu_file_order(sample: Sample) -> np.ndarray:
 
 
 NTU60 = DatasetSpec(
-    name="ntu60", layout=NTU25, num_classes=60, benchmarks=("xsub", "xview"),
+    name="ntu60", layout=NTU25, class_names=action_names.NTU60, benchmarks=("xsub", "xview"),
     list_samples=_ntu_lister("ntu60", 17, ("xsub", "xview")), load=load_ntu, option_keys=("missing_list",),
     description="NTU RGB+D 60: the .skeleton files of setups S001-S017 in --raw")
 NTU120 = DatasetSpec(
-    name="ntu120", layout=NTU25, num_classes=120, benchmarks=("xsub", "xset"),
+    name="ntu120", layout=NTU25, class_names=action_names.NTU120, benchmarks=("xsub", "xset"),
     list_samples=_ntu_lister("ntu120", 32, ("xsub", "xset")), load=load_ntu, option_keys=("missing_list",),
     description="NTU RGB+D 120: the .skeleton files of setups S001-S032 in --raw")
 

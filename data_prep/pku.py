@@ -24,7 +24,8 @@ Samples and their semantics, as in the reference unless marked otherwise:
   ``(3, end - start, 25, 2)`` with the bodies in file order (no energy sorting; an absent
   second body is zeros);
 * label = class - 1 as an *integer* (deliberate deviation: the reference keeps the float64
-  from ``np.loadtxt``); the class must be an integer in 1..51;
+  from ``np.loadtxt``); the class must be an integer in 1..51 (PKU-MMD's action list,
+  named in ``cmd_jax.action_names.PKU_MMD2``);
 * zero-length instances (start == end) stay in the listing but their ``load`` raises a
   ``DataFormatError``, so the converter skips them and reports them (the reference would
   keep an empty clip, on which its temporal crop crashes);
@@ -46,6 +47,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from cmd_jax import action_names
 from cmd_jax.layouts import NTU25
 from data_prep.datasets import DatasetSpec, Sample
 from data_prep.errors import DataFormatError
@@ -53,7 +55,7 @@ from data_prep.numeric_text import read_number_table
 
 NUM_JOINTS = 25
 NUM_BODIES = 2
-NUM_CLASSES = 51
+NUM_CLASSES = len(action_names.PKU_MMD2)  # 51
 BENCHMARKS = ("xsub", "xview")
 SPLIT_FILES = {"xsub": "cross_subject_v2.txt", "xview": "cross_view_v2.txt"}
 SKELETON_DIRS = ("skeleton", "Skeleton_v2")
@@ -242,6 +244,6 @@ def load(sample: Sample) -> np.ndarray:
 
 
 SPEC = DatasetSpec(
-    name="pku_mmd2", layout=NTU25, num_classes=NUM_CLASSES, benchmarks=BENCHMARKS,
+    name="pku_mmd2", layout=NTU25, class_names=action_names.PKU_MMD2, benchmarks=BENCHMARKS,
     list_samples=list_samples, load=load, drop_all_zero=False, option_keys=("skeleton_dir", "label_dir", "split_dir"),
     description="PKU-MMD II: <raw>/skeleton/*.txt, <raw>/label/*.txt, <raw>/cross_{subject,view}_v2.txt")
