@@ -45,7 +45,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from cmd_jax.layouts import NTU25
-from data_prep.datasets import DatasetSpec, Sample
+from data_prep.spec import DatasetSpec, Sample
 
 CLASS_NAMES = (
     "wave right hand",       # A001

@@ -1,4 +1,4 @@
-"""HiCLR checkpoint import/export (``cmd_jax.torch_hiclr`` through ``cmd_jax.torch_import``).
+"""HiCLR checkpoint import/export (``cmd_jax.interop.hiclr`` through ``cmd_jax.interop.convert``).
 
 The checkpoints are built here as the HiCLR reference holds its state: a module with
 ``encoder_q`` and ``encoder_k`` (ST-GCN or DSTA-Net with the MLP head ``fc.0``/``fc.2``), the
@@ -23,10 +23,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cmd_jax import api, pretrained, torch_hiclr, torch_import  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax import api, pretrained  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.layouts import NTU25  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.models import dsta, graph  # noqa: E402  pylint: disable=wrong-import-position
-from cmd_jax.torch_import import TorchImportError  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop import cli, convert, hiclr, torchlight  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop.common import TorchImportError  # noqa: E402  pylint: disable=wrong-import-position
 from tests.torch_dsta import DSTANet  # noqa: E402  pylint: disable=wrong-import-position
 from tests.torch_stgcn import TorchSTGCN  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -87,7 +88,7 @@ def stgcn_import(tmp_path_factory):
   randomise(model, 1)
   path = save(model, tmp / "epoch300_model.pt")
   workdir = tmp / "workdir"
-  meta = torch_import.import_checkpoint(path, workdir)
+  meta = convert.import_checkpoint(path, workdir)
   return model, path, str(workdir), meta
 
 
@@ -115,7 +116,7 @@ def test_stgcn_checkpoint_round_trips_bit_identically(stgcn_import, tmp_path):
   assert (config.method, config.model.name, config.model.stgcn.hidden_channels, config.model.stgcn.hidden_dim,
           config.model.embed_dim, config.moco.queue_size) == ("hiclr", "stgcn", H, HIDDEN_DIM, D, K)
   out = tmp_path / "exported.pt"
-  torch_import.export_checkpoint(workdir, out)
+  convert.export_checkpoint(workdir, out)
   exported = torch.load(out, weights_only=True)
   assert_state_dicts_identical(exported, model.state_dict())
   fresh = TorchHiCLR(stgcn_encoder)
@@ -148,11 +149,11 @@ def test_dsta_checkpoint_round_trips_and_gives_the_reference_features(tmp_path):
   randomise(model, 4)
   path = save(model, tmp_path / "dsta.pt")
   workdir = tmp_path / "workdir"
-  meta = torch_import.import_checkpoint(path, workdir, epoch=12)
+  meta = convert.import_checkpoint(path, workdir, epoch=12)
   assert meta["torch_epoch"] == 12
   config = pretrained.read_pretrain_config(workdir)
   assert config.model.name == "dsta"
-  torch_import.export_checkpoint(workdir, tmp_path / "out.pt")
+  convert.export_checkpoint(workdir, tmp_path / "out.pt")
   assert_state_dicts_identical(torch.load(tmp_path / "out.pt", weights_only=True), model.state_dict())
   x = np.random.default_rng(5).normal(size=(2, 3, 50, 25, 2)).astype(np.float32)
   got = api.load_encoder(workdir, modality="joint").features(x, crop=None, preprocess=False)
@@ -169,11 +170,11 @@ def test_linear_evaluation_checkpoint(tmp_path):
   randomise(model, 7)
   path = save(model, tmp_path / "linear.pt")
   workdir = tmp_path / "workdir"
-  meta = torch_import.import_checkpoint(path, workdir)
+  meta = convert.import_checkpoint(path, workdir)
   assert (meta["method"], meta["kind"]) == ("hiclr", "linear")
   config = pretrained.read_pretrain_config(workdir)
   assert (config.model.mlp, config.model.embed_dim) == (False, 60)
-  torch_import.export_checkpoint(workdir, tmp_path / "out.pt")
+  convert.export_checkpoint(workdir, tmp_path / "out.pt")
   exported = torch.load(tmp_path / "out.pt", weights_only=True)
   assert_state_dicts_identical(exported, model.state_dict())  # encoder_q only, the classifier kept
   x = np.random.default_rng(8).normal(size=(3, 3, 50, 25, 2)).astype(np.float32)
@@ -182,6 +183,33 @@ def test_linear_evaluation_checkpoint(tmp_path):
   with torch.no_grad():
     want = model.encoder_q(torch.from_numpy(x))[0].numpy()
   assert np.max(np.abs(got - want)) <= 1e-5 * float(np.max(np.abs(want)))
+
+
+def test_parameter_list_edge_importance_naming(stgcn_import):
+  """SkeletonCLR/CrosSCLR/AimCLR name ST-GCN's edge importances ``edge_importance.0..9`` (an
+  ``nn.ParameterList``) where HiCLR has ``edge_importance1..10``: a HiCLR state_dict in the
+  list naming converts to the same state, and exports in HiCLR's own naming; the list
+  naming is written when asked for (the other formats' export)."""
+  model, _, _, _ = stgcn_import
+  numbered = model.state_dict()
+  as_list = {}
+  for key, value in numbered.items():
+    prefix, sep, number = key.rpartition(".edge_importance")
+    as_list[f"{prefix}.edge_importance.{int(number) - 1}" if sep and number.isdigit() else key] = value
+  assert "encoder_q.edge_importance.9" in as_list and "encoder_k.edge_importance.0" in as_list
+  config = hiclr.resolve_config(as_list)
+  state, meta = hiclr.state_dict_to_state(as_list, config)
+  assert_state_dicts_identical(hiclr.state_to_state_dict(state, config, meta), numbered)
+
+  out = {}
+  torchlight.write_encoder(out, config, "encoder_q", state.params["encoder"], state.batch_stats, {}, 0,
+                           torchlight.PARAMETER_LIST)
+  assert sorted(k for k in out if "edge_importance" in k) == sorted(f"encoder_q.edge_importance.{i}" for i in range(10))
+  for i in range(10):
+    assert torch.equal(out[f"encoder_q.edge_importance.{i}"], numbered[f"encoder_q.edge_importance{i + 1}"])
+  both = dict(numbered, **{"encoder_q.edge_importance.0": numbered["encoder_q.edge_importance1"]})
+  with pytest.raises(TorchImportError, match="both namings"):
+    torchlight.with_numbered_edge_importance(both)
 
 
 def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_path):
@@ -204,22 +232,22 @@ def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_pa
     torch.save(state_dict, source)
     target = tmp_path / f"target{i}"
     with pytest.raises(TorchImportError) as err:
-      torch_import.import_checkpoint(source, target, **kwargs)
+      convert.import_checkpoint(source, target, **kwargs)
     for needle in needles:
       assert needle in str(err.value), (i, needle, str(err.value))
     assert not target.exists()
   assert not [p for p in os.listdir(tmp_path) if "importing" in p]
   # A CMD checkpoint is not taken for a HiCLR one, and the reverse.
-  assert torch_hiclr.is_hiclr(sd)
-  assert not torch_hiclr.is_hiclr({"encoder_q_motion.encoder.gru.weight_hh_l0": 0, "queue_motion": 0})
+  assert hiclr.detect(sd)
+  assert not hiclr.detect({"encoder_q_motion.encoder.gru.weight_hh_l0": 0, "queue_motion": 0})
 
 
 def test_cli_imports_and_exports(stgcn_import, tmp_path, capsys):
   model, path, _, _ = stgcn_import
-  assert torch_import.main([path, "--workdir", str(tmp_path / "w"), "--method", "hiclr"]) == 0
+  assert cli.main([path, "--workdir", str(tmp_path / "w"), "--method", "hiclr"]) == 0
   assert "HICLR pretrain checkpoint, epoch 300" in capsys.readouterr().out
-  assert torch_import.main(["--export", str(tmp_path / "w"), str(tmp_path / "back.pt")]) == 0
+  assert cli.main(["--export", str(tmp_path / "w"), str(tmp_path / "back.pt")]) == 0
   assert_state_dicts_identical(torch.load(tmp_path / "back.pt", weights_only=True), model.state_dict())
-  assert torch_import.main([path, "--workdir", str(tmp_path / "w")]) == 1  # not empty: refused
+  assert cli.main([path, "--workdir", str(tmp_path / "w")]) == 1  # not empty: refused
   err = capsys.readouterr().err
   assert "already holds a complete import" in err and "--config.init_from=" in err
