@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 
@@ -88,7 +89,7 @@ def stgcn_import(tmp_path_factory):
   randomise(model, 1)
   path = save(model, tmp / "epoch300_model.pt")
   workdir = tmp / "workdir"
-  meta = convert.import_checkpoint(path, workdir)
+  meta = convert.import_checkpoint(path, workdir, stream="joint")
   return model, path, str(workdir), meta
 
 
@@ -149,7 +150,7 @@ def test_dsta_checkpoint_round_trips_and_gives_the_reference_features(tmp_path):
   randomise(model, 4)
   path = save(model, tmp_path / "dsta.pt")
   workdir = tmp_path / "workdir"
-  meta = convert.import_checkpoint(path, workdir, epoch=12)
+  meta = convert.import_checkpoint(path, workdir, stream="joint", epoch=12)
   assert meta["torch_epoch"] == 12
   config = pretrained.read_pretrain_config(workdir)
   assert config.model.name == "dsta"
@@ -170,7 +171,7 @@ def test_linear_evaluation_checkpoint(tmp_path):
   randomise(model, 7)
   path = save(model, tmp_path / "linear.pt")
   workdir = tmp_path / "workdir"
-  meta = convert.import_checkpoint(path, workdir)
+  meta = convert.import_checkpoint(path, workdir, stream="joint")
   assert (meta["method"], meta["kind"]) == ("hiclr", "linear")
   config = pretrained.read_pretrain_config(workdir)
   assert (config.model.mlp, config.model.embed_dim) == (False, 60)
@@ -197,7 +198,7 @@ def test_parameter_list_edge_importance_naming(stgcn_import):
     prefix, sep, number = key.rpartition(".edge_importance")
     as_list[f"{prefix}.edge_importance.{int(number) - 1}" if sep and number.isdigit() else key] = value
   assert "encoder_q.edge_importance.9" in as_list and "encoder_k.edge_importance.0" in as_list
-  config = hiclr.resolve_config(as_list)
+  config = hiclr.resolve_config(as_list, stream="joint")
   state, meta = hiclr.state_dict_to_state(as_list, config)
   assert_state_dicts_identical(hiclr.state_to_state_dict(state, config, meta), numbered)
 
@@ -219,11 +220,11 @@ def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_pa
   shorter = dict(sd, **{"encoder_q.st_gcn_networks.3.tcn.2.weight": torch.zeros(H, H, 7, 1)})
   other_graph = dict(sd, **{"encoder_q.A": sd["encoder_q.A"] * 2})
   cases = [
-      (missing, {}, ["missing keys", "encoder_k.st_gcn_networks.3.tcn.2.weight"]),
-      (shorter, {}, ["shape mismatch", "encoder_q.st_gcn_networks.3.tcn.2.weight", "checkpoint (4, 4, 7, 1)",
-                     "expected (4, 4, 9, 1)"]),
-      (other_graph, {}, ["encoder_q.A", "constant differs"]),
-      (sd, {"config": "configs/pretrain_cmd.py:ntu60_xsub", "method": "hiclr"},
+      (missing, {"stream": "joint"}, ["missing keys", "encoder_k.st_gcn_networks.3.tcn.2.weight"]),
+      (shorter, {"stream": "joint"}, ["shape mismatch", "encoder_q.st_gcn_networks.3.tcn.2.weight",
+                                      "checkpoint (4, 4, 7, 1)", "expected (4, 4, 9, 1)"]),
+      (other_graph, {"stream": "joint"}, ["encoder_q.A", "constant differs"]),
+      (sd, {"config": "configs/pretrain_cmd.py:ntu60_xsub", "method": "hiclr", "stream": "joint"},
        ["expected a HiCLR pretraining config"]),
       (sd, {"hidden_size": 16}, ["CMD's GRU sizes"]),
   ]
@@ -244,10 +245,89 @@ def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_pa
 
 def test_cli_imports_and_exports(stgcn_import, tmp_path, capsys):
   model, path, _, _ = stgcn_import
-  assert cli.main([path, "--workdir", str(tmp_path / "w"), "--method", "hiclr"]) == 0
+  assert cli.main([path, "--workdir", str(tmp_path / "w"), "--method", "hiclr", "--stream", "joint"]) == 0
   assert "HICLR pretrain checkpoint, epoch 300" in capsys.readouterr().out
   assert cli.main(["--export", str(tmp_path / "w"), str(tmp_path / "back.pt")]) == 0
   assert_state_dicts_identical(torch.load(tmp_path / "back.pt", weights_only=True), model.state_dict())
   assert cli.main([path, "--workdir", str(tmp_path / "w")]) == 1  # not empty: refused
   err = capsys.readouterr().err
   assert "already holds a complete import" in err and "--config.init_from=" in err
+
+
+# ---------------------------------------------------------------------------------------
+# The stream of a one-stream checkpoint
+
+
+def write_run_config(folder, **args) -> None:
+  """A ``config.yaml`` as torchlight's ``IO.save_arg`` writes it into a run's work_dir: a
+  comment line with the command, then every processor argument (``yaml.dump``, indent 4)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  arguments = {"base_lr": 0.1, "model_args": {"base_encoder": "net.st_gcn.Model", "feature_dim": 128},
+               "mining_epoch": 150, "work_dir": str(folder), **args}
+  with open(folder / "config.yaml", "w", encoding="utf-8") as f:
+    f.write("# command line: main.py pretrain_hiclr --config config/release/pretext_hiclr_xsub.yaml\n\n")
+    yaml.dump(arguments, f, default_flow_style=False, indent=4)
+
+
+def test_stream_from_the_file_name_or_the_run_config(tmp_path):
+  stream_of = convert.checkpoint_stream
+  assert stream_of(str(tmp_path / "ntu60_xsub_motion.pt"), None, "hiclr") == ("motion", "the file name")
+  assert stream_of(str(tmp_path / "pkup1cs-Bone.pth.tar"), None, "hiclr") == ("bone", "the file name")
+  assert stream_of(str(tmp_path / "joint.pt"), None, "hiclr") == ("joint", "the file name")
+  assert stream_of(str(tmp_path / "bones.pt"), "joint", "hiclr") == ("joint", "--stream")  # "bones" is no token
+  run = tmp_path / "work_dir" / "NTU60" / "xsub" / "motion"  # the folder names say nothing: only the config is read
+  write_run_config(run, stream="bone")
+  config_yaml = str(run / "config.yaml")
+  assert stream_of(str(run / "epoch300_model.pt"), None, "hiclr") == ("bone", config_yaml)
+  assert stream_of(str(run / "epoch300_model.pt"), "bone", "hiclr") == ("bone", "--stream")
+  assert stream_of(str(run / "xsub_bone.pt"), None, "hiclr") == ("bone", "the file name")  # both say bone
+  nested = tmp_path / "nested"  # a stream anywhere but at the top level is not the processor's --stream
+  write_run_config(nested, model_args={"stream": "motion"}, train_feeder_args={"stream": "motion"})
+  assert stream_of(str(nested / "epoch300_model.pt"), "joint", "hiclr") == ("joint", "--stream")
+
+
+def test_a_missing_or_contradicted_stream_is_a_one_line_error(stgcn_import, tmp_path, capsys):
+  model, _, _, _ = stgcn_import
+  cases = [  # (file name, the run config's stream or None, import arguments, what the error says)
+      ("epoch300_model.pt", None, {}, ["epoch300_model.pt: a HICLR checkpoint holds one stream and does not say "
+                                       "which", "give --stream joint|motion|bone"]),
+      ("xsub_joint_motion.pt", None, {}, ["its name names joint and motion", "give --stream"]),
+      ("ntu60_xsub_motion.pt", None, {"stream": "joint"}, ["--stream joint, but the file name says motion"]),
+      ("epoch300_model.pt", "bone", {"stream": "joint"}, ["--stream joint, but", "config.yaml says bone"]),
+      ("xsub_motion.pt", "bone", {}, ["the file name says motion but", "config.yaml says bone", "give --stream"]),
+      ("epoch300_model.pt", "rgb", {}, ["config.yaml: stream: 'rgb'; expected one of joint, motion, bone"]),
+  ]
+  for i, (name, configured, kwargs, needles) in enumerate(cases):
+    folder = tmp_path / f"case{i}"
+    folder.mkdir()
+    if configured is not None:
+      write_run_config(folder, stream=configured)
+    source = save(model, folder / name)
+    target = tmp_path / f"target{i}"
+    with pytest.raises(TorchImportError) as err:
+      convert.import_checkpoint(source, target, **kwargs)
+    assert "\n" not in str(err.value), str(err.value)
+    for needle in needles:
+      assert needle in str(err.value), (i, needle, str(err.value))
+    assert not target.exists()
+  assert cli.main([str(tmp_path / "case0" / "epoch300_model.pt"), "--workdir", str(tmp_path / "w")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--stream" in err and not (tmp_path / "w").exists()
+
+
+def test_an_imported_motion_checkpoint_gives_the_protocols_the_motion_stream(stgcn_import, tmp_path):
+  """A released one-stream file named after its stream (AimCLR's ``ntu60_xsub_motion.pt``):
+  the workdir records the stream, and the protocols' loader gives the motion encoder."""
+  model, _, _, _ = stgcn_import
+  path = save(model, tmp_path / "ntu60_xsub_motion.pt")
+  workdir = tmp_path / "workdir"
+  meta = convert.import_checkpoint(path, workdir)
+  assert (meta["stream"], meta["stream_from"]) == ("motion", "the file name")
+  config = pretrained.read_pretrain_config(workdir)
+  assert (config.stream, config.torch_import.stream, config.torch_import.stream_from) == (
+      "motion", "motion", "the file name")
+  loaded = pretrained.load_pretrained(workdir)
+  assert loaded.modalities == ("motion",)
+  want = model.state_dict()["encoder_q.st_gcn_networks.0.gcn.conv.weight"].numpy()
+  np.testing.assert_array_equal(np.asarray(loaded.params["motion"]["st_gcn_networks_0"]["gcn"]["conv"]["weight"]),
+                                want)

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from cmd_jax import api, pretrained
-from cmd_jax.interop import cli, convert
 from cmd_jax.errors import ConfigError
+from cmd_jax.interop import cli, convert
 from cmd_jax.interop.common import TorchImportError
 
 H, LAYERS, F, K, D, CLASSES = 8, 2, 150, 16, 8, 5
@@ -235,6 +235,14 @@ def test_cli_reports_an_error_and_an_existing_workdir_is_refused(tmp_path, capsy
   with pytest.raises(TorchImportError, match="not empty"):
     convert.import_checkpoint(save(tmp_path / "ok.pth.tar", reference_state_dict()), tmp_path / "full")
   assert os.listdir(tmp_path / "full") == ["keep.txt"]
+
+
+def test_stream_is_refused_for_a_checkpoint_that_names_its_streams(tmp_path):
+  """CMD's keys name its three streams: --stream (meant for one-stream formats) is refused."""
+  path = save(tmp_path / "ntu60_xsub_motion.pth.tar", reference_state_dict())
+  with pytest.raises(TorchImportError, match="--stream is for one-stream checkpoints; a CMD checkpoint"):
+    convert.import_checkpoint(path, tmp_path / "w", stream="motion")
+  assert not (tmp_path / "w").exists()
 
 
 def test_pretraining_continues_from_an_imported_checkpoint(tmp_path):

@@ -3,8 +3,12 @@
 Import::
 
   python -m cmd_jax.torch_import checkpoint_0450.pth.tar --workdir W \\
-      [--method cmd|hiclr] [--config configs/pretrain_cmd.py:ntu60_xsub] [--epoch N] \\
-      [--hidden-size H] [--num-layers L]
+      [--method cmd|hiclr] [--stream joint|motion|bone] [--config configs/pretrain_cmd.py:ntu60_xsub] \\
+      [--epoch N] [--hidden-size H] [--num-layers L]
+
+``--stream``: the stream a one-stream checkpoint (HiCLR) was trained on; needed unless the
+file name or the reference's ``config.yaml`` beside it says it
+(``cmd_jax.interop.convert.checkpoint_stream``).
 
 Export (the reverse, a file the reference's ``load_state_dict`` accepts)::
 
@@ -22,6 +26,7 @@ from cmd_jax.interop.cmd import DEFAULT_CONFIG
 from cmd_jax.interop.common import TorchImportError
 from cmd_jax.interop.convert import export_checkpoint, import_checkpoint
 from cmd_jax.interop.formats import FORMATS
+from cmd_jax.interop.torchlight import STREAMS
 
 
 def main(argv=None) -> int:
@@ -33,6 +38,9 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", help="the new workdir to write (import)")
   parser.add_argument("--method", choices=tuple(FORMATS), default=None,
                       help="the checkpoint's method (default: detected from its keys)")
+  parser.add_argument("--stream", choices=STREAMS, default=None,
+                      help="the stream a one-stream (HiCLR) checkpoint was trained on; needed unless the file name "
+                      "(e.g. ntu60_xsub_motion.pt) or the reference's config.yaml beside the file says it")
   parser.add_argument("--config", default=None, help=f"pretraining config (default {DEFAULT_CONFIG}, or "
                       "configs/pretrain_hiclr.py:ntu60_xsub[_dsta] for HiCLR, with the model sizes read off the "
                       "checkpoint; given: sizes are checked)")
@@ -51,10 +59,12 @@ def main(argv=None) -> int:
     else:
       if not args.checkpoint or not args.workdir:
         parser.error("give a checkpoint and --workdir (import), or --export WORKDIR OUT")
-      meta = import_checkpoint(args.checkpoint, args.workdir, args.config, hidden_size=args.hidden_size,
-                               num_layers=args.num_layers, method=args.method, epoch=args.epoch)
+      meta = import_checkpoint(args.checkpoint, args.workdir, args.config, stream=args.stream,
+                               hidden_size=args.hidden_size, num_layers=args.num_layers, method=args.method,
+                               epoch=args.epoch)
+      stream = f"{meta['stream']} stream (from {meta['stream_from']}); " if "stream" in meta else ""
       print(f"wrote {args.workdir}: {meta['method'].upper()} {meta['kind']} checkpoint, epoch {meta['torch_epoch']}, "
-            f"step {meta['step']}; "
+            f"step {meta['step']}; {stream}"
             f"key encoders {meta['key_encoders']}; queues {meta['queues']}; optimizer {meta['optimizer']}")
   except (TorchImportError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)

@@ -8,6 +8,11 @@ what ``--config.init_from``, ``cmd_jax.pretrained.load_pretrained`` and
 method's reference writes one. The command line is ``cmd_jax.interop.cli``
 (``python -m cmd_jax.torch_import``); the formats and decisions: docs/pytorch_interop.md.
 
+A one-stream checkpoint (``ONE_STREAM`` formats: HiCLR) does not say which stream it was
+trained on; ``checkpoint_stream`` finds it (the rules are its docstring's) and the workdir
+records it (``config.stream``, ``config.torch_import.stream``, the meta's ``stream``), so the
+protocols feed that stream.
+
 The checkpoint step is the reference epoch (the file's ``epoch``, else ``N`` of a torchlight
 ``epoch<N>_model.pt`` name, else ``epoch``/0); ``TrainState.step`` is the same number. The
 data-iterator state is empty: continued pretraining starts after that epoch
@@ -24,21 +29,57 @@ import jax
 import ml_collections
 
 from cmd_jax import checkpoint, data, pretrained, sharding
+from cmd_jax.interop import torchlight
 from cmd_jax.interop.common import (TorchImportError, check_new_workdir, epoch_from_name, read_checkpoint,
                                     save_torch_file, write_atomically)
 from cmd_jax.interop.formats import detect_format, get_format
+from cmd_jax.interop.torchlight import STREAMS
 from cmd_jax.methods import create_train_state, method_name
 from cmd_jax.state_checks import non_finite_leaves
 
 
+def checkpoint_stream(path: str, stream: str | None, method: str) -> tuple[str, str]:
+  """``(stream, what said it)`` of a one-stream checkpoint file of ``method``.
+
+  What can say it: ``stream`` (``--stream``), the file name (its one ``joint``/``motion``/
+  ``bone`` token: ``ntu60_xsub_motion.pt``; a name with several is not guessed from), and the
+  top-level ``stream`` of the reference run's ``config.yaml`` beside the file
+  (``cmd_jax.interop.torchlight``). Given, ``stream`` must agree with what the name and the
+  config say; not given, the name or the config must say it (and agree with each other).
+  Otherwise one-line ``TorchImportError``\\ s naming the file and ``--stream``.
+  """
+  if stream is not None and stream not in STREAMS:
+    raise TorchImportError(f"--stream {stream!r}; expected one of {', '.join(STREAMS)}")
+  in_name = torchlight.streams_in_name(path)
+  named = in_name[0] if len(in_name) == 1 else None
+  configured, config_path = torchlight.stream_in_run_config(path)
+  said = [(s, where) for s, where in ((named, "the file name"), (configured, config_path)) if s is not None]
+  if stream is not None:
+    for value, where in said:
+      if value != stream:
+        raise TorchImportError(f"{path}: --stream {stream}, but {where} says {value}; expected the stream the "
+                               "checkpoint was trained on (nothing was written)")
+    return stream, "--stream"
+  if len({value for value, _ in said}) > 1:
+    raise TorchImportError(f"{path}: the file name says {named} but {config_path} says {configured}; give --stream "
+                           "with the stream the checkpoint was trained on (nothing was written)")
+  if said:
+    return said[0]
+  several = f" (its name names {' and '.join(in_name)})" if len(in_name) > 1 else ""
+  raise TorchImportError(f"{path}: a {method.upper()} checkpoint holds one stream and does not say which{several}; "
+                         f"give --stream {'|'.join(STREAMS)} (or stream=), the stream it was trained on")
+
+
 def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, config=None, *,
-                      hidden_size: int | None = None, num_layers: int | None = None, method: str | None = None,
-                      epoch: int | None = None) -> dict[str, Any]:
+                      stream: str | None = None, hidden_size: int | None = None, num_layers: int | None = None,
+                      method: str | None = None, epoch: int | None = None) -> dict[str, Any]:
   """Converts a reference checkpoint file into a new pretraining workdir; returns the meta written.
 
   ``method``: a format name (``cmd_jax.interop.formats.FORMATS``); None detects it from the
   keys. ``config``: None (the format's default config, sizes from the checkpoint), a
-  ``path.py[:arg]`` spec or a ConfigDict (sizes checked). ``hidden_size``/``num_layers``:
+  ``path.py[:arg]`` spec or a ConfigDict (sizes checked). ``stream``: the stream a
+  one-stream checkpoint was trained on (``checkpoint_stream``: needed unless its file name
+  or the reference's ``config.yaml`` beside it says it). ``hidden_size``/``num_layers``:
   CMD's expected GRU sizes. ``epoch`` overrides the checkpoint's epoch (torchlight files
   hold none: it is read from ``epoch<N>_model.pt`` names). Raises ``TorchImportError`` with
   nothing written.
@@ -58,6 +99,12 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
   if refused:
     raise TorchImportError(f"--hidden-size/--num-layers are CMD's GRU sizes; a {fmt.NAME.upper()} checkpoint's sizes "
                            "are read off its shapes (or give --config)")
+  if fmt.ONE_STREAM:
+    stream, stream_from = checkpoint_stream(path, stream, fmt.NAME)
+    options["stream"] = stream
+  elif stream is not None:
+    raise TorchImportError(f"--stream is for one-stream checkpoints; a {fmt.NAME.upper()} checkpoint names its "
+                           "streams in its keys")
   config = fmt.resolve_config(state_dict, config, **options)
   try:
     data.layout_of(config.data)
@@ -72,6 +119,9 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
   step = int(epoch or 0)
   config.torch_import = ml_collections.ConfigDict(
       {"source": path, "epoch": -1 if epoch is None else epoch, "kind": meta["kind"]})
+  if fmt.ONE_STREAM:
+    config.torch_import.stream, config.torch_import.stream_from = stream, stream_from
+    meta.update({"stream": stream, "stream_from": stream_from})
   config.name = f"{config.name}_torch_import_epoch{epoch if epoch is not None else 'unknown'}"
   meta.update({"config": config.name, "epoch": step, "step": step, "source": path, "method": fmt.NAME})
 

@@ -36,7 +36,9 @@ kept), a key encoder that is a copy of the query encoder, a fresh queue and
 
 The config: ``configs/pretrain_hiclr.py:ntu60_xsub`` (or ``..._dsta``, from the keys) with
 what the shapes tell (ST-GCN widths, the head, the queue size, the layout from the graph
-size) unless one is given; a given config is checked, not adjusted. The checkpoint holds
+size) unless one is given; a given config is checked, not adjusted. Its ``stream`` is the
+checkpoint's: a checkpoint holds one stream and does not say which, so the import is told
+(``cmd_jax.interop.convert.checkpoint_stream``). The checkpoint holds
 no epoch: the workdir's step is 0 unless ``epoch`` is given (``--epoch``, e.g. 300 for
 ``epoch300_model.pt``), and continued pretraining starts after that epoch with a fresh
 optimizer state.
@@ -92,8 +94,9 @@ def saved_object(state_dict: Mapping[str, Any], epoch: int) -> dict[str, Any]:  
   return state_dict
 
 
-def resolve_config(state_dict: Mapping[str, Any], config=None) -> ml_collections.ConfigDict:
-  """The HiCLR pretraining config the checkpoint is imported under (module docstring)."""
+def resolve_config(state_dict: Mapping[str, Any], config=None, *, stream: str) -> ml_collections.ConfigDict:
+  """The HiCLR pretraining config the checkpoint is imported under (module docstring), its
+  ``config.stream`` the checkpoint's ``stream`` (whatever a given config says)."""
   state_dict = torchlight.with_numbered_edge_importance(state_dict)
   name = torchlight.encoder_name(state_dict)
   infer = config is None
@@ -112,6 +115,7 @@ def resolve_config(state_dict: Mapping[str, Any], config=None) -> ml_collections
                            f"config (method hiclr), e.g. {DEFAULT_CONFIG}")
   if infer:
     torchlight.infer_sizes(state_dict, config, name)
+  config.stream = stream
   if checkpoint_kind(state_dict) == "linear":
     out = shape_of(state_dict, f"{QUERY}.fc.weight")
     config.model.mlp = False

@@ -16,7 +16,12 @@ pieces under the same names, which this module maps:
   parameters: HiCLR, and this project's Flax names) or ``edge_importance.0..9`` (an
   ``nn.ParameterList``: SkeletonCLR, CrosSCLR, AimCLR). Both are accepted on import (HiCLR's
   own loader reads the list naming too); each format exports its own;
-- a queue ``(D, K)`` (columns are keys; ``[K, D]`` rows here) with its pointer ``[1]``.
+- a queue ``(D, K)`` (columns are keys; ``[K, D]`` rows here) with its pointer ``[1]``;
+- the stream of a one-stream checkpoint (HiCLR, SkeletonCLR, AimCLR train one stream per
+  run and do not record it in the file): a ``joint``/``motion``/``bone`` token of the file
+  name (AimCLR's released ``ntu60_xsub_motion.pt``), or the top-level ``stream`` of the
+  ``config.yaml`` that torchlight writes into the run's ``work_dir`` beside the checkpoints
+  (``IO.save_arg``: every processor argument, ``--stream`` included, default ``joint``).
 
 What the shapes tell about the encoder (ST-GCN widths, the GRU's sizes, the head, the
 skeleton layout from the graph's size, the queue size) is read off here too.
@@ -24,14 +29,17 @@ skeleton layout from the graph's size, the queue size) is read off here too.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from cmd_jax import data, models
+from cmd_jax.modalities import MODALITIES as STREAMS
 from cmd_jax.interop.common import TorchImportError, shape_of
 
 QUERY, KEY = "encoder_q", "encoder_k"
@@ -40,6 +48,7 @@ NUMBERED, PARAMETER_LIST = "numbered", "parameter_list"  # edge_importance1..10 
 _LAYOUT_DATASETS = {25: ("ntu60", "xsub"), 20: ("msr_action3d", "xsub")}
 _LIST_EDGE_IMPORTANCE = re.compile(r"(?P<prefix>(?:.+\.)?)edge_importance\.(?P<index>\d+)")
 _NUMBERED_EDGE_IMPORTANCE = re.compile(r"edge_importance(?P<number>\d+)")
+RUN_CONFIG = "config.yaml"  # torchlight's record of a run's arguments, in its work_dir
 
 
 # ----------------------------------------------------------------------------------------
@@ -265,3 +274,37 @@ def describe(config) -> str:
   return (f"{what}, layout {layout.name} ({layout.num_joints} joints x {layout.num_persons} persons), "
           f"{'MLP head' if config.model.mlp else 'linear head'} to {config.model.embed_dim}, "
           f"queue {config.moco.queue_size}")
+
+
+# ----------------------------------------------------------------------------------------
+# The stream of a one-stream checkpoint
+# ----------------------------------------------------------------------------------------
+
+def streams_in_name(path: str | os.PathLike) -> tuple[str, ...]:
+  """The stream names among the tokens of the file name (split at every character other
+  than a letter or digit, lower-cased): ``ntu60_xsub_motion.pt`` -> ``("motion",)``; a name
+  naming several streams gives them all (it says nothing then)."""
+  tokens = set(re.split(r"[^0-9a-z]+", os.path.basename(os.fspath(path)).lower()))
+  return tuple(s for s in STREAMS if s in tokens)
+
+
+def stream_in_run_config(path: str | os.PathLike) -> tuple[str | None, str]:
+  """``(stream or None, the config's path)``: the top-level ``stream`` of the
+  ``config.yaml`` beside the checkpoint file (None: no such file, or no ``stream`` in it).
+  A config that is not YAML, or names another stream, is an error naming it."""
+  config_path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), RUN_CONFIG)
+  if not os.path.isfile(config_path):
+    return None, config_path
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      args = yaml.safe_load(f)
+  except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    raise TorchImportError(f"{config_path} (beside {os.fspath(path)}) is not readable YAML ({first}); expected the "
+                           "reference run's config.yaml, whose top-level 'stream' names the checkpoint's stream") from None
+  stream = args.get("stream") if isinstance(args, dict) else None
+  if stream is None:
+    return None, config_path
+  if stream not in STREAMS:
+    raise TorchImportError(f"{config_path}: stream: {stream!r}; expected one of {', '.join(STREAMS)}")
+  return str(stream), config_path
