@@ -28,7 +28,7 @@ import numpy as np
 
 from cmd_jax import action_names
 from cmd_jax.layouts import MSR20
-from data_prep.datasets import DatasetSpec, Sample
+from data_prep.spec import DatasetSpec, Sample
 from data_prep.errors import DataFormatError
 from data_prep.numeric_text import read_number_table
 

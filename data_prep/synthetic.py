@@ -46,7 +46,7 @@ import numpy as np
 
 from cmd_jax import action_names
 from cmd_jax.layouts import NTU25
-from data_prep.datasets import DatasetSpec, Sample
+from data_prep.spec import DatasetSpec, Sample
 
 # The class names, label by label (A001 = label 0); the motions are made by _class_motion.
 CLASS_NAMES = action_names.SYNTHETIC

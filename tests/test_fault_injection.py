@@ -302,10 +302,10 @@ def test_torch_import_killed_and_rerun_writes_the_same_workdir(tmp_path, pretrai
   cmd_jax.torch_import``); one kill. The import builds the workdir in a temporary sibling
   folder and renames it at the end, so a killed import leaves either no workdir or the complete
   one; a rerun onto the complete one is refused, saying so."""
-  from cmd_jax import torch_import  # pylint: disable=import-outside-toplevel
+  from cmd_jax.interop import common, convert  # pylint: disable=import-outside-toplevel
   rng = random.Random(SEED + 7)
   source = tmp_path / "checkpoint.pth.tar"
-  torch_import.export_checkpoint(pretrain_dir, source)
+  convert.export_checkpoint(pretrain_dir, source)
 
   def cmd(out):
     return [sys.executable, "-m", "cmd_jax.torch_import", str(source), "--workdir", str(out)]
@@ -327,6 +327,6 @@ def test_torch_import_killed_and_rerun_writes_the_same_workdir(tmp_path, pretrai
   assert len(a[3]) == len(b[3]), outcomes
   for x, y in zip(a[3], b[3]):
     np.testing.assert_array_equal(x, y, err_msg=str(outcomes))
-  with pytest.raises(torch_import.TorchImportError, match=IMPORT_REFUSAL):  # the same import once more
-    torch_import.import_checkpoint(source, tmp_path / "b")
+  with pytest.raises(common.TorchImportError, match=IMPORT_REFUSAL):  # the same import once more
+    convert.import_checkpoint(source, tmp_path / "b")
   assert _restored(tmp_path / "b")[:3] == b[:3]

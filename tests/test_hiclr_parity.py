@@ -7,7 +7,7 @@ processor's loss and SGD step; the JAX side is the project's own
 ``cmd_jax.trainers.pretrain.train_step`` with ``config.method = "hiclr"``.
 
 Same weights: the JAX state from ``create_train_state`` is exported by
-``cmd_jax.torch_hiclr.state_to_state_dict`` and loaded STRICTLY into the torch model, which
+``cmd_jax.interop.hiclr.state_to_state_dict`` and loaded STRICTLY into the torch model, which
 must then hold the very same tensors as a second torch model filled through the renaming
 rule (written here, ``renamed``, and checked equal to ``cmd_jax.models.torch_key``; queue
 transposed; the graph ``A`` built by the torch encoder itself). Same inputs: the random
@@ -59,7 +59,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cmd_jax import data, models, optim, torch_hiclr  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax import data, models, optim  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop import hiclr as hiclr_format  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods import hiclr  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods.common import mining  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods.hiclr import losses as hiclr_losses  # noqa: E402  pylint: disable=wrong-import-position
@@ -187,7 +188,7 @@ def fill_by_renaming(model: TorchHiCLRStep, state, config) -> None:
 def torch_model(state, config, layout) -> TorchHiCLRStep:
   """The exported state loaded strictly; the same tensors as the renaming route."""
   model = new_torch_model(layout)
-  model.load_state_dict(torch_hiclr.state_to_state_dict(state, config), strict=True)
+  model.load_state_dict(hiclr_format.state_to_state_dict(state, config), strict=True)
   independent = new_torch_model(layout)
   fill_by_renaming(independent, state, config)
   got, want = model.state_dict(), independent.state_dict()

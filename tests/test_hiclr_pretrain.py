@@ -231,7 +231,7 @@ def test_eight_devices_give_the_same_steps_as_one(hiclr_sharded_run):
 def imported(frame50_data, tmp_path_factory):
   """HiCLR checkpoints as the reference saves them (one per stream), imported under the tiny config."""
   torch = pytest.importorskip("torch")
-  from cmd_jax import torch_import  # pylint: disable=import-outside-toplevel
+  from cmd_jax.interop import convert  # pylint: disable=import-outside-toplevel
   from tests.test_torch_hiclr import TorchHiCLR, randomise, stgcn_encoder  # pylint: disable=import-outside-toplevel
 
   tmp = tmp_path_factory.mktemp("hiclr_imported")
@@ -246,7 +246,7 @@ def imported(frame50_data, tmp_path_factory):
     state_dict["queue_ptr"] = torch.tensor([12])  # a multiple of the batch, as the reference's always is
     torch.save(state_dict, tmp / f"{stream}.pt")
     workdirs[stream] = str(tmp / stream)
-    torch_import.import_checkpoint(tmp / f"{stream}.pt", workdirs[stream], config, epoch=2)
+    convert.import_checkpoint(tmp / f"{stream}.pt", workdirs[stream], config, epoch=2)
   return workdirs
 
 

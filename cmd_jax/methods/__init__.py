@@ -32,12 +32,18 @@ step, checkpoints and resuming, metrics, the kNN monitor. A method package provi
   ``crop_ratio=None`` for the stored clip as it is.
 
 Adding a method = a package here with those names + an entry in ``METHODS`` + a config file.
+
+``create_train_state(config, layout, steps_per_epoch)`` is the method's fresh state with its
+optimizer (``cmd_jax.optim``): what the loop starts from, and the structure a checkpoint is
+restored into (``cmd_jax.pretrained``, ``cmd_jax.interop``).
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
+from cmd_jax import optim
 
 METHODS = {
     "cmd": "cmd_jax.methods.cmd",
@@ -61,3 +67,9 @@ def get_method(name: str) -> ModuleType:
 
 def method_of(config) -> ModuleType:
   return get_method(method_name(config))
+
+
+def create_train_state(config, layout, steps_per_epoch: int):
+  """A fresh state of ``config.method`` (host arrays) with its optimizer's state for
+  ``steps_per_epoch`` (``cmd_jax.optim``), deterministic in ``config.seed``."""
+  return method_of(config).create_state(config, layout, optim.make_optimizer(config, steps_per_epoch))

@@ -20,7 +20,7 @@ Every encoder is a Flax module called as ``model.apply(variables, x, train=..., 
   ``fc_0 -> ReLU -> fc_2``, ``cmd_jax.models.common.head``).
 
 Every parameter is stored in PyTorch's layout under PyTorch's module names (``fc_0`` for
-``fc.0``), so reference checkpoints convert by renaming (``cmd_jax.torch_import``).
+``fc.0``), so reference checkpoints convert by renaming (``cmd_jax.interop``).
 
 Each encoder module provides ``default_config()`` (its fields of ``config.model``),
 ``validate(model_config, layout)`` (one-line errors before compiling),

@@ -46,7 +46,8 @@ from cmd_jax import checkpoint, data, input_pipeline, metrics as metrics_lib, mo
 from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods import method_of
+from cmd_jax.methods import create_train_state, method_of
+from cmd_jax.state_checks import check_shapes
 
 
 def validate_config(config, *, num_train: int | None, num_devices: int, process_count: int) -> None:
@@ -88,11 +89,6 @@ def _validate_config(config, num_train, num_devices, process_count) -> None:
     raise ValueError(f"config.evaluator.every_epochs={config.evaluator.every_epochs} and batch_size="
                      f"{config.evaluator.batch_size}: expected at least 1 (or config.evaluator.name='' for none)")
   method.validate(config, num_train=num_train, num_devices=num_devices, process_count=process_count)
-
-
-def create_train_state(config, layout: SkeletonLayout, steps_per_epoch: int):
-  """A fresh state of ``config.method`` (host arrays), deterministic in ``config.seed``."""
-  return method_of(config).create_state(config, layout, optim.make_optimizer(config, steps_per_epoch))
 
 
 def train_step(state, batch: Mapping[str, jax.Array], *, config, layout: SkeletonLayout,
@@ -236,10 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   log = print if jax.process_index() == 0 else (lambda _: None)
 
   def same_shapes(stored, step_dir):
-    from cmd_jax import pretrained  # pylint: disable=import-outside-toplevel
-    pretrained.check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", str(config.get("method", "cmd")),
-                            expected_from="this config", advice="nothing was changed: use a new --workdir for "
-                            "this config, or the workdir's own settings to resume it")
+    check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", str(config.get("method", "cmd")),
+                 expected_from="this config", advice="nothing was changed: use a new --workdir for this config, "
+                 "or the workdir's own settings to resume it")
 
   restored = ckpt.restore_newest_readable(state, mesh, check=same_shapes, log=log)
   start = restored[0] if restored else 0
@@ -249,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if restored:
     _, state, data_state, meta = restored
     if not data_state and "torch_epoch" in meta:
-      # A checkpoint imported from the PyTorch reference (cmd_jax.torch_import): its step is
+      # A checkpoint imported from the PyTorch reference (cmd_jax.interop): its step is
       # the reference's completed-epoch count and it has no data position. Continue after
       # those epochs: step and data position at epoch * steps_per_epoch (fresh optimizer state).
       completed = max(int(meta.get("torch_epoch") or 0), 0)
