@@ -1,4 +1,4 @@
-"""Tests for the downstream protocols (cmd_jax.trainers.downstream) against independent computations.
+"""Tests for the downstream protocols (cmd_jax.protocols) against independent computations.
 
 Follows docs/references.md#cmd-downstream-protocols, #cmd-downstream-crops,
 #cmd-downstream-views, #cmd-labelled-subsets and #cmd-quirks items 5-7. A tiny model (hidden 8, one
@@ -40,7 +40,9 @@ import pytest
 
 from cmd_jax import augment, data, metrics as metrics_lib, modalities, pretrained, sharding
 from cmd_jax.errors import ConfigError
-from cmd_jax.trainers import pretrain as cmd_pretrain, downstream, get_trainer
+from cmd_jax.protocols import batches as batches_lib, common, heads as heads_lib, subsets, training
+from cmd_jax.protocols import knn as knn_protocol, linear as linear_protocol
+from cmd_jax.trainers import pretrain as cmd_pretrain, get_trainer
 from cmd_jax import optim
 from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
 from tests.test_pretrained import make_workdir, set_fields, tiny_pretrain_config
@@ -83,6 +85,11 @@ def tiny_config(protocol: str, init_from: str, data_dir: str, name: str = "synth
   return set_fields(config, {**base, **overrides})
 
 
+def run_protocol(config, workdir):
+  """The trainer ``config.trainer`` names (``cmd_jax.trainers.TRAINERS``), as ``launch.py`` runs it."""
+  return get_trainer(config.trainer)(config, workdir)
+
+
 def load_split(data_dir: str, split: str):
   source = data.open_split(tiny_config("knn", "", data_dir).data, split)
   records = [source[i] for i in range(len(source))]
@@ -121,7 +128,7 @@ def leaves(tree):
 def linear_run(pretrain_dir, tiny_data, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("linear"))
   config = tiny_config("linear", pretrain_dir, tiny_data, streams="joint,motion,bone")
-  return workdir, downstream.train_and_evaluate(config, workdir)
+  return workdir, run_protocol(config, workdir)
 
 
 def test_linear_changes_only_the_classifier(linear_run, pretrain_dir):
@@ -180,7 +187,7 @@ def test_three_stream_fusion_is_the_mean_of_the_softmax_probabilities(linear_run
   assert results["three_stream"]["final_top1"] == pytest.approx(np.mean(np.argmax(fused, -1) == labels))
   # The fusion is not the mean of the logits' argmax: check the function on a case where they differ.
   logits = {"a": np.array([[0.0, 3.0, 0.0]]), "b": np.array([[2.0, 0.0, 0.0]]), "c": np.array([[2.0, 0.0, 0.0]])}
-  np.testing.assert_allclose(downstream.fused_probabilities(logits),
+  np.testing.assert_allclose(heads_lib.fused_probabilities(logits),
                              np.mean([np_softmax(v) for v in logits.values()], axis=0))
 
 
@@ -219,13 +226,13 @@ def test_linear_head_steps_equal_numpy_sgd_with_momentum(pretrain_dir):
   batch = {"skeleton": rng.normal(size=(n, 3, 300, 25, 2)).astype(np.float32),
            "num_frames": rng.integers(10, 301, n).astype(np.int32),
            "label": rng.integers(0, NUM_CLASSES, n).astype(np.int32)}
-  tx = downstream.make_optimizer(config, steps_per_epoch=100)
-  heads = {"joint": downstream.init_head(jax.random.PRNGKey(1), NUM_CLASSES, 16)}
+  tx = optim.make_optimizer(config, steps_per_epoch=100)
+  heads = {"joint": heads_lib.init_head(jax.random.PRNGKey(1), NUM_CLASSES, 16)}
   heads["joint"]["bias"] = jnp.asarray(rng.normal(size=NUM_CLASSES).astype(np.float32) * 0.1)
-  state = downstream.DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={},
+  state = training.DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={},
                                      opt_state=tx.init(heads), rng=jax.random.PRNGKey(7))
   view = {"mode": "crop_resize", "out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
-  step = jax.jit(lambda s, f, b: downstream.linear_train_step(
+  step = jax.jit(lambda s, f, b: linear_protocol.train_step(
       s, f, b, model=pre.model(), layout=pre.layout, streams=("joint",), tx=tx,
       schedule=optim.lr_schedule(config, 100), view=view))
   frozen = {"joint": pre.variables("joint")}
@@ -272,11 +279,11 @@ def test_epoch_batches_are_a_drop_last_false_loader():
   source = _FakeSource(10)
 
   def epoch(seed, e):
-    batches = downstream.epoch_batches(source, batch_size=4, seed=seed, epoch=e, mesh=mesh)
+    batches = batches_lib.epoch_batches(source, batch_size=4, seed=seed, epoch=e, mesh=mesh)
     return [np.asarray(b["label"]) for b in batches]
 
   first = epoch(0, 1)
-  assert [len(b) for b in first] == [4, 4, 2] and downstream.steps_per_epoch(10, 4) == 3
+  assert [len(b) for b in first] == [4, 4, 2] and batches_lib.steps_per_epoch(10, 4) == 3
   assert sorted(np.concatenate(first).tolist()) == list(range(10))
   assert [b.tolist() for b in epoch(0, 1)] == [b.tolist() for b in first]
   assert np.concatenate(epoch(0, 2)).tolist() != np.concatenate(first).tolist()
@@ -289,7 +296,7 @@ def test_epoch_batches_are_a_drop_last_false_loader():
 
 def test_knn_equals_brute_force_numpy_1nn(pretrain_dir, tiny_data, tmp_path):
   workdir = str(tmp_path / "knn")
-  results = downstream.train_and_evaluate(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone"),
+  results = run_protocol(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone"),
                                           workdir)
   pre = pretrained.load_pretrained(pretrain_dir)
   train = load_split(tiny_data, "train")
@@ -322,30 +329,30 @@ def test_a_finished_run_is_skipped_and_a_changed_one_recomputed(pretrain_dir, ti
   shutil.copytree(pretrain_dir, pre_dir)
   config = tiny_config("knn", str(pre_dir), tiny_data, streams="joint")
   workdir = str(tmp_path / "knn")
-  first = downstream.train_and_evaluate(config, workdir)
+  first = run_protocol(config, workdir)
   assert first["inputs"]["init_from_steps"] == {str(pre_dir): 4}
-  real_run_knn = downstream.run_knn
+  real_run_knn = knn_protocol.run
 
   def trapped(*args, **kwargs):
     raise AssertionError("recomputed a finished run")
-  monkeypatch.setattr(downstream, "run_knn", trapped)
+  monkeypatch.setattr(knn_protocol, "run", trapped)
   capsys.readouterr()
-  assert downstream.train_and_evaluate(config, workdir) == first
+  assert run_protocol(config, workdir) == first
   assert "already done with this config and pretraining" in capsys.readouterr().out
 
   calls = []
-  monkeypatch.setattr(downstream, "run_knn", lambda *a, **k: calls.append(1) or real_run_knn(*a, **k))
-  downstream.train_and_evaluate(set_fields(config, {"eval_batch_size": 6}), workdir)  # another config
+  monkeypatch.setattr(knn_protocol, "run", lambda *a, **k: calls.append(1) or real_run_knn(*a, **k))
+  run_protocol(set_fields(config, {"eval_batch_size": 6}), workdir)  # another config
   assert len(calls) == 1
   os.rename(pre_dir / "checkpoints" / "4", pre_dir / "checkpoints" / "5")  # a newer pretraining step
-  downstream.train_and_evaluate(config, workdir)
+  run_protocol(config, workdir)
   assert len(calls) == 2
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     stored = json.load(f)
   del stored["inputs"]  # as a run killed before its last write leaves it
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(stored, f)
-  downstream.train_and_evaluate(config, workdir)
+  run_protocol(config, workdir)
   assert len(calls) == 3
 
 
@@ -356,45 +363,45 @@ def test_a_finished_run_is_skipped_and_a_changed_one_recomputed(pretrain_dir, ti
 def test_same_seed_same_subset_other_seed_other_subset():
   labels = np.repeat(np.arange(10), 50)
   for sampling in ("global", "stratified"):
-    a = downstream.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10)
-    assert np.array_equal(a, downstream.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10))
-    assert not np.array_equal(a, downstream.labelled_subset(labels, 0.1, seed=4, sampling=sampling, num_classes=10))
+    a = subsets.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10)
+    assert np.array_equal(a, subsets.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10))
+    assert not np.array_equal(a, subsets.labelled_subset(labels, 0.1, seed=4, sampling=sampling, num_classes=10))
     assert len(np.unique(a)) == len(a) and a.min() >= 0 and a.max() < 500
 
 
 @pytest.mark.parametrize("n,ratio", [(500, 0.1), (503, 0.01), (7, 0.5), (40, 1.0), (1000, 0.013)])
 def test_global_subset_size_is_int_n_times_ratio(n, ratio):
   labels = np.arange(n) % 7
-  assert len(downstream.labelled_subset(labels, ratio, seed=0)) == int(n * ratio)
+  assert len(subsets.labelled_subset(labels, ratio, seed=0)) == int(n * ratio)
   if ratio == 1.0:
-    assert downstream.labelled_subset(labels, ratio, seed=0).tolist() == list(range(n))
+    assert subsets.labelled_subset(labels, ratio, seed=0).tolist() == list(range(n))
 
 
 def test_stratified_subset_has_every_class():
   rng = np.random.default_rng(0)
   labels = np.concatenate([np.full(k, c) for c, k in enumerate([200, 3, 57, 1, 90])])
   rng.shuffle(labels)
-  subset = downstream.labelled_subset(labels, 0.05, seed=1, sampling="stratified", num_classes=5)
+  subset = subsets.labelled_subset(labels, 0.05, seed=1, sampling="stratified", num_classes=5)
   counts = np.bincount(labels[subset], minlength=5)
   assert counts.tolist() == [10, 1, 2, 1, 4]  # max(1, int(n_c * 0.05))
   # The global sample at this ratio misses classes for some seed (why stratification exists).
-  assert any(len(np.unique(labels[downstream.labelled_subset(labels, 0.05, seed=s)])) < 5 for s in range(10))
+  assert any(len(np.unique(labels[subsets.labelled_subset(labels, 0.05, seed=s)])) < 5 for s in range(10))
 
 
 @pytest.mark.parametrize("ratio", [0, 0.0, 1.5, -0.1, float("nan")])
 def test_ratio_outside_zero_one_is_an_error(ratio):
   with pytest.raises(ConfigError, match=r"expected a fraction of the training labels in \(0, 1\]"):
-    downstream.labelled_subset(np.arange(10), ratio, seed=0)
+    subsets.labelled_subset(np.arange(10), ratio, seed=0)
 
 
 def test_stratified_class_without_example_is_named():
   labels = np.array([0, 0, 1, 1, 2, 4, 4])
   with pytest.raises(ConfigError, match=r"class 3 has no example in the training split.*each of the 5 classes"):
-    downstream.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=5)
+    subsets.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=5)
   with pytest.raises(ConfigError, match=r"class 3 has no example .*\(nor classes 5, 6\)"):
-    downstream.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=7)
+    subsets.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=7)
   with pytest.raises(ConfigError, match="keeps int"):
-    downstream.labelled_subset(labels, 0.1, seed=0)  # int(7 * 0.1) = 0
+    subsets.labelled_subset(labels, 0.1, seed=0)  # int(7 * 0.1) = 0
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +409,7 @@ def semi_run(pretrain_dir, tiny_data, tmp_path_factory):
   """Half of the labels (18 clips: a batch of 12 and a partial batch of 6 per epoch), 2 seeds."""
   workdir = str(tmp_path_factory.mktemp("semi"))
   config = tiny_config("semi", pretrain_dir, tiny_data, label_ratio=0.5, seeds=(0, 1))
-  return workdir, downstream.train_and_evaluate(config, workdir)
+  return workdir, run_protocol(config, workdir)
 
 
 def test_semi_reports_every_seed_with_mean_and_std(semi_run):
@@ -458,18 +465,18 @@ def test_transfer_fine_tunes_on_all_target_labels(pretrain_dir, tiny_data, tmp_p
 def test_init_from_missing_or_empty(tmp_path):
   nowhere = str(tmp_path / "no_data")
   with pytest.raises(ConfigError, match="config.init_from is empty: pass --config.init_from="):
-    downstream.train_and_evaluate(tiny_config("linear", "", nowhere), str(tmp_path / "w"))
+    run_protocol(tiny_config("linear", "", nowhere), str(tmp_path / "w"))
   with pytest.raises(FileNotFoundError, match="does not exist; expected a pretraining workdir"):
-    downstream.train_and_evaluate(tiny_config("knn", str(tmp_path / "nothing"), nowhere), str(tmp_path / "w"))
+    run_protocol(tiny_config("knn", str(tmp_path / "nothing"), nowhere), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
   with pytest.raises(ConfigError, match="is the pretraining workdir"):
-    downstream.train_and_evaluate(tiny_config("knn", str(tmp_path), nowhere), str(tmp_path))
+    run_protocol(tiny_config("knn", str(tmp_path), nowhere), str(tmp_path))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.5])
 def test_semi_ratio_outside_zero_one(tmp_path, ratio):
   with pytest.raises(ConfigError, match=r"config.label_ratio=.*expected a fraction"):
-    downstream.train_and_evaluate(tiny_config("semi", str(tmp_path), str(tmp_path), label_ratio=ratio),
+    run_protocol(tiny_config("semi", str(tmp_path), str(tmp_path), label_ratio=ratio),
                                   str(tmp_path / "w"))
 
 
@@ -478,7 +485,7 @@ def test_incompatible_checkpoints(pretrain_dir, tmp_path):
   a stream that was not pretrained: ConfigError naming what was found and expected."""
   nowhere = str(tmp_path / "no_data")  # never opened: the checks come first
   with pytest.raises(ConfigError, match=r"layout ntu25.*'msr_action3d' has layout msr20"):
-    downstream.train_and_evaluate(tiny_config("linear", pretrain_dir, nowhere, name="msr_action3d"),
+    run_protocol(tiny_config("linear", pretrain_dir, nowhere, name="msr_action3d"),
                                   str(tmp_path / "a"))
   edited = tmp_path / "edited"
   shutil.copytree(pretrain_dir, edited)
@@ -487,13 +494,13 @@ def test_incompatible_checkpoints(pretrain_dir, tmp_path):
   raw["model"]["hidden_size"] = 12
   (edited / "config.json").write_text(json.dumps(raw))
   with pytest.raises(ConfigError, match=r"found modalities joint, motion, bone, hidden size 8.*hidden size 12"):
-    downstream.train_and_evaluate(tiny_config("knn", str(edited), nowhere), str(tmp_path / "b"))
+    run_protocol(tiny_config("knn", str(edited), nowhere), str(tmp_path / "b"))
   joint_only = str(tmp_path / "joint_only")
   make_workdir(joint_only, steps=(1,), modalities="joint")
   with pytest.raises(ConfigError, match="asks for bone, but init_from=.* pretrained only joint"):
-    downstream.train_and_evaluate(tiny_config("semi", joint_only, nowhere, streams="joint,bone"), str(tmp_path / "c"))
+    run_protocol(tiny_config("semi", joint_only, nowhere, streams="joint,bone"), str(tmp_path / "c"))
   with pytest.raises(ConfigError, match="config.streams='joint,hand'"):
-    downstream.train_and_evaluate(tiny_config("linear", joint_only, nowhere, streams="joint,hand"), str(tmp_path / "d"))
+    run_protocol(tiny_config("linear", joint_only, nowhere, streams="joint,hand"), str(tmp_path / "d"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +513,7 @@ def test_incompatible_checkpoints(pretrain_dir, tmp_path):
 def test_every_config_loads_and_is_locked(module, names):
   for name in names:
     c = module.get_config(name)
-    assert c.trainer in downstream.PROTOCOLS and c.init_from == "" and c.streams == "joint"
+    assert c.trainer in common.PROTOCOLS and c.init_from == "" and c.streams == "joint"
     with pytest.raises(AttributeError):
       c.optimizer_lr = 1.0  # a mistyped field
     if c.trainer != "knn":

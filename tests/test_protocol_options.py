@@ -22,40 +22,40 @@ from cmd_jax import optim
 from cmd_jax.errors import ConfigError
 from cmd_jax.layouts import NTU25
 from cmd_jax.methods.hiclr import views
-from cmd_jax.trainers import downstream
+from cmd_jax.protocols import heads, subsets
 
 
 def test_class_balanced_subsets():
   labels = np.repeat(np.arange(4), [10, 25, 3, 15])  # round(0.1 * n): 1, 2 (2.5 -> 2), 0, 2 (1.5 -> 2)
-  a = downstream.labelled_subset(labels, 0.1, seed=1, sampling="class_balanced", num_classes=4)
+  a = subsets.labelled_subset(labels, 0.1, seed=1, sampling="class_balanced", num_classes=4)
   assert np.bincount(labels[a], minlength=4).tolist() == [1, 2, 0, 2]
-  np.testing.assert_array_equal(a, downstream.labelled_subset(labels, 0.1, 1, "class_balanced", 4))
-  others = [downstream.labelled_subset(labels, 0.1, s, "class_balanced", 4) for s in range(2, 8)]
+  np.testing.assert_array_equal(a, subsets.labelled_subset(labels, 0.1, 1, "class_balanced", 4))
+  others = [subsets.labelled_subset(labels, 0.1, s, "class_balanced", 4) for s in range(2, 8)]
   assert any(not np.array_equal(a, b) for b in others)
   assert np.all(np.diff(a) > 0)
   with pytest.raises(ConfigError, match="is 0 for every class"):
-    downstream.labelled_subset(labels, 0.01, 0, "class_balanced", 4)
+    subsets.labelled_subset(labels, 0.01, 0, "class_balanced", 4)
 
 
 def test_full_length_epochs_revisit_the_subset():
   source = [{"i": i} for i in range(10)]
-  subset = downstream.SubsetSource(source, np.array([7, 2, 5]), length=10)
+  subset = subsets.SubsetSource(source, np.array([7, 2, 5]), length=10)
   assert len(subset) == 10
   assert [subset[i]["i"] for i in range(10)] == [7, 2, 5, 7, 2, 5, 7, 2, 5, 7]
-  assert len(downstream.SubsetSource(source, np.array([7, 2, 5]))) == 3
+  assert len(subsets.SubsetSource(source, np.array([7, 2, 5]))) == 3
 
 
 @pytest.mark.parametrize("scheme,std,zero_bias", [("normal_0.01", 0.01, True), ("normal_0.02", 0.02, True)])
 def test_normal_heads(scheme, std, zero_bias):
   """Sample std of 60 x 256 draws within 5 standard errors (std / sqrt(2n)) of the target."""
-  head = downstream.init_head(jax.random.PRNGKey(0), 60, 256, scheme)
+  head = heads.init_head(jax.random.PRNGKey(0), 60, 256, scheme)
   w = np.asarray(head["weight"])
   assert w.shape == (60, 256) and abs(w.std() - std) <= 5 * std / np.sqrt(2 * w.size)
   assert zero_bias and np.all(np.asarray(head["bias"]) == 0)
 
 
 def test_default_head_is_pytorch_linear_default():
-  head = downstream.init_head(jax.random.PRNGKey(1), 60, 256, "default")
+  head = heads.init_head(jax.random.PRNGKey(1), 60, 256, "default")
   bound = 1 / np.sqrt(256)
   for leaf in (np.asarray(head["weight"]), np.asarray(head["bias"])):
     assert np.all(np.abs(leaf) <= bound) and np.abs(leaf).max() > 0.9 * bound
@@ -63,7 +63,7 @@ def test_default_head_is_pytorch_linear_default():
   w = np.asarray(head["weight"])
   assert abs(w.var() - bound ** 2 / 3) <= 5 * np.sqrt(4 / 45) * bound ** 2 / np.sqrt(w.size)
   with pytest.raises(ConfigError, match="config.head_init='xavier'"):
-    downstream.init_head(jax.random.PRNGKey(1), 3, 4, "xavier")
+    heads.init_head(jax.random.PRNGKey(1), 3, 4, "xavier")
 
 
 def opt_config(**fields):
@@ -109,20 +109,20 @@ def test_weighted_logit_fusion_against_numpy():
   rng = np.random.default_rng(2)
   labels = rng.integers(0, 5, size=40)
   logits = {m: rng.normal(size=(40, 5)) for m in ("joint", "motion", "bone")}
-  sets = downstream.parse_fusion_weights("joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4",
+  sets = heads.parse_fusion_weights("joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4",
                                          ("joint", "motion", "bone"))
   assert sets == [{"joint": 0.5, "bone": 0.5, "motion": 0.5}, {"joint": 0.6, "bone": 0.6, "motion": 0.4}]
-  out = downstream.weighted_logit_fusion(logits, labels, sets)
+  out = heads.weighted_logit_fusion(logits, labels, sets)
   accs = [np.mean(np.argmax(0.5 * logits["joint"] + 0.5 * logits["bone"] + 0.5 * logits["motion"], 1) == labels),
           np.mean(np.argmax(0.6 * logits["joint"] + 0.6 * logits["bone"] + 0.4 * logits["motion"], 1) == labels)]
   assert [s["top1"] for s in out["sets"]] == pytest.approx(accs)
   assert out["best_of_sets_top1"] == pytest.approx(max(accs))
-  assert downstream.parse_fusion_weights("joint=1,bone=1", ("joint", "motion", "bone")) == []  # other streams
+  assert heads.parse_fusion_weights("joint=1,bone=1", ("joint", "motion", "bone")) == []  # other streams
   with pytest.raises(ConfigError, match="unknown stream.s. jiont"):
-    downstream.parse_fusion_weights("jiont=1,bone=1", ("joint", "bone"))
+    heads.parse_fusion_weights("jiont=1,bone=1", ("joint", "bone"))
   with pytest.raises(ConfigError, match="is not stream=weight"):
-    downstream.parse_fusion_weights("joint:1", ("joint",))
-  assert downstream.parse_fusion_weights("", ("joint",)) == []
+    heads.parse_fusion_weights("joint:1", ("joint",))
+  assert heads.parse_fusion_weights("", ("joint",)) == []
 
 
 def test_basic_view_is_crop_then_shear():
