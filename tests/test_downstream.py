@@ -18,13 +18,21 @@ with an evaluation after each. What is checked, each against a computation made 
   fine-tuned model's saved predictions equal its eval-mode forward; BN statistics move;
 - bad input: a missing/empty init_from, an incompatible checkpoint (layout, hidden size,
   modality), a ratio outside (0, 1], a class with no example: clear errors before any data
-  is read.
+  is read;
+- the contrastive family's options (section 6): ``drop_last`` (the torchlight loaders: N // B
+  batches, the lr schedule counting them; composed with full-length epochs), CrosSCLR's
+  mean-logit probe (one step against numpy, the per-stream heads untouched; a run's entry,
+  files and table), AimCLR's eval-mode fine-tuning (one step against numpy, running statistics
+  unchanged), its semi-supervised settings together (class-balanced subset, subset-length
+  epochs, drop_last, eval mode, gradient clipping), SimSiam's weighted kNN against numpy, the
+  configs' values and their one-line errors.
 
 Speed: a persistent compilation cache for this module (as tests/test_cmd_pretrain.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -41,7 +49,7 @@ import pytest
 from cmd_jax import augment, data, metrics as metrics_lib, modalities, pretrained, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.protocols import batches as batches_lib, common, heads as heads_lib, subsets, training
-from cmd_jax.protocols import knn as knn_protocol, linear as linear_protocol
+from cmd_jax.protocols import finetune as finetune_protocol, knn as knn_protocol, linear as linear_protocol
 from cmd_jax.trainers import pretrain as cmd_pretrain, get_trainer
 from cmd_jax import optim
 from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
@@ -557,3 +565,251 @@ def test_launch_runs_a_protocol_and_its_errors(pretrain_dir, tiny_data, tmp_path
   assert "1-NN top-1" in out["good"][0]
   with open(tmp_path / "good" / "results.json", encoding="utf-8") as f:
     assert json.load(f)["streams"]["joint"]["final_top1"] >= 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The contrastive family's options: drop_last, the mean-logit probe, eval-mode fine-tuning,
+#    gradient clipping, weighted kNN.
+
+
+def test_epoch_batches_with_drop_last_are_a_drop_last_true_loader():
+  """N // B = 2 batches of 4 out of 10 records: 8 distinct records of a fresh permutation each
+  epoch. The step counts are torch's ``len(DataLoader(...))``: HiCLR's 720-clip linear
+  evaluation at batch 128 runs 5 steps per epoch with drop_last, 6 without. A subset read
+  as a full-length epoch (HiCLR's semi-supervised feeder) composes: N // B batches of the
+  whole split's length, every record a subset entry."""
+  mesh = sharding.make_mesh()
+  epochs = [[np.asarray(b["label"]) for b in batches_lib.epoch_batches(_FakeSource(10), batch_size=4, seed=0, epoch=e,
+                                                                       mesh=mesh, drop_last=True)] for e in (1, 2)]
+  for batches in epochs:
+    labels = np.concatenate(batches)
+    assert [len(b) for b in batches] == [4, 4] and len(np.unique(labels)) == 8 and labels.max() < 10
+  assert np.concatenate(epochs[0]).tolist() != np.concatenate(epochs[1]).tolist()
+  torch = pytest.importorskip("torch")
+  for n, b in ((10, 4), (720, 128), (36, 12)):
+    for drop_last in (True, False):
+      loader = torch.utils.data.DataLoader(range(n), batch_size=b, shuffle=True, drop_last=drop_last)
+      assert batches_lib.steps_per_epoch(n, b, drop_last) == len(loader)
+  assert batches_lib.steps_per_epoch(720, 128, True) == 5 and batches_lib.steps_per_epoch(720, 128) == 6
+  subset = subsets.SubsetSource(_FakeSource(10), np.array([7, 2, 5]), length=10)
+  full = [np.asarray(b["label"]) for b in batches_lib.epoch_batches(subset, batch_size=4, seed=0, epoch=1, mesh=mesh,
+                                                                    drop_last=True)]
+  assert [len(b) for b in full] == [4, 4] and set(np.concatenate(full).tolist()) <= {2, 5, 7}
+  with pytest.raises(ConfigError, match="config.batch_size=4 with config.drop_last=True leaves an epoch of 3 records"):
+    batches_lib.steps_per_epoch(3, 4, True)
+
+
+def _random_batch(seed, n=7):
+  rng = np.random.default_rng(seed)
+  return {"skeleton": rng.normal(size=(n, 3, 300, 25, 2)).astype(np.float32),
+          "num_frames": rng.integers(10, 301, n).astype(np.int32),
+          "label": rng.integers(0, NUM_CLASSES, n).astype(np.int32)}
+
+
+CROP_VIEW = {"mode": "crop_resize", "out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
+
+
+def _step_features(pre, stream, key, batch):
+  """The frozen encoder's eval-mode features (float64) of the crop a step draws from ``key``."""
+  clip = augment.downstream_train_view(key, jnp.asarray(batch["skeleton"]), jnp.asarray(batch["num_frames"]),
+                                       (0.5, 1.0), FRAMES, FRAMES)
+  x = modalities.flatten(modalities.modality(clip, stream, pre.layout))
+  return np.asarray(pre.model().apply(pre.variables(stream), x, train=False), np.float64)
+
+
+def test_mean_logit_probe_step_equals_numpy_and_leaves_the_stream_heads_alone(pretrain_dir):
+  """CrosSCLR's view 'all': z = (f_j W_j^T + b_j + f_m W_m^T + b_m) / 2, one cross-entropy on z:
+  dL/dW_s = (softmax(z) - y)^T f_s / (2 n) (numpy). The per-stream heads of the same step equal
+  those of a step without the probe (disjoint parameters and optimizers)."""
+  pre = pretrained.load_pretrained(pretrain_dir)
+  config = tiny_config("linear", pretrain_dir, "unused")
+  lr, n, streams = 0.1, 7, ("joint", "motion")
+  batch = _random_batch(3, n)
+  rng = np.random.default_rng(11)
+
+  def head(seed):
+    h = heads_lib.init_head(jax.random.PRNGKey(seed), NUM_CLASSES, 16)
+    return dict(h, bias=jnp.asarray(rng.normal(size=NUM_CLASSES).astype(np.float32) * 0.1))
+
+  stream_heads = {m: head(i) for i, m in enumerate(streams)}
+  probe = {m: head(10 + i) for i, m in enumerate(streams)}
+
+  def run_step(params, joint_probe):
+    tx = training.stream_optimizer(config, 100, list(params))
+    state = training.DownstreamState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                                     opt_state=tx.init(params), rng=jax.random.PRNGKey(7))
+    step = jax.jit(functools.partial(linear_protocol.train_step, model=pre.model(), layout=pre.layout,
+                                     streams=streams, tx=tx, schedule=optim.lr_schedule(config, 100), view=CROP_VIEW,
+                                     joint_probe=joint_probe))
+    return step(state, {m: pre.variables(m) for m in streams}, batch)
+
+  with_probe, metrics = run_step(dict(stream_heads, mean_logit_probe=probe), True)
+  without, _ = run_step(dict(stream_heads), False)
+  for m in streams:  # the same float operations on the stream heads: within a few u of 0.01-sized weights
+    for k in ("weight", "bias"):
+      np.testing.assert_allclose(with_probe.params[m][k], without.params[m][k], rtol=1e-6, atol=1e-9)
+  feats = {m: _step_features(pre, m, jax.random.fold_in(jax.random.PRNGKey(7), 0), batch) for m in streams}
+  w = {m: np.asarray(probe[m]["weight"], np.float64) for m in streams}
+  b = {m: np.asarray(probe[m]["bias"], np.float64) for m in streams}
+  z = sum(feats[m] @ w[m].T + b[m] for m in streams) / 2
+  p = np_softmax(z)
+  onehot = np.eye(NUM_CLASSES)[batch["label"]]
+  assert float(metrics["loss_mean_logit_probe"]) == pytest.approx(-np.mean(np.log(p[np.arange(n), batch["label"]])),
+                                                                  rel=1e-5)
+  for m in streams:
+    got = with_probe.params["mean_logit_probe"][m]
+    # Entries near 0 carry lr (0.1) times a few u of the O(1) gradient terms, ~2e-8: atol 1e-7.
+    np.testing.assert_allclose(got["weight"], w[m] - lr * (p - onehot).T @ feats[m] / (2 * n), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["bias"], b[m] - lr * np.mean(p - onehot, axis=0) / 2, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_with_the_mean_logit_probe(pretrain_dir, tiny_data, tmp_path, capsys):
+  """The probe's entry (final, best, epoch, curve, note), its heads file, its saved predictions:
+  the arg-max of the mean of its heads' logits on the saved test features (numpy)."""
+  workdir = str(tmp_path / "probe")
+  results = run_protocol(tiny_config("linear", pretrain_dir, tiny_data, streams="joint,motion", joint_probe=True),
+                         workdir)
+  entry = results["mean_logit_probe"]
+  assert [p["epoch"] for p in entry["curve"]] == [1, 2] and entry["final_top1"] == entry["curve"][-1]["top1"]
+  assert entry["best_of_evals_top1"] == max(p["top1"] for p in entry["curve"]) and "CrosSCLR" in entry["note"]
+  assert entry["streams"] == ["joint", "motion"] and "fusion" in results
+  assert sorted(read_msgpack(os.path.join(workdir, "heads.msgpack"))) == ["joint", "motion"]
+  probe = read_msgpack(os.path.join(workdir, entry["heads"]))
+  z = 0.0
+  for m in ("joint", "motion"):
+    with np.load(os.path.join(workdir, f"features_{m}.npz")) as f:
+      feats, labels = f["features"].astype(np.float64), f["labels"]
+    z = z + (feats @ probe[m]["weight"].astype(np.float64).T + probe[m]["bias"]) / 2
+  assert entry["final_top1"] == pytest.approx(np.mean(np.argmax(z, -1) == labels))
+  with np.load(os.path.join(workdir, "predictions_mean_logit_probe.npz")) as f:
+    np.testing.assert_allclose(f["probabilities"], np_softmax(z), atol=1e-5)  # in [0, 1]: ~170 u
+  assert "mean_logit_probe" in capsys.readouterr().out
+  assert [r["top1_mean_logit_probe"] for r in metrics_lib.read_metrics(workdir, "eval")] == pytest.approx(
+      [p["top1"] for p in entry["curve"]])
+
+
+def test_finetune_step_in_eval_mode_keeps_the_running_statistics(pretrain_dir):
+  """AimCLR's model.eval() fine-tuning: the loss is the cross-entropy of the eval-mode forward
+  (numpy: the encoder's eval-mode features of the step's crop and the head), the head moves by
+  lr times its numpy gradient, the BN running statistics stay bit-identical. A train-mode step
+  (batch statistics) moves the head elsewhere."""
+  pre = pretrained.load_pretrained(pretrain_dir)
+  config = tiny_config("semi", pretrain_dir, "unused")
+  lr, n = float(config.optimizer.lr), 7
+  batch = _random_batch(4, n)
+  head = heads_lib.init_head(jax.random.PRNGKey(2), NUM_CLASSES, 16)
+  head["bias"] = jnp.asarray(np.random.default_rng(5).normal(size=NUM_CLASSES).astype(np.float32) * 0.1)
+  params = {"joint": dict(pre.params["joint"], fc=head)}
+  tx = training.stream_optimizer(config, 100, ["joint"])
+  state = training.DownstreamState(step=jnp.zeros((), jnp.int32), params=params,
+                                   batch_stats={"joint": pre.batch_stats["joint"]}, opt_state=tx.init(params),
+                                   rng=jax.random.PRNGKey(7))
+
+  def step(mode):
+    return jax.jit(functools.partial(finetune_protocol.train_step, model=pre.model(num_outputs=NUM_CLASSES),
+                                     layout=pre.layout, streams=("joint",), tx=tx,
+                                     schedule=optim.lr_schedule(config, 100), view=CROP_VIEW, mode=mode))(state, batch)
+
+  evaluated, metrics = step("eval")
+  feats = _step_features(pre, "joint", jax.random.fold_in(state.rng, 0), batch)
+  w, b = np.asarray(head["weight"], np.float64), np.asarray(head["bias"], np.float64)
+  p = np_softmax(feats @ w.T + b)
+  onehot = np.eye(NUM_CLASSES)[batch["label"]]
+  assert float(metrics["loss_joint"]) == pytest.approx(-np.mean(np.log(p[np.arange(n), batch["label"]])), rel=1e-5)
+  want_w = w - lr * (p - onehot).T @ feats / n
+  # lr 0.01 times a few u of the O(1) gradient terms near 0: ~2e-9; atol 1e-8.
+  np.testing.assert_allclose(evaluated.params["joint"]["fc"]["weight"], want_w, rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(evaluated.params["joint"]["fc"]["bias"], b - lr * np.mean(p - onehot, axis=0),
+                             rtol=1e-5, atol=1e-8)
+  got, start = leaves(evaluated.batch_stats), leaves({"joint": pre.batch_stats["joint"]})
+  assert sorted(got) == sorted(start) and all(np.array_equal(got[k], start[k]) for k in start)
+  trained, _ = step("train")
+  assert not np.allclose(trained.params["joint"]["fc"]["weight"], want_w, rtol=1e-3, atol=0)
+  assert not np.array_equal(leaves(trained.batch_stats)["joint/input_norm/mean"],
+                            start["joint/input_norm/mean"])
+
+
+def test_aimclr_semi_settings_together(pretrain_dir, tiny_data, tmp_path):
+  """AimCLR's semi-supervised processor on the tiny set: Feeder_semi's class-balanced subset
+  (round(0.5 * 3) = 2 of each class's 3 clips: 24) as the epoch (its __len__ is the subset's),
+  drop_last: 24 // 10 = 2 steps per epoch (3 without), the lr schedule counting 2 (lr x0.1 from
+  epoch 2), model.eval(): BN running statistics unchanged while the encoder trains, gradients
+  clipped to norm 2."""
+  config = tiny_config("semi", pretrain_dir, tiny_data, label_ratio=0.5, sampling="class_balanced",
+                       epoch_length="subset", drop_last=True, finetune_mode="eval", batch_size=10, seeds=(0,),
+                       **{"optimizer.clip_grad_norm": 2.0})
+  workdir = str(tmp_path / "semi")
+  results = run_protocol(config, workdir)
+  assert results["num_labelled"] == 24 and results["labelled_per_class"]["0"] == [2] * NUM_CLASSES
+  train = metrics_lib.read_metrics(workdir, "train")
+  assert [r["step"] for r in train] == [2, 4]
+  assert [r["lr"] for r in train] == pytest.approx([0.01, 0.001])
+  pre = pretrained.load_pretrained(pretrain_dir)
+  model = read_msgpack(os.path.join(workdir, "model.msgpack"))["joint"]
+  got, start = leaves(model["batch_stats"]), leaves(pre.batch_stats["joint"])
+  assert sorted(got) == sorted(start) and all(np.array_equal(got[k], start[k]) for k in start)
+  got, start = leaves(model["params"]), leaves(pre.params["joint"])
+  assert all(not np.array_equal(got[k], start[k]) for k in start)
+
+
+def _weighted_votes(sims, bank_labels, k, temperature=0.1):
+  """SimSiam's knn_predict from the cosine similarities ``sims [queries, bank]`` (numpy, float64)."""
+  top = np.argsort(-sims, axis=1)[:, :k]
+  weights = np.exp(np.take_along_axis(sims, top, axis=1) / temperature)
+  return np.stack([np.sum(weights * (bank_labels[top] == c), axis=1) for c in range(NUM_CLASSES)], axis=1)
+
+
+def test_weighted_knn_equals_numpy_simsiam_votes(pretrain_dir, tiny_data, tmp_path):
+  """k = 5, temperature 0.1: per stream SimSiam's votes on the centre-crop features; the fusion
+  votes with the mean of the three streams' cosine similarities (numpy)."""
+  workdir = str(tmp_path / "knn5")
+  results = run_protocol(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone", knn_k=5), workdir)
+  pre = pretrained.load_pretrained(pretrain_dir)
+  train, test = load_split(tiny_data, "train"), load_split(tiny_data, "val")
+  sims = {}
+  for m in STREAMS:
+    bank = centre_crop_features(pre, m, *train[:2]).astype(np.float64)
+    queries = centre_crop_features(pre, m, *test[:2]).astype(np.float64)
+    sims[m] = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+    votes = _weighted_votes(sims[m], train[2], 5)
+    with np.load(os.path.join(workdir, f"predictions_{m}.npz")) as z:
+      np.testing.assert_array_equal(z["predictions"], np.argmax(votes, axis=1))
+      # votes exp(s / 0.1) of float32 similarities (a few u of O(1) values): rtol 1e-4.
+      np.testing.assert_allclose(z["probabilities"], votes / votes.sum(1, keepdims=True), rtol=1e-4, atol=1e-7)
+    assert results["streams"][m]["final_top1"] == pytest.approx(np.mean(np.argmax(votes, 1) == test[2]), abs=1e-12)
+  fused = _weighted_votes(np.mean([sims[m] for m in STREAMS], axis=0), train[2], 5)
+  assert results["three_stream"]["final_top1"] == pytest.approx(np.mean(np.argmax(fused, 1) == test[2]), abs=1e-12)
+  assert (results["knn_k"], results["knn_temperature"]) == (5, 0.1)
+
+
+def test_drop_last_follows_each_reference():
+  """The torchlight family (HiCLR's linear, fine-tuning and semi-supervised configs) drops the
+  last partial batch; CMD's loaders keep it. Every new option is off by default."""
+  from configs import finetune_hiclr, linear_hiclr, semi_hiclr  # pylint: disable=import-outside-toplevel
+  for module in (linear_hiclr, finetune_hiclr, semi_hiclr):
+    for name in ("ntu60_xsub", "ntu60_xsub_dsta", "synthetic"):
+      assert module.get_config(name).drop_last is True
+  for module in (linear_config, semi_config):
+    c = module.get_config("ntu60_xsub")
+    assert c.drop_last is False and c.optimizer.clip_grad_norm == 0.0
+  assert linear_config.get_config("ntu60_xsub").joint_probe is False
+  assert semi_config.get_config("ntu60_xsub").finetune_mode == "train"
+  knn = knn_config.get_config("ntu60_xsub")
+  assert (knn.knn_k, knn.knn_temperature) == (1, 0.1)
+
+
+@pytest.mark.parametrize("protocol,overrides,match", [
+    ("linear", {"optimizer.clip_grad_norm": -1.0}, r"config.optimizer.clip_grad_norm=-1.0: expected a finite"),
+    ("linear", {"joint_probe": True}, r"config.joint_probe=True .*streams='joint': expected the linear protocol "
+                                      r"and 2\+ streams"),
+    ("semi", {"finetune_mode": "test"}, r"config.finetune_mode='test': expected 'train'"),
+    ("knn", {"knn_k": 0}, r"config.knn_k=0: expected a neighbour count >= 1"),
+    ("knn", {"knn_temperature": 0.0}, r"config.knn_temperature=0.0: expected a finite temperature > 0"),
+])
+def test_family_options_errors(tmp_path, protocol, overrides, match):
+  """One-line ConfigErrors naming the field, before any data or checkpoint is read."""
+  nowhere = str(tmp_path / "nothing")
+  with pytest.raises(ConfigError, match=match) as err:
+    run_protocol(tiny_config(protocol, nowhere, nowhere, **overrides), str(tmp_path / "w"))
+  assert "\n" not in str(err.value)

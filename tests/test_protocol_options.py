@@ -7,7 +7,10 @@
 - the optimizer: warmup values by hand, Nesterov momentum against ``torch.optim.SGD``,
   frozen modules unchanged;
 - HiCLR's weighted-logit ensemble against numpy, and its weight-set parsing;
-- the basic (crop + shear) training view of HiCLR's transformer fine-tuning.
+- the basic (crop + shear) training view of HiCLR's transformer fine-tuning;
+- gradient clipping (AimCLR's semi-supervised processor): ``clip_grad_norm_`` then PyTorch
+  SGD's coupled weight decay, against ``torch.optim.SGD`` in float64; each stream (each
+  top-level group of the parameters) clipped by its own norm, against numpy.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cmd_jax import optim
 from cmd_jax.errors import ConfigError
 from cmd_jax.layouts import NTU25
 from cmd_jax.methods.hiclr import views
-from cmd_jax.protocols import heads, subsets
+from cmd_jax.protocols import heads, subsets, training
 
 
 def test_class_balanced_subsets():
@@ -134,3 +137,68 @@ def test_basic_view_is_crop_then_shear():
   want = views.shear_with(views.temporal_crop_with(x, params.crop_start), params.shear)
   np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
   assert out.shape == x.shape and NTU25.num_joints == out.shape[3]
+
+
+def _float64():
+  """A context with float64 enabled (``jax.enable_x64(True)``; older JAX: the experimental one)."""
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=import-outside-toplevel
+  return enable_x64()
+
+
+def optax_apply(params, updates):
+  return jax.tree.map(lambda p, u: p + u, params, updates)
+
+
+def test_clip_grad_norm_then_coupled_decay_against_torch():
+  """AimCLR's semi step: ``clip_grad_norm_(params, 2, norm_type=2)``, then ``SGD.step()``, which adds
+  the weight decay to the clipped gradient. Four steps whose gradient norms are above, below,
+  above and near the limit, float64 on both sides; a clip after the decay would differ by
+  about lr * wd * |p| (1e-3 here), far above the 1e-12 bound."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(5)
+  shapes = {"conv": {"w": (3, 4)}, "fc": {"w": (5,), "b": (2,)}}
+  start = jax.tree.map(lambda s: rng.normal(size=s), shapes, is_leaf=lambda x: isinstance(x, tuple))
+  scales = [4.0, 0.1, 2.0, 0.5]  # |g| of 3 + 4 + 5 + 2 = 14 N(0, 1) draws, times these: ~15, 0.4, 7.5, 1.9
+  grads = [jax.tree.map(lambda p, k=k: k * rng.normal(size=p.shape), start) for k in scales]
+  config = opt_config(warmup_epochs=0, milestones=(), nesterov=False, weight_decay=0.05, clip_grad_norm=2.0)
+  with _float64():
+    tx = optim.make_optimizer(config, 1)
+    params = jax.tree.map(jnp.asarray, start)
+    state = tx.init(params)
+    for g in grads:
+      updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+      params = optax_apply(params, updates)
+    got = jax.tree.map(np.asarray, params)
+  leaves = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in jax.tree.leaves(start)]
+  opt = torch.optim.SGD(leaves, lr=0.1, momentum=0.9, weight_decay=0.05)
+  norms = []
+  for g in grads:
+    for leaf, grad in zip(leaves, jax.tree.leaves(g)):
+      leaf.grad = torch.tensor(grad, dtype=torch.float64)
+    norms.append(float(torch.nn.utils.clip_grad_norm_(leaves, 2.0, norm_type=2)))
+    opt.step()
+  assert norms[0] > 2 and norms[1] < 2 and norms[2] > 2  # the clip was on, off and on
+  for a, b in zip(jax.tree.leaves(got), leaves):
+    np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+
+def test_each_stream_is_clipped_by_its_own_norm():
+  """One SGD step (no momentum history yet, no decay): ``p - lr * g * min(1, c / (|g_s| + 1e-6))``
+  with ``|g_s|`` the norm of stream s's gradients only (numpy, float32 inputs: a few u)."""
+  rng = np.random.default_rng(6)
+  params = {m: {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+                "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)} for m in ("joint", "motion")}
+  grads = {"joint": jax.tree.map(lambda p: 10.0 * jnp.ones_like(p), params["joint"]),  # |g| = 10 sqrt(16) = 40
+           "motion": jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params["motion"])}  # |g| = 0.4 < 2
+  config = opt_config(warmup_epochs=0, milestones=(), nesterov=False, weight_decay=0.0, clip_grad_norm=2.0)
+  tx = training.stream_optimizer(config, 1, ("joint", "motion"))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for m, norm in (("joint", 40.0), ("motion", 0.4)):
+    scale = min(1.0, 2.0 / (norm + 1e-6))
+    for k in ("w", "b"):
+      np.testing.assert_allclose(np.asarray(updates[m][k]), -0.1 * scale * np.asarray(grads[m][k]), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"config.optimizer.clip_grad_norm=-1.0: expected a finite gradient norm >= 0"):
+    optim.validate(opt_config(clip_grad_norm=-1.0))

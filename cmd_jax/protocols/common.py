@@ -3,8 +3,10 @@
 This module owns:
 
 - ``validate``: every config check that needs no data or checkpoint (streams, init_from,
-  batch sizes against the mesh, epochs, the schedule, label ratio and sampling, head
-  initialisation, training view, fusion weights), one-line ``ConfigError``s;
+  batch sizes against the mesh, epochs, the optimizer, label ratio and sampling, head
+  initialisation, training view, fusion weights, and the options of the contrastive
+  family's processors: ``drop_last``, ``joint_probe``, ``finetune_mode``, ``knn_k``,
+  ``knn_temperature``), one-line ``ConfigError``s;
 - ``setup``: the device mesh, the pretrained encoders of ``config.init_from``
   (``cmd_jax.pretrained``), their fit to the downstream dataset and to the config's
   ``expected_method`` / ``expected_encoder`` (``check_settings_fit``), the train and test
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from typing import Any, Callable
@@ -26,12 +29,13 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from cmd_jax import checkpoint, data, modalities, pretrained as pretrained_lib, sharding
+from cmd_jax import checkpoint, data, modalities, optim, pretrained as pretrained_lib, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.protocols import heads, outputs, subsets, views
 
 PROTOCOLS = ("linear", "knn", "semi", "transfer", "finetune")
 FINETUNE_PROTOCOLS = ("semi", "transfer", "finetune")
+FINETUNE_MODES = ("train", "eval")
 
 # Class counts (the converters' DatasetSpec has the same; a TFDS source's own metadata wins).
 DATASET_CLASSES = {"ntu60": 60, "ntu120": 120, "pku_mmd2": 51, "msr_action3d": 20, "synthetic": 12}
@@ -64,8 +68,13 @@ def validate(config, protocol: str, mesh) -> tuple[str, ...]:
     if int(config.num_epochs) <= 0 or int(config.eval_every_epochs) <= 0:
       raise ConfigError(f"config.num_epochs={config.num_epochs} and config.eval_every_epochs="
                         f"{config.eval_every_epochs} must be positive")
-    if config.optimizer.schedule not in ("step", "cosine"):
-      raise ConfigError(f"config.optimizer.schedule={config.optimizer.schedule!r}; expected 'step' or 'cosine'")
+    try:
+      optim.validate(config)
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+    if not isinstance(config.get("drop_last", False), bool):
+      raise ConfigError(f"config.drop_last={config.drop_last!r}: expected True (drop each epoch's last partial "
+                        "batch, the torchlight family's loaders) or False (keep it, CMD's)")
   for what, b in sizes:
     if b <= 0:
       raise ConfigError(f"{what}={b} must be positive")
@@ -88,7 +97,30 @@ def validate(config, protocol: str, mesh) -> tuple[str, ...]:
     raise ConfigError(f"config.augment.train_view={config.augment.train_view!r}; expected one of "
                       f"{', '.join(repr(v) for v in views.TRAIN_VIEWS)} ('' = the pretraining method's)")
   heads.parse_fusion_weights(config.get("fusion_weights", ""), streams)
+  _validate_family_options(config, protocol, streams)
   return streams
+
+
+def _validate_family_options(config, protocol: str, streams: tuple[str, ...]) -> None:
+  """The options of the contrastive family's processors (``joint_probe``, ``finetune_mode``,
+  ``knn_k``, ``knn_temperature``), each a one-line ConfigError."""
+  joint_probe = config.get("joint_probe", False)
+  if not isinstance(joint_probe, bool):
+    raise ConfigError(f"config.joint_probe={joint_probe!r}: expected True or False")
+  if joint_probe and (protocol != "linear" or len(streams) < 2):
+    raise ConfigError(f"config.joint_probe=True with config.trainer={protocol!r} and config.streams="
+                      f"{config.streams!r}: expected the linear protocol and 2+ streams (CrosSCLR's probe on the "
+                      "mean of the streams' logits)")
+  if str(config.get("finetune_mode", "train")) not in FINETUNE_MODES:
+    raise ConfigError(f"config.finetune_mode={config.finetune_mode!r}: expected 'train' (BatchNorm batch statistics, "
+                      "dropout on) or 'eval' (AimCLR's model.eval() fine-tuning)")
+  knn_k = config.get("knn_k", 1)
+  if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
+    raise ConfigError(f"config.knn_k={knn_k!r}: expected a neighbour count >= 1 (1: the nearest neighbour; "
+                      "SimSiam's weighted kNN: 200)")
+  temperature = config.get("knn_temperature", 0.1)
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+    raise ConfigError(f"config.knn_temperature={temperature!r}: expected a finite temperature > 0 (SimSiam's: 0.1)")
 
 
 def num_classes_of(config, source) -> int:

@@ -17,6 +17,21 @@ semi-supervised processors (#hiclr-downstream-protocols; ``configs/finetune_hicl
 - ``finetune``: the same with every label of the pretraining's dataset (HiCLR's fine-tuning:
   warmup, Nesterov, weight decay, optionally frozen modules ``config.freeze``).
 
+Options of the contrastive family's processors (each off by default):
+
+- ``config.finetune_mode = "eval"``: AimCLR's fine-tuning and semi-supervised processors call
+  ``model.eval()`` while training (``processor/finetune_evaluation.py``): BatchNorm normalises with the
+  pretrained running statistics and never updates them, dropout is off; every parameter is
+  still trained. ``"train"`` (default; CMD's and HiCLR's): batch statistics, running
+  statistics updated, dropout on;
+- ``config.optimizer.clip_grad_norm = 2``: AimCLR's semi-supervised processor clips the
+  gradients' global L2 norm before the SGD step (``cmd_jax.optim``), each stream by the norm
+  of its own gradients (``training.stream_optimizer``);
+- ``config.drop_last = True``: the torchlight family's train loader (``N // B`` batches per
+  epoch; with ``epoch_length = "full"`` the whole split's ``N``); ``sampling =
+  "class_balanced"`` with ``epoch_length = "subset"`` is AimCLR's ``Feeder_semi``
+  (``round(ratio * class count)`` per class, an epoch as long as the subset).
+
 Written in the workdir besides ``results.json``: ``model.msgpack`` (the fine-tuned
 ``Encoder(num_outputs=C)`` variables per stream) and the npz files, all of the first seed.
 """
@@ -42,9 +57,11 @@ from cmd_jax.protocols import batches, common, heads, outputs, subsets, training
 
 def train_step(state: training.DownstreamState, batch: Mapping[str, jax.Array], *, model, layout: SkeletonLayout,
                streams: Sequence[str], tx: optax.GradientTransformation, schedule: Callable,
-               view: Mapping[str, Any]) -> tuple[training.DownstreamState, dict[str, jax.Array]]:
-  """One fine-tuning step (#cmd-semi-supervised): every parameter trained, BN in train mode (batch
-  statistics, running statistics updated), the encoder's dropout on, mean cross-entropy, SGD."""
+               view: Mapping[str, Any], mode: str = "train") -> tuple[training.DownstreamState, dict[str, jax.Array]]:
+  """One fine-tuning step (#cmd-semi-supervised): every parameter trained, mean cross-entropy, SGD;
+  ``mode="train"``: BN in train mode (batch statistics, running statistics updated), the
+  encoder's dropout on; ``mode="eval"`` (AimCLR's ``model.eval()``): BN with the running
+  statistics, left unchanged, dropout off."""
   key = jax.random.fold_in(state.rng, state.step)
   clip = views.train_clip(key, batch, view)
   inputs = {m: modalities.modality(clip, m, layout) for m in streams}
@@ -54,9 +71,14 @@ def train_step(state: training.DownstreamState, batch: Mapping[str, jax.Array], 
   def loss_fn(params):
     out, stats = {}, {}
     for i, m in enumerate(streams):
-      logits, updated = model.apply({"params": params[m], "batch_stats": state.batch_stats[m]}, inputs[m],
-                                    train=True, mutable=["batch_stats"], rngs={"dropout": dropout_keys[i]})
-      out[m], stats[m] = training.ce_and_accuracy(logits, labels), updated["batch_stats"]
+      variables = {"params": params[m], "batch_stats": state.batch_stats[m]}
+      if mode == "eval":
+        logits, stats[m] = model.apply(variables, inputs[m], train=False), state.batch_stats[m]
+      else:
+        logits, updated = model.apply(variables, inputs[m], train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_keys[i]})
+        stats[m] = updated["batch_stats"]
+      out[m] = training.ce_and_accuracy(logits, labels)
     return sum(v[0] for v in out.values()), (out, stats)
 
   (_, (out, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -88,9 +110,9 @@ def run(config, workdir: str) -> dict[str, Any]:
   chosen = {s: subsets.labelled_subset(labels, ratio, s, str(config.sampling), num_classes) for s in seeds}
   full_epochs = str(config.get("epoch_length", "subset")) == "full"
   epoch_size = {s: (len(labels) if full_epochs else len(v)) for s, v in chosen.items()}
-  batch = int(config.batch_size)
+  batch, drop_last = int(config.batch_size), bool(config.get("drop_last", False))
   sizes = {len(v) for v in chosen.values()}
-  total_steps = sum(batches.steps_per_epoch(n, batch) for n in epoch_size.values()) * int(config.num_epochs)
+  total_steps = sum(batches.steps_per_epoch(n, batch, drop_last) for n in epoch_size.values()) * int(config.num_epochs)
   rep = sharding.replicated(mesh)
   extractor = batches.StreamFeatures(model, pre.layout, streams, *views.evaluation_view(config, pre),
                                      pre.feature_dim)
@@ -109,11 +131,12 @@ def run(config, workdir: str) -> dict[str, Any]:
   try:
     for index, seed in enumerate(seeds):
       subset = subsets.SubsetSource(train_source, chosen[seed], epoch_size[seed])
-      spe = batches.steps_per_epoch(len(subset), batch)
+      spe = batches.steps_per_epoch(len(subset), batch, drop_last)
       if spe not in steps:
-        tx = optim.make_optimizer(config, spe, frozen)
+        tx = training.stream_optimizer(config, spe, streams, frozen)
         step_fn = functools.partial(train_step, model=model, layout=pre.layout, streams=streams, tx=tx,
-                                    schedule=optim.lr_schedule(config, spe), view=view)
+                                    schedule=optim.lr_schedule(config, spe), view=view,
+                                    mode=str(config.get("finetune_mode", "train")))
         steps[spe] = (tx, jax.jit(step_fn, out_shardings=(rep, rep), donate_argnums=(0,)))
       tx, step = steps[spe]
       head_key, run_key = jax.random.split(jax.random.PRNGKey(seed))

@@ -8,6 +8,10 @@ softmax and top-1, and the multi-stream fusions of logits (docs/references.md#cm
   evaluation) or ``default`` (PyTorch's Linear default: HiCLR's fine-tuning);
 - ``fused_probabilities``: this project's multi-stream fusion, the mean of the streams'
   softmax probabilities (the references' scripts evaluate one stream);
+- ``mean_logits``: CrosSCLR's multi-stream linear evaluation (``view='all'``, its "3s"
+  number): the MEAN of the streams' heads' logits, trained with one cross-entropy and
+  predicted by its arg-max (``config.joint_probe``; CrosSCLR's linear evaluation with
+  ``view='all'``, ``net/crossclr_3views.py``);
 - ``weighted_logit_fusion``: HiCLR's three-stream ensemble, a weighted sum of raw logits,
   each stream's taken at its own best evaluation, the better weight set chosen on the test
   set; ``parse_fusion_weights`` reads its weight sets from ``config.fusion_weights``;
@@ -30,6 +34,10 @@ THREE_STREAMS = ("joint", "motion", "bone")
 
 FUSION_NOTE = ("mean of the per-stream class probabilities (softmax of each stream's head), arg-max; "
                "not in the reference's scripts")
+MEAN_LOGIT_PROBE = "mean_logit_probe"
+MEAN_LOGIT_PROBE_NOTE = ("CrosSCLR's multi-stream linear evaluation (view 'all', its 3s number): the streams' heads "
+                         "trained jointly with one cross-entropy on the mean of their logits, arg-max of that mean; "
+                         "trained beside (not instead of) the per-stream heads, from the same initial heads")
 WEIGHTED_FUSION_NOTE = ("HiCLR's ensemble: sum of each stream's raw linear logits, weighted, each stream's logits "
                         "at its own best test evaluation, the better weight set chosen on the test set "
                         "(test-set selection, as the reference reports it)")
@@ -55,6 +63,11 @@ def init_head(key: jax.Array, num_classes: int, dim: int, scheme: str = "normal_
 def head_logits(head: Mapping[str, jax.Array], features: jax.Array) -> jax.Array:
   """``features @ weight.T + bias`` (the Encoder's ``TorchLinear``)."""
   return jnp.einsum("...i,oi->...o", features, head["weight"]) + head["bias"]
+
+
+def mean_logits(head_params: Mapping[str, Mapping[str, jax.Array]], features: Mapping[str, jax.Array]) -> jax.Array:
+  """``mean_m head_logits(head_params[m], features[m])`` over the streams of ``head_params``."""
+  return sum(head_logits(head_params[m], features[m]) for m in head_params) / len(head_params)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

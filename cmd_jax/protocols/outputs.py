@@ -9,7 +9,8 @@ atomically):
   (``summarize_curve``; semi/transfer/finetune: per seed, with mean and sample standard
   deviation, ``mean_std``), the fusion entry;
 - ``predictions_<stream>.npz`` (``labels``, ``predictions``, ``probabilities`` of the test
-  split; kNN: one-hot of the neighbour's label) and ``predictions_<fusion>.npz``,
+  split; kNN: one-hot of the neighbour's label, or the normalised class votes of a weighted
+  kNN) and ``predictions_<fusion>.npz`` (and ``predictions_mean_logit_probe.npz``),
   ``features_<stream>.npz`` (``features``, ``labels``): ``save_outputs``;
 - msgpack trees (``model.msgpack``, ``heads.msgpack``): ``save_msgpack``;
 - the printed table (``print_table``): final and best-of-evaluations top-1 per stream and
@@ -69,8 +70,13 @@ def save_json(path: str, obj) -> None:
 
 def save_outputs(workdir: str, features: Mapping[str, np.ndarray], logits: Mapping[str, np.ndarray] | None,
                  labels: np.ndarray, fusion: str | None, predictions: Mapping[str, np.ndarray] | None = None,
-                 num_classes: int | None = None) -> None:
-  """``features_<stream>.npz`` and ``predictions_<stream>.npz`` (+ the fusion's predictions)."""
+                 num_classes: int | None = None, probes: Mapping[str, np.ndarray] | None = None,
+                 votes: Mapping[str, np.ndarray] | None = None) -> None:
+  """``features_<stream>.npz`` and ``predictions_<stream>.npz`` (+ the fusion's predictions).
+
+  ``logits``: the streams' (probabilities: softmax; the fusion's: their mean); ``probes``:
+  other logits by name (softmax); ``predictions`` (kNN): hard predictions by name, with
+  one-hot probabilities, or ``votes[name] / votes[name].sum()`` where ``votes`` has the name."""
   for m, f in features.items():
     save_npz(os.path.join(workdir, f"features_{m}.npz"), features=np.asarray(f, np.float32), labels=labels)
   if logits is not None:
@@ -82,10 +88,18 @@ def save_outputs(workdir: str, features: Mapping[str, np.ndarray], logits: Mappi
       probs = heads.fused_probabilities(logits).astype(np.float32)
       save_npz(os.path.join(workdir, f"predictions_{fusion}.npz"), labels=labels, predictions=np.argmax(probs, -1),
                probabilities=probs)
-  if predictions is not None:  # kNN: hard predictions, one-hot "probabilities"
+  for name, v in (probes or {}).items():
+    probs = heads.softmax(v).astype(np.float32)
+    save_npz(os.path.join(workdir, f"predictions_{name}.npz"), labels=labels, predictions=np.argmax(probs, -1),
+             probabilities=probs)
+  if predictions is not None:  # kNN: hard predictions, one-hot "probabilities" (or the normalised votes)
     for m, p in predictions.items():
-      onehot = np.eye(num_classes, dtype=np.float32)[p]
-      save_npz(os.path.join(workdir, f"predictions_{m}.npz"), labels=labels, predictions=p, probabilities=onehot)
+      if votes and m in votes:
+        v = np.asarray(votes[m], np.float64)
+        probs = (v / v.sum(axis=-1, keepdims=True)).astype(np.float32)
+      else:
+        probs = np.eye(num_classes, dtype=np.float32)[p]
+      save_npz(os.path.join(workdir, f"predictions_{m}.npz"), labels=labels, predictions=p, probabilities=probs)
 
 
 def summarize_curve(curve: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -140,8 +154,12 @@ def print_table(results: dict[str, Any]) -> None:
   fusion = results.get("fusion_name")
   if fusion:
     rows.append((fusion, results[fusion]))
+  if heads.MEAN_LOGIT_PROBE in results:
+    rows.append((heads.MEAN_LOGIT_PROBE, results[heads.MEAN_LOGIT_PROBE]))
   if protocol == "knn":
-    lines.append(f"{'stream':14s} {'1-NN top-1':>12s}")
+    k = results.get("knn_k", 1)
+    title = "1-NN top-1" if k == 1 else f"{k}-NN top-1 (weighted votes)"
+    lines.append(f"{'stream':14s} {title:>12s}")
     lines += [f"{name:14s} {100 * r['final_top1']:11.2f}%" for name, r in rows]
   else:
     seeds = len(results.get("seeds", ())) > 1  # the fine-tuning protocols' several seeds
