@@ -9,7 +9,9 @@ JSON-ready dicts (``results.json`` stores it per stream).
 
 ``per_class_table(rows, class_names)`` formats those rows as fixed-width text, one line per
 class with its name (``cmd_jax.action_names``), the accuracy in percent, and a last line
-with the mean over the classes that have samples and the overall top-1.
+with the mean over the classes that have samples and the overall top-1;
+``per_class_columns(rows_by_entry, class_names)`` puts several classifications of the same
+test split (the streams and their fusion) side by side, one accuracy column each.
 """
 
 from __future__ import annotations
@@ -86,4 +88,49 @@ def per_class_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str] |
   return "\n".join(lines)
 
 
-__all__ = ["per_class_accuracy", "per_class_table"]
+def per_class_columns(rows_by_entry: dict[str, Sequence[dict[str, Any]]], class_names: Sequence[str] | None = None,
+                      title: str = "", name_width: int = 40) -> str:
+  """Several ``per_class_accuracy`` results of one test split side by side::
+
+      class  name                    count     joint    motion  three_stream
+          0  drink water                31    90.32%    80.65%        93.55%
+          ...
+       mean                          81.20%    77.02%        84.51%
+      (mean: over the classes with test samples)
+
+  ``rows_by_entry`` maps a column name (a stream, a fusion) to its rows, every entry with
+  the same classes and counts; a class with no sample shows ``-``."""
+  entries = list(rows_by_entry)
+  if not entries:
+    raise ValueError("per_class_columns: no classification to show")
+  first = rows_by_entry[entries[0]]
+  for name in entries[1:]:
+    rows = rows_by_entry[name]
+    if [(r["class"], r["count"]) for r in rows] != [(r["class"], r["count"]) for r in first]:
+      raise ValueError(f"per_class_columns: {name!r} has other classes or counts than {entries[0]!r}; expected "
+                       "classifications of the same test split")
+  if class_names is not None and len(class_names) < len(first):
+    raise ValueError(f"per_class_columns: class_names has {len(class_names)} names; expected at least {len(first)} "
+                     "(one per class)")
+  width = max([4] + [len(_short(str(class_names[r["class"]]), name_width)) for r in first]) if class_names else 0
+  columns = [max(8, len(e)) for e in entries]
+  name_head = f"  {'name':{width}s}" if class_names is not None else ""
+  lines = [title] if title else []
+  lines.append(f"{'class':>5s}{name_head}  {'count':>5s}" + "".join(f"  {e:>{w}s}" for e, w in zip(entries, columns)))
+  for i, r in enumerate(first):
+    name = f"  {_short(str(class_names[r['class']]), name_width):{width}s}" if class_names is not None else ""
+    cells = []
+    for e, w in zip(entries, columns):
+      accuracy = rows_by_entry[e][i]["accuracy"]
+      cells.append(f"  {'-' if accuracy is None else f'{100 * accuracy:.2f}%':>{w}s}")
+    lines.append(f"{r['class']:5d}{name}  {r['count']:5d}" + "".join(cells))
+  means = []
+  for e, w in zip(entries, columns):
+    present = [r["accuracy"] for r in rows_by_entry[e] if r["count"]]
+    means.append(f"  {'-' if not present else f'{100 * sum(present) / len(present):.2f}%':>{w}s}")
+  lines.append(f"{'mean':>5s}" + " " * (len(name_head) + 7) + "".join(means))
+  lines.append("(mean: over the classes with test samples)")
+  return "\n".join(lines)
+
+
+__all__ = ["per_class_accuracy", "per_class_columns", "per_class_table"]

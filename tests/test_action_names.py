@@ -37,8 +37,8 @@ def test_every_dataset_has_names_and_counts_agree():
 
 
 def test_downstream_class_counts_agree():
-  from cmd_jax.trainers import downstream  # pylint: disable=import-outside-toplevel
-  assert downstream.DATASET_CLASSES == EXPECTED_COUNTS
+  from cmd_jax.protocols import common  # pylint: disable=import-outside-toplevel
+  assert common.DATASET_CLASSES == EXPECTED_COUNTS
 
 
 @pytest.mark.parametrize("dataset,number,name", [
