@@ -153,7 +153,10 @@ def _reserve(path: Path) -> None:
   here, not a SIGBUS when a page of the mapping is first written."""
   if hasattr(os, "posix_fallocate"):
     with open(path, "r+b") as f:
-      os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None  # the error names the file
 
 
 def _part_index(cache: Cache, names: set[str]):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from cmd_jax import checkpoint
+from cmd_jax import checkpoint, disk_full
 from cmd_jax.methods import PRETRAIN_TRAINERS
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -196,9 +196,12 @@ def save_torch_file(obj: Any, path: str | os.PathLike) -> str:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as err:
     if os.path.exists(tmp):
       os.remove(tmp)
+    code = disk_full.errno_of(err)
+    if code is not None:  # torch's error names neither the errno's text nor the file
+      raise OSError(code, os.strerror(code), tmp) from err
     raise
   return path
 

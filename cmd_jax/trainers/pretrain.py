@@ -230,7 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         kept = checkpoint.saved_steps(workdir)
         raise disk_full.reported(err, workdir, (
             ("the unfinished checkpoint was removed; " if removed else "")
-            + (f"the checkpoints of steps {', '.join(map(str, kept))} are intact" if kept else "no checkpoint was kept")
+            + (f"the checkpoint{'s' if len(kept) > 1 else ''} of step{'s' if len(kept) > 1 else ''} "
+               f"{', '.join(map(str, kept))} {'are' if len(kept) > 1 else 'is'} intact" if kept else
+               "no checkpoint was kept")
             + "; free space (or raise the quota) and run the same command again to continue"
             + (f" from step {kept[-1]}" if kept else ""))) from None
 
