@@ -18,7 +18,9 @@ one GPU or SyncBatchNorm). ``train_and_evaluate(config, workdir)`` is the loop: 
 from the latest checkpoint (train state and data iterator), log metrics, checkpoint every
 ``checkpoint_every_steps`` and at the end, stop with the step and the loss terms on a
 non-finite loss (the last checkpoint stays the last good one), and run the online kNN
-monitor every ``evaluator.every_epochs`` epochs and at random initialisation.
+monitor every ``evaluator.every_epochs`` epochs and at random initialisation; it holds the
+workdir's lock, stops on SIGTERM/SIGINT after the step in progress with a checkpoint of that
+step, and reports a full disk in one line (docs/runs.md#running-on-clusters).
 
 Known deviations (also in the configs): PRNG streams differ from the references'
 numpy/random ones (augmentations match in distribution, not bit by bit); batches are cut
