@@ -80,8 +80,8 @@ def main(argv) -> None:
   except KeyboardInterrupt as err:  # a second signal: at once, without the stop's checkpoint
     if _DEBUG.value:
       raise
-    print(f"launch.py: {workdir}: stopped at once ({err or 'KeyboardInterrupt'}); the checkpoints written before "
-          "are intact: run the same command again to continue from the newest", file=sys.stderr, flush=True)
+    print(f"launch.py: {workdir}: stopped at once ({err or 'KeyboardInterrupt'}); the checkpoints and results "
+          "written before are intact: run the same command again", file=sys.stderr, flush=True)
     sys.exit(130)
   except (ConfigError, FileNotFoundError, DiskFullError) as err:  # bad setup, missing data, full disk: one line
     if _DEBUG.value:
