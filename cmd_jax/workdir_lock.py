@@ -368,13 +368,13 @@ def hold_across_processes(folder: str | os.PathLike, what: str):
   if jax.process_index() == 0:
     try:
       lock = WorkdirLock(folder, f"{what} (process 0 of {jax.process_count()})").acquire()
-    except WorkdirLocked as err:
+    except Exception as err:  # pylint: disable=broad-except  # the others must hear of it, not wait
       error = err
   ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
   if error is not None:
     raise error
   if not ok:
-    raise WorkdirLocked(f"{os.path.abspath(os.fspath(folder))} is in use by another run (process 0 says which); "
+    raise WorkdirLocked(f"{os.path.abspath(os.fspath(folder))}: process 0 could not take the lock (it says why); "
                         "nothing was changed")
   return _Held(lock) if lock is not None else _Nothing()
 
