@@ -87,7 +87,8 @@ def ensure_prepared(data_config) -> None:
     import data_prep  # pylint: disable=import-outside-toplevel
     what = "" if variant == "standard" else f" ({variant} variant)"
     print(f"The synthetic dataset{what} is not in {data_config.data_dir}: building it (about 10 s)")
-    data_prep.build_dataset("synthetic", os.fspath(data_config.data_dir), variant=variant, progress=False)
+    data_prep.build_dataset("synthetic", os.fspath(data_config.data_dir), variant=variant, progress=False,
+                            lock_wait=600.0)  # another run building it: wait, then find it built
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("synthetic dataset prepared")

@@ -48,8 +48,10 @@ def make_feature_fn(model, layout: SkeletonLayout, modality: str, frames: int,
 
 
 def extract_features(feature_fn: Callable[..., jax.Array], variables: Any, source, *, batch_size: int,
-                     mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of every record of ``source``, in index order (host numpy)."""
+                     mesh: jax.sharding.Mesh,
+                     after_batch: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Features and labels of every record of ``source``, in index order (host numpy).
+  ``after_batch()`` runs after each batch (the protocols' check for a stop request)."""
   sharding.check_batch_divisible(batch_size, mesh, "evaluator batch size")
   rep = sharding.replicated(mesh)
   jitted = jax.jit(feature_fn, in_shardings=(rep, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
@@ -62,6 +64,8 @@ def extract_features(feature_fn: Callable[..., jax.Array], variables: Any, sourc
     valid = _gather_host(batch["valid"])
     feats.append(out[valid])
     labels.append(_gather_host(batch["label"])[valid])
+    if after_batch is not None:
+      after_batch()
   return np.concatenate(feats), np.concatenate(labels)
 
 

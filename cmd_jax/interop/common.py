@@ -6,7 +6,9 @@ bare ``state_dict``; DistributedDataParallel's ``module.`` prefixes stripped) an
 atomically, comparing a ``state_dict``'s keys, shapes and dtypes with an architecture's
 expected ones (and summarising the differences in one message), loading the pretraining
 config an import runs under, and building the target workdir in a temporary sibling folder
-that is renamed only when complete.
+that is renamed only when complete (``write_atomically``; a killed import's leftover folder is
+removed by the next import into that target, ``remove_unfinished_imports``), and an exported
+file through a temporary file renamed when complete.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from cmd_jax import checkpoint
+from cmd_jax import checkpoint, disk_full
 from cmd_jax.methods import PRETRAIN_TRAINERS
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -178,14 +180,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], int | None
 
 
 def save_torch_file(obj: Any, path: str | os.PathLike) -> str:
-  """``torch.save(obj)`` to ``path`` through a temporary file renamed at the end; returns the path."""
+  """``torch.save(obj)`` to ``path`` through a hidden temporary file beside it (``.<name>.exporting``,
+  flushed to disk) renamed at the end, so ``path`` is absent or complete; returns the path. The
+  caller holds ``path``'s lock (two writers would share the temporary file). A failed write
+  removes the temporary file; torch is given a Python file object, so a full disk surfaces as
+  the ``OSError`` it is (a path would give a bare ``RuntimeError``)."""
   import torch  # pylint: disable=import-outside-toplevel
 
   path = os.path.abspath(os.fspath(path))
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  torch.save(obj, tmp)
-  os.replace(tmp, path)
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.exporting")
+  try:
+    with open(tmp, "wb") as f:
+      torch.save(obj, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as err:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    code = disk_full.errno_of(err)
+    if code is not None:  # torch's error names neither the errno's text nor the file
+      raise OSError(code, os.strerror(code), tmp) from err
+    raise
   return path
 
 
@@ -219,12 +236,28 @@ def check_new_workdir(workdir: str) -> None:
   raise TorchImportError(f"{workdir} already exists and is not empty; expected a new workdir")
 
 
+IMPORTING = ".importing-"  # in the name of the temporary sibling folder an import is written in
+
+
+def remove_unfinished_imports(workdir: str, say: Callable[[str], None]) -> list[str]:
+  """Removes the temporary ``.<name>.importing-*`` folders of imports into ``workdir`` that did
+  not finish (killed), saying so; only the run holding ``workdir``'s lock may."""
+  parent, name = os.path.dirname(workdir), os.path.basename(workdir)
+  prefix = f".{name}{IMPORTING}"
+  left = sorted(e for e in os.listdir(parent) if e.startswith(prefix)) if os.path.isdir(parent) else []
+  for entry in left:
+    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    say(f"removed {os.path.join(parent, entry)}, left by an import into {workdir} that did not finish")
+  return left
+
+
 def write_atomically(workdir: str, write: Callable[[str], None]) -> None:
-  """Runs ``write(tmp_dir)`` in a temporary sibling folder, then renames it to ``workdir``."""
+  """Runs ``write(tmp_dir)`` in a temporary sibling folder, then renames it to ``workdir``.
+  The caller holds ``workdir``'s lock."""
   check_new_workdir(workdir)
   parent = os.path.dirname(workdir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.importing-", dir=parent)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}{IMPORTING}", dir=parent)
   try:
     write(tmp)
     if os.path.isdir(workdir):

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any
 
 import jax
 import ml_collections
 
-from cmd_jax import checkpoint, data, pretrained, sharding
+from cmd_jax import checkpoint, data, disk_full, pretrained, sharding, workdir_lock
 from cmd_jax.interop import torchlight
 from cmd_jax.interop.common import (TorchImportError, check_new_workdir, epoch_from_name, read_checkpoint,
-                                    save_torch_file, write_atomically)
+                                    remove_unfinished_imports, save_torch_file, write_atomically)
 from cmd_jax.interop.formats import detect_format, get_format
 from cmd_jax.interop.torchlight import STREAMS
 from cmd_jax.methods import create_train_state, method_name
@@ -83,9 +84,33 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
   CMD's expected GRU sizes. ``epoch`` overrides the checkpoint's epoch (torchlight files
   hold none: it is read from ``epoch<N>_model.pt`` names). Raises ``TorchImportError`` with
   nothing written.
+
+  The import holds the target's lock (``<parent>/.<name>.lock``: the target appears only by
+  the final rename), removes the temporary folders of killed imports into it (saying so),
+  and reports a full disk as ``DiskFullError`` in one line with nothing written.
   """
-  path = os.path.abspath(os.fspath(path))
   workdir = os.path.abspath(os.fspath(workdir))
+  with workdir_lock.WorkdirLock(workdir, "python -m cmd_jax.torch_import (import)",
+                                lock_path=workdir_lock.sibling_lock_path(workdir)):
+    remove_unfinished_imports(workdir, _say)
+    try:
+      return _import_checkpoint(path, workdir, config, stream=stream, hidden_size=hidden_size, num_layers=num_layers,
+                                method=method, epoch=epoch)
+    except Exception as err:  # pylint: disable=broad-except
+      if disk_full.errno_of(err) is None:
+        raise
+      raise disk_full.reported(err, os.path.dirname(workdir), (
+          f"{workdir} was not written (the temporary folder was removed): free space (or raise the quota) and "
+          "run the same command again")) from None
+
+
+def _say(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def _import_checkpoint(path, workdir: str, config, *, stream, hidden_size, num_layers, method, epoch) -> dict[str, Any]:
+  """``import_checkpoint`` with the target's lock held."""
+  path = os.path.abspath(os.fspath(path))
   check_new_workdir(workdir)
   fmt = get_format(method) if method is not None else None
   state_dict, stored_epoch = read_checkpoint(path)
@@ -141,7 +166,26 @@ def import_checkpoint(path: str | os.PathLike, workdir: str | os.PathLike, confi
 def export_checkpoint(workdir: str | os.PathLike, out_path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
   """Writes the latest (or ``step``) checkpoint of a pretraining workdir as the reference of
   its method writes one (the format's ``saved_object``: CMD ``{'epoch', 'state_dict',
-  'optimizer': None}``; HiCLR a bare ``state_dict``). Returns ``{'epoch', 'state_dict', ...}``."""
+  'optimizer': None}``; HiCLR a bare ``state_dict``). Returns ``{'epoch', 'state_dict', ...}``.
+
+  ``out_path`` is written under its lock (``<parent>/.<name>.lock``) through a temporary file
+  renamed when complete: a kill or a full disk leaves no file or the complete one, and a
+  full disk is a one-line ``DiskFullError``."""
+  out_path = os.path.abspath(os.fspath(out_path))
+  with workdir_lock.WorkdirLock(out_path, "python -m cmd_jax.torch_import --export",
+                                lock_path=workdir_lock.sibling_lock_path(out_path)):
+    try:
+      return _export_checkpoint(workdir, out_path, step)
+    except Exception as err:  # pylint: disable=broad-except
+      if disk_full.errno_of(err) is None:
+        raise
+      raise disk_full.reported(err, os.path.dirname(out_path), (
+          f"{out_path} was not written (the partial file was removed): free space (or raise the quota) and run "
+          "the same command again")) from None
+
+
+def _export_checkpoint(workdir, out_path: str, step: int | None) -> dict[str, Any]:
+  """``export_checkpoint`` with the output's lock held."""
   workdir = os.path.abspath(os.fspath(workdir))
   config = pretrained.read_pretrain_config(workdir)
   fmt = get_format(method_name(config))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmd_jax import input_pipeline, sharding
+from cmd_jax import input_pipeline, preemption, sharding
 from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
@@ -85,5 +85,6 @@ class StreamFeatures:
     self.fn = fn
 
   def __call__(self, variables: Mapping[str, Any], source, *, batch_size: int, mesh) -> tuple[dict, np.ndarray]:
-    feats, labels = knn.extract_features(self.fn, dict(variables), source, batch_size=batch_size, mesh=mesh)
+    feats, labels = knn.extract_features(self.fn, dict(variables), source, batch_size=batch_size, mesh=mesh,
+                                         after_batch=lambda: preemption.check("while computing features"))
     return {m: feats[:, i * self.dim:(i + 1) * self.dim] for i, m in enumerate(self.streams)}, labels

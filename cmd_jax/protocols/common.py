@@ -14,7 +14,8 @@ This module owns:
 - ``run_once``: a workdir whose ``results.json`` comes from the same config and pretraining
   checkpoints (``run_inputs``, ``finished_results``) is returned as it is; otherwise the
   protocol runs, its plots are drawn, and ``results.json`` is rewritten with ``inputs``
-  last (the mark of a complete run).
+  last (the mark of a complete run); the run holds the workdir's lock, stops cleanly on
+  SIGTERM/SIGINT and reports a full disk in one line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from cmd_jax import action_names, checkpoint, data, modalities, optim, pretrained as pretrained_lib, sharding
+from cmd_jax import action_names, checkpoint, data, disk_full, modalities, optim, preemption
+from cmd_jax import pretrained as pretrained_lib, sharding, workdir_lock
 from cmd_jax.errors import ConfigError
 from cmd_jax.protocols import heads, outputs, subsets, views
 
@@ -179,8 +181,9 @@ def setup(config, workdir, protocol):
   os.makedirs(workdir, exist_ok=True)
   if outputs.is_writer():
     _remove_stale_logs(workdir)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(workdir, "config.json.tmp"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
   return mesh, streams, pre, train_source, test_source, num_classes
 
 
@@ -224,8 +227,29 @@ def run_once(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]) -> dict[str, Any]:
   """``run(config, workdir)`` unless ``workdir`` holds the results of a complete run with the same
   config and pretraining checkpoints (then those are returned); the results are also in
-  ``<workdir>/results.json``, with the plots (t-SNE, confusion matrices) beside it."""
+  ``<workdir>/results.json``, with the plots (t-SNE, confusion matrices) beside it.
+
+  The run holds the workdir's lock (``cmd_jax.workdir_lock``) and stops cleanly on SIGTERM or
+  SIGINT (``cmd_jax.preemption``: checked after every training step and evaluation batch):
+  ``RunStopped`` in one line, nothing kept (protocols recompute: the rerun redoes it; no
+  ``results.json`` with its ``inputs`` was written). A full disk: ``DiskFullError`` in one line."""
   workdir = os.fspath(workdir)
+  protocol = str(config.get("trainer", "protocol"))
+  with workdir_lock.hold_across_processes(workdir, f"the {protocol} protocol"), preemption.watch() as stop:
+    try:
+      return _run_once(config, workdir, run)
+    except preemption.RunStopped as err:
+      raise preemption.RunStopped(
+          f"{workdir}: the {protocol} protocol stopped by {stop.cause} ({err}); protocols keep no checkpoint and "
+          "this run wrote no complete results.json: run the same command again to redo it", err.signum) from None
+    except Exception as err:  # pylint: disable=broad-except
+      if disk_full.errno_of(err) is None:
+        raise
+      raise disk_full.reported(err, workdir, "no complete results.json was written; free space (or raise the quota) "
+                               "and run the same command again to redo it") from None
+
+
+def _run_once(config, workdir: str, run) -> dict[str, Any]:
   inputs = run_inputs(config)
   done = finished_results(workdir, inputs)
   if done is not None:

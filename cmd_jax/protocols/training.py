@@ -7,7 +7,8 @@ optimizer of the streams (``stream_optimizer``), and ``run_epochs``: train every
 loaders drop the last partial batch), log the epoch's mean metrics, evaluate every
 ``config.eval_every_epochs`` epochs and after the last (the reference evaluates on the test
 split every 5 epochs: docs/references.md#cmd-quirks item 6), and keep each stream's test
-logits at its best evaluation (HiCLR's ensemble reads them).
+logits at its best evaluation (HiCLR's ensemble reads them); after every step it checks for a
+stop request (``cmd_jax.preemption.check``: SIGTERM, SIGINT).
 
 The streams are trained side by side but each is the reference's model of its own:
 ``stream_optimizer`` gives every top-level group of the parameters (a stream; the linear
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmd_jax import optim
+from cmd_jax import optim, preemption
 from cmd_jax.protocols import batches, heads, outputs
 
 
@@ -81,6 +82,7 @@ def run_epochs(state, step_fn, source, *, config, mesh, seed: int, evaluate: Cal
       state, metrics = step_fn(state, batch)
       window.append(metrics)
       bar.update(1)
+      preemption.check(f"in epoch {epoch} of {epochs}")
     window = jax.device_get(window)
     summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
     if not all(math.isfinite(v) for k, v in summary.items() if k.startswith("loss")):
