@@ -76,9 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "CPU-sized batch, a queue below the training-set size, a short schedule, mining from half-way",)
   else:
     c.reference_linear = 0.0 if dsta else REFERENCE_LINEAR.get(base, 0.0)
-    c.notes = ("the release's pretext config" if base in RELEASED else
-               "no released config: the release's NTU-60 pretext values (num_class only matters downstream)")
-    c.notes += ("; the paper's three-stream linear evaluation: "
-                f"{REFERENCE_LINEAR_3S[base]}" if base in REFERENCE_LINEAR_3S and not dsta else "")
+    if dsta:
+      c.notes = "no released transformer config: the release's NTU-60 pretext values with HiCLR's transformer settings"
+    elif base in RELEASED:
+      c.notes = "the release's pretext config"
+    else:
+      c.notes = "no released config: the release's NTU-60 pretext values (num_class only matters downstream)"
+    if base in REFERENCE_LINEAR_3S and not dsta:
+      c.notes += f"; the paper's three-stream linear evaluation: {REFERENCE_LINEAR_3S[base]}"
   c.lock()
   return c
