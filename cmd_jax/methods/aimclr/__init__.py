@@ -73,8 +73,6 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
   a = config.aimclr
   single_stream.validate(config, NAME, topk=int(a.topk))
   single_stream.check_aug_method(str(a.aug_method), "config.aimclr.aug_method", allowed="12345")
-  if not isinstance(a.extreme_time_flip, bool):
-    raise ValueError(f"config.aimclr.extreme_time_flip={a.extreme_time_flip!r} must be True or False")
   if str(a.eadm) not in eadm.MODES:
     raise ValueError(f"config.aimclr.eadm={a.eadm!r}; expected 'threshold' (the release's latest code) or "
                      "'identity' (its first public release: EADM returned its input)")
