@@ -1,11 +1,13 @@
 """Pretraining methods by name: ``config.method`` picks one, and it runs with any encoder.
 
-==========  ==========================  ===================================================
-name        package                     what
-==========  ==========================  ===================================================
-``cmd``     ``cmd_jax.methods.cmd``     CMD: per-modality MoCo + cross-modal mutual distillation
-``hiclr``   ``cmd_jax.methods.hiclr``   HiCLR: growing augmentations, hierarchical consistency
-==========  ==========================  ===================================================
+===============  ================================  ============================================
+name             package                           what
+===============  ================================  ============================================
+``cmd``          ``cmd_jax.methods.cmd``           CMD: per-modality MoCo + cross-modal mutual distillation
+``hiclr``        ``cmd_jax.methods.hiclr``         HiCLR: growing augmentations, hierarchical consistency
+``skeletonclr``  ``cmd_jax.methods.skeletonclr``   SkeletonCLR: MoCo v2 on one stream, crop + shear views
+``aimclr``       ``cmd_jax.methods.aimclr``        AimCLR: extreme views, EADM, D3M, nearest-neighbour mining
+===============  ================================  ============================================
 
 A method owns what makes it that method: its views, its losses, what its train state adds
 (key encoders, queues, learnable mask values) and its step pieces. The generic loop
@@ -48,6 +50,8 @@ from cmd_jax import optim
 METHODS = {
     "cmd": "cmd_jax.methods.cmd",
     "hiclr": "cmd_jax.methods.hiclr",
+    "skeletonclr": "cmd_jax.methods.skeletonclr",
+    "aimclr": "cmd_jax.methods.aimclr",
 }
 # Trainer names of pretraining runs: "pretrain" (any method, config.method), and
 # "cmd_pretrain", what CMD runs were called before there was a choice (their config.json).

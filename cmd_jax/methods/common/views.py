@@ -6,7 +6,9 @@ docs/references.md#hiclr-views) whose feeders compose them into each method's vi
 *normal* view is a temporal crop then a shear (every method's query and key views); a *strong*
 view adds the "normal augmentations" of AimCLR/HiCLR (AimCLR's extreme view, HiCLR's branches
 1 and 2). Each method composes its branches from ``view_params`` and ``view_with``
-(``cmd_jax.methods.hiclr.views`` adds HiCLR's joint mask and SkeleAdaIN). Batches are
+(``branch_views`` does both for a list of normal and strong branches: SkeletonCLR's two normal
+views, AimCLR's extreme view beside them; ``cmd_jax.methods.hiclr.views`` adds HiCLR's joint
+mask and SkeleAdaIN). Batches are
 ``x [B, C=3, T, V, M]`` (joint coordinates; the 50-frame data: ``T = 50``). Everything is
 float32 (the reference computes the views in float64, because its shear multiplies by a
 float64 matrix and its blur kernel is float64, and casts them to float32 in the processor).
@@ -501,3 +503,19 @@ def basic_view(key: jax.Array, x: jax.Array, *, temporal_padding_ratio: int = TE
                           shear_amplitude=shear_amplitude, aug_method="")
   return view_with(x, params, mirror=None, strong=False, temporal_padding_ratio=temporal_padding_ratio,
                    aug_method="")
+
+
+def branch_views(key: jax.Array, x: jax.Array, strong: Sequence[bool], *, mirror,
+                 temporal_padding_ratio: int = TEMPORAL_PADDING_RATIO, shear_amplitude: float = SHEAR_AMPLITUDE,
+                 aug_method: str = AUG_METHOD, noise_rng: str = "threefry") -> tuple[jax.Array, ...]:
+  """The views of a batch ``x [B, 3, T, V, M]``, one per entry of ``strong`` (False: a normal
+  view, crop + shear; True: a strong view, + the set of ``aug_method``), every draw independent
+  (``view_params`` then ``view_with``): a method's feeder. ``mirror``: the layout's left/right
+  joint order (needed when ``aug_method`` has ``1`` and a branch is strong)."""
+  _check_batch(x)
+  if mirror is not None and x.shape[3] != len(mirror):
+    raise ValueError(f"the mirror has {len(mirror)} joints; the batch has {x.shape[3]}")
+  params = view_params(key, x.shape, tuple(bool(s) for s in strong), temporal_padding_ratio=temporal_padding_ratio,
+                       shear_amplitude=shear_amplitude, aug_method=aug_method, noise_rng=noise_rng)
+  return tuple(view_with(x, p, mirror=mirror, strong=bool(s), temporal_padding_ratio=temporal_padding_ratio,
+                         aug_method=aug_method) for p, s in zip(params, strong))

@@ -44,13 +44,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cmd_jax import models, modalities
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods.common import moco
+from cmd_jax.methods.common import moco, single_stream
 from cmd_jax.methods.hiclr import losses, views
 
-FRAMES = 50  # the 50-frame clips (config.data.variant = "frame50") HiCLR trains on
+FRAMES = single_stream.FRAMES  # the 50-frame clips (config.data.variant = "frame50") HiCLR trains on
 STREAMS_FIELD = "config.stream"
 # Fields a HiCLR config.json must have (cmd_jax.pretrained reads them back).
 REQUIRED_FIELDS = ("stream", "model.name", "hiclr.mining_epoch", "moco.queue_size", "moco.momentum")
@@ -75,45 +74,24 @@ State = HiCLRState
 
 def streams(config) -> tuple[str, ...]:
   """The one stream a HiCLR run pretrains (``config.stream``)."""
-  names = modalities.parse_names(config.stream, "config.stream")
-  if len(names) != 1:
-    raise ValueError(f"config.stream={config.stream!r}: HiCLR pretrains one stream per run; expected one of "
-                     f"{', '.join(modalities.MODALITIES)} (run three pretrainings for the three streams)")
-  return names
+  return single_stream.one_stream(config, "HiCLR")
 
 
-def make_model(config, layout: SkeletonLayout, training: bool = False):
-  """The query/key encoder with the projection head (``config.model.embed_dim``, MLP)."""
-  return models.build_encoder(config.model, layout, num_outputs=int(config.model.embed_dim),
-                              mlp=bool(config.model.mlp), training=training)
+make_model = single_stream.make_model  # the query/key encoder with the projection head
 
 
 def validate(config, *, num_train: int | None, num_devices: int, process_count: int) -> None:
   """HiCLR's own impossible setups (ValueError naming the field)."""
   del num_train, num_devices, process_count
-  streams(config)
-  queue_lib.validate_queue_config(int(config.moco.queue_size), int(config.batch_size), int(config.hiclr.topk))
-  if not 0 <= float(config.moco.momentum) <= 1:
-    raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
-  if not float(config.moco.temperature) > 0:
-    raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
+  single_stream.validate(config, "HiCLR", topk=int(config.hiclr.topk))
   if int(config.hiclr.get("branches", 3)) not in (1, 3):
     raise ValueError(f"config.hiclr.branches={config.hiclr.branches}; expected 3 (HiCLR) or 1 (branch 0 alone: "
                      "MoCo with the basic views, the ablation of the hierarchy)")
   if not 0 <= float(config.hiclr.mask_ratio) < 1:
     raise ValueError(f"config.hiclr.mask_ratio={config.hiclr.mask_ratio} must be in [0, 1)")
-  unknown = sorted(set(str(config.hiclr.aug_method)) - set("123456"))
-  if unknown:
-    raise ValueError(f"config.hiclr.aug_method={config.hiclr.aug_method!r}: unknown option(s) {', '.join(unknown)}; "
-                     "expected digits from 1 (flip), 2 (rotation), 3 (noise), 4 (blur), 5 (axis mask), "
-                     "6 (time reversal)")
+  single_stream.check_aug_method(str(config.hiclr.aug_method), "config.hiclr.aug_method")
   if str(config.hiclr.get("noise_rng", "threefry")) not in ("threefry", "fast"):
     raise ValueError(f"config.hiclr.noise_rng={config.hiclr.noise_rng!r}; expected 'threefry' or 'fast'")
-  if int(config.augment.temporal_padding_ratio) <= 0:
-    raise ValueError(f"config.augment.temporal_padding_ratio={config.augment.temporal_padding_ratio} must be positive")
-  variant = str(config.data.get("variant", "standard"))
-  if variant != "frame50":
-    raise ValueError(f"config.data.variant={variant!r}; HiCLR trains on the 50-frame clips: expected 'frame50'")
 
 
 def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation) -> HiCLRState:
@@ -143,8 +121,7 @@ def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Arr
                                    temporal_padding_ratio=int(aug.temporal_padding_ratio),
                                    shear_amplitude=float(aug.shear_amplitude), aug_method=str(config.hiclr.aug_method),
                                    adain=bool(config.hiclr.adain), noise_rng=str(config.hiclr.get("noise_rng", "threefry")))
-  dtype = jnp.result_type(q, batch["skeleton"])  # float32; float64 when the batch is (precision tests)
-  q, k, q1, q2 = (modalities.modality(v.astype(dtype), stream, layout) for v in (q, k, q1, q2))
+  q, k, q1, q2 = single_stream.stream_views((q, k, q1, q2), batch["skeleton"], stream, layout)
   mask = views.joint_mask(mask_key, q2.shape[2], layout.num_joints, float(config.hiclr.mask_ratio))
   q2 = views.apply_joint_mask(q2, mask, params["mask_param"])
 

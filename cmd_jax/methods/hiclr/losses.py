@@ -23,7 +23,8 @@ The reference computes ``log(softmax(.))`` of the stronger branches; ``log_softm
 same function without the underflow of ``log(0)`` (equal to float32 rounding at the
 reference's logit range). Pure functions of arrays returning ``(loss, metrics)``;
 gradients reach only the query side (keys and queue are ``stop_gradient``-ed). The branch
-logits, InfoNCE and the mining are the SkeletonCLR family's (``cmd_jax.methods.common``).
+logits, InfoNCE, the consistency term and the mining are the SkeletonCLR family's
+(``cmd_jax.methods.common``).
 """
 
 from __future__ import annotations
@@ -32,14 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from cmd_jax.losses import Metrics
+from cmd_jax.methods.common.ddm import ddm as consistency  # one hierarchical term
 from cmd_jax.methods.common.mining import mining_positives, multi_positive_nce
 from cmd_jax.methods.common.moco import branch_logits, info_nce, top1
-
-
-def consistency(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
-  """``-mean_n sum_j softmax(sg(target))_nj * log_softmax(logits)_nj``: one hierarchical term."""
-  target = jax.nn.softmax(jax.lax.stop_gradient(target_logits), axis=-1)
-  return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1))
 
 
 def hiclr_loss(q: jax.Array, q1: jax.Array | None, q2: jax.Array | None, k: jax.Array, queue: jax.Array, *,
