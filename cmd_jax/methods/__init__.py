@@ -1,11 +1,12 @@
 """Pretraining methods by name: ``config.method`` picks one, and it runs with any encoder.
 
-==========  ==========================  ===================================================
-name        package                     what
-==========  ==========================  ===================================================
-``cmd``     ``cmd_jax.methods.cmd``     CMD: per-modality MoCo + cross-modal mutual distillation
-``hiclr``   ``cmd_jax.methods.hiclr``   HiCLR: growing augmentations, hierarchical consistency
-==========  ==========================  ===================================================
+============  ============================  ===================================================
+name          package                       what
+============  ============================  ===================================================
+``cmd``       ``cmd_jax.methods.cmd``       CMD: per-modality MoCo + cross-modal mutual distillation
+``hiclr``     ``cmd_jax.methods.hiclr``     HiCLR: growing augmentations, hierarchical consistency
+``crossclr``  ``cmd_jax.methods.crossclr``  CrosSCLR: three streams in one run, cross-view mining
+============  ============================  ===================================================
 
 A method owns what makes it that method: its views, its losses, what its train state adds
 (key encoders, queues, learnable mask values) and its step pieces. The generic loop
@@ -42,6 +43,7 @@ from types import ModuleType
 METHODS = {
     "cmd": "cmd_jax.methods.cmd",
     "hiclr": "cmd_jax.methods.hiclr",
+    "crossclr": "cmd_jax.methods.crossclr",
 }
 # Trainer names of pretraining runs: "pretrain" (any method, config.method), and
 # "cmd_pretrain", what CMD runs were called before there was a choice (their config.json).
