@@ -52,10 +52,10 @@ REFERENCE_LINEAR = {"ntu60_xsub": 77.8, "ntu60_xview": 83.4, "ntu120_xsub": 67.9
 
 def encoder_name(name: str) -> str:
   """The encoder ``get_config(name)`` pretrains, the one rule for it: DSTA-Net for
-  ``<name>_dsta``, a small ST-GCN for the CPU-sized names, ST-GCN otherwise."""
+  ``<name>_dsta``, CMD's GRU for the CPU-sized names (ST-GCN is too slow there), ST-GCN
+  otherwise."""
   base, dsta, _, _ = split_name(name, CONFIG_FILE)
-  del base
-  return "dsta" if dsta else "stgcn"
+  return "dsta" if dsta else ("gru" if base in CPU_SIZED else "stgcn")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -104,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.batch_size = 128
   c.num_epochs = 300
+  if c.model.name == "gru":           # ST-GCN's XLA:CPU step is ~2 s at batch 16 (h4): too slow for minutes
+    c.model.hidden_size = 64
+    c.model.num_layers = 2
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
   c.keep_checkpoints = 3
@@ -128,6 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _cpu_sized(c: ml_collections.ConfigDict, base: str) -> None:
   """The CPU-sized settings (docs/crossclr.md#crossclr-at-cpu-size: what the release's values
   do at this size, one change at a time)."""
+  if c.model.name == "gru":           # ST-GCN's XLA:CPU step is ~2 s at batch 16 (h4): too slow for minutes
+    c.model.hidden_size = 64
+    c.model.num_layers = 2
   c.log_every_steps = 10
   c.checkpoint_every_steps = 200
   c.evaluator.every_epochs = 10

@@ -315,6 +315,7 @@ class TinyEncoder(nn.Module):
   num_outputs: int | None
   mlp: bool = True
   record: bool = False
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False):
@@ -322,15 +323,17 @@ class TinyEncoder(nn.Module):
       SEEN.append(np.asarray(x))
     y = jnp.mean(x, axis=(2, 4)).reshape(x.shape[0], -1)
     y = nn.BatchNorm(use_running_average=not train)(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.Dense(HIDDEN_DIM)(y)
     if self.num_outputs is None or (features_only and not self.is_initializing()):
       return y
     return head(y, self.num_outputs, self.mlp)
 
 
-def tiny_models(monkeypatch, record=False):
+def tiny_models(monkeypatch, record=False, dropout=0.0):
   monkeypatch.setattr(crossclr, "make_encoder", lambda config, layout, training=False: TinyEncoder(D))
-  monkeypatch.setattr(crossclr, "make_backbone", lambda config, layout, training=False: TinyEncoder(None, record=record))
+  monkeypatch.setattr(crossclr, "make_backbone",
+                      lambda config, layout, training=False: TinyEncoder(None, record=record, dropout=dropout))
 
 
 def test_cross_view_training_starts_at_cross_epoch(monkeypatch):
@@ -361,13 +364,15 @@ def test_cross_view_training_starts_at_cross_epoch(monkeypatch):
   assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
-def test_streams_share_one_view_draw_and_queue_rows_align(monkeypatch):
-  """One eager step with the real views: the encoders see, in order, the query's joint,
-  motion and bone of ONE query view, then the same of ONE key view (motion and bone derived
-  from the augmented joint clip, as the release derives them inside the model); the two views
-  differ (independent draws); and row ``i`` of every stream's queue is the L2-normalised key
-  of clip ``i`` of that stream."""
+@pytest.mark.parametrize("streams", [STREAMS, ("joint", "motion")])
+def test_streams_share_one_view_draw_and_queue_rows_align(monkeypatch, streams):
+  """One eager step with the real views (3s- and 2s-CrosSCLR): the encoders see, in order,
+  the query's joint, motion (and bone) of ONE query view, then the same of ONE key view
+  (derived from the augmented joint clip, as the release derives them inside the model); the
+  two views differ (independent draws); and row ``i`` of every stream's queue is the
+  L2-normalised key of clip ``i`` of that stream."""
   config = small_config()
+  config.modalities = ",".join(streams)
   layout = data.layout_of(config.data)
   SEEN.clear()
   tiny_models(monkeypatch, record=True)
@@ -375,16 +380,16 @@ def test_streams_share_one_view_draw_and_queue_rows_align(monkeypatch):
   x = np.random.default_rng(60).normal(size=(N, C, 50, V, M)).astype(np.float32)
   _, (_, updates) = crossclr.loss(state.params, state, {"skeleton": x}, jax.random.PRNGKey(3), config=config,
                                   layout=layout, steps_per_epoch=1)
-  seen = list(SEEN)
-  assert len(seen) == 6
-  q_joint, k_joint = seen[0], seen[3]
+  seen, n = list(SEEN), len(streams)
+  assert len(seen) == 2 * n and set(updates["queues"]) == set(streams)
+  q_joint, k_joint = seen[0], seen[n]
   assert q_joint.shape == (N, C, 50, V, M) and not np.allclose(q_joint, k_joint)
-  for base, offset in ((q_joint, 0), (k_joint, 3)):
-    np.testing.assert_array_equal(seen[offset + 1], np.asarray(modalities.motion(base)))
-    np.testing.assert_array_equal(seen[offset + 2], np.asarray(modalities.bone(base, layout)))
+  for base, offset in ((q_joint, 0), (k_joint, n)):
+    for i, s in enumerate(streams):
+      np.testing.assert_array_equal(seen[offset + i], np.asarray(modalities.modality(base, s, layout)))
   backbone = TinyEncoder(None)
   new = state.replace(**updates)
-  for s, x_k in zip(STREAMS, seen[3:]):
+  for s, x_k in zip(streams, seen[n:]):
     feature = backbone.apply({"params": models.strip_head(new.key_params[s]),
                               "batch_stats": state.key_batch_stats[s]}, x_k, train=True, mutable=["batch_stats"])[0]
     keys = l2_normalize(crossclr.project(new.key_params, s, feature))
@@ -392,3 +397,23 @@ def test_streams_share_one_view_draw_and_queue_rows_align(monkeypatch):
     # u of these unit vectors' entries; a row of another clip or stream differs by O(0.1).
     np.testing.assert_allclose(np.asarray(new.queues[s][:N]), np.asarray(keys), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(new.queues[s][N:]), np.asarray(state.queues[s][N:]))
+
+
+def test_key_encoders_run_with_dropout_on():
+  """The key forwards are train-mode forwards (the release's ``model.train()`` covers the key
+  encoders; ``no_grad`` only stops gradients): with dropout in the encoder, two step keys give
+  different enqueued keys for the same views and weights; without dropout the same."""
+  config = small_config()
+  layout = data.layout_of(config.data)
+  batch = batch_of(step_inputs(70), np.float32)
+  enqueued = {}
+  for rate in (0.0, 0.5):
+    with pytest.MonkeyPatch.context() as patch:
+      tiny_models(patch, dropout=rate)
+      patch_views(patch)
+      state = cp.create_train_state(config, layout, steps_per_epoch=1)
+      fn = jax.jit(functools.partial(crossclr.loss, config=config, layout=layout, steps_per_epoch=1))
+      enqueued[rate] = [np.asarray(fn(state.params, state, batch, jax.random.PRNGKey(seed))[1][1]["queues"]["joint"][:N])
+                        for seed in (1, 2)]
+  np.testing.assert_array_equal(*enqueued[0.0])
+  assert np.abs(enqueued[0.5][0] - enqueued[0.5][1]).max() > 1e-3
