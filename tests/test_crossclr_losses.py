@@ -26,10 +26,11 @@ T = 0.07
 THREE = ("joint", "motion", "bone")
 TWO = ("joint", "motion")
 
-# The numpy side is float64, the JAX side float32: logits up to (1 + 1) / 0.07 = 29 from
-# 8-term dot products (~1e-6 rounding each), log-sum-exps over 33 terms, sums of three
-# streams' terms of size ~3-10: ~1e-6 relative; 1e-5 of the value leaves 10x and is far
-# below what a wrong positive, partner, normaliser or term changes (>= 1e-2 here).
+# The numpy side is float64, the JAX side float32: logits up to 1 / 0.07 = 14.3 (the
+# context products S_u * S_v too) from 8-term dot products (~1e-6 rounding each), log-sum-exps
+# over 33 terms, sums of three streams' terms of size ~3-10: ~1e-6 relative; 1e-5 of the value
+# leaves 10x and is far below what a wrong positive, partner, normaliser or term changes
+# (>= 1e-2 here).
 RTOL = 1e-5
 
 

@@ -163,16 +163,16 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
     raise ValueError(f"config.data.variant={variant!r}; CrosSCLR trains on the 50-frame clips: expected 'frame50'")
 
 
-def _stream_encoders(variables: Mapping[str, Any], stream: str) -> dict[str, Any]:
-  """What one of the release's encoders of ``stream`` holds: its own parameters and, for motion
+def _stream_parameters(variables: Mapping[str, Any], stream: str) -> dict[str, Any]:
+  """The parameters the release's encoder of ``stream`` holds: its own and, for motion
   and bone, the shared head (``{"own": ..., "head": {fc_0, fc_2}}``)."""
   if stream == HEAD_OWNER:
     return {"own": variables[stream]}
   return {"own": variables[stream], "head": {n: variables[HEAD_OWNER][n] for n in SHARED_HEAD}}
 
 
-def _with_stream_encoders(variables: Mapping[str, Any], stream: str, parts: Mapping[str, Any]) -> dict[str, Any]:
-  """``variables`` with ``_stream_encoders(variables, stream)`` replaced by ``parts``."""
+def _with_stream_parameters(variables: Mapping[str, Any], stream: str, parts: Mapping[str, Any]) -> dict[str, Any]:
+  """``variables`` with ``_stream_parameters(variables, stream)`` replaced by ``parts``."""
   out = dict(variables)
   out[stream] = parts["own"]
   if "head" in parts:
@@ -221,11 +221,11 @@ def momentum_updates(key_params, params, names, updated: Mapping[str, Any], mome
   encoder and the shared ``H_k`` towards the (stop-gradient'ed) query side, where
   ``updated[s]`` (a bool, or a traced bool) says it runs."""
   for s in names:
-    before = _stream_encoders(key_params, s)
-    after = moco.momentum_update(before, _stream_encoders(params, s), momentum)
+    before = _stream_parameters(key_params, s)
+    after = moco.momentum_update(before, _stream_parameters(params, s), momentum)
     if updated[s] is not True:
       after = jax.tree.map(lambda a, b, u=updated[s]: jnp.where(u, a, b), after, before)
-    key_params = _with_stream_encoders(key_params, s, after)
+    key_params = _with_stream_parameters(key_params, s, after)
   return key_params
 
 
