@@ -6,6 +6,7 @@ name             package                           what
 ``cmd``          ``cmd_jax.methods.cmd``           CMD: per-modality MoCo + cross-modal mutual distillation
 ``hiclr``        ``cmd_jax.methods.hiclr``         HiCLR: growing augmentations, hierarchical consistency
 ``skeletonclr``  ``cmd_jax.methods.skeletonclr``   SkeletonCLR: MoCo v2 on one stream, crop + shear views
+``crossclr``     ``cmd_jax.methods.crossclr``      CrosSCLR: three streams in one run, cross-view mining
 ``aimclr``       ``cmd_jax.methods.aimclr``        AimCLR: extreme views, EADM, D3M, nearest-neighbour mining
 ===============  ================================  ============================================
 
@@ -51,6 +52,7 @@ METHODS = {
     "cmd": "cmd_jax.methods.cmd",
     "hiclr": "cmd_jax.methods.hiclr",
     "skeletonclr": "cmd_jax.methods.skeletonclr",
+    "crossclr": "cmd_jax.methods.crossclr",
     "aimclr": "cmd_jax.methods.aimclr",
 }
 # Trainer names of pretraining runs: "pretrain" (any method, config.method), and

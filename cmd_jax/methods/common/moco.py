@@ -7,7 +7,8 @@ CrosSCLR) share (docs/references.md#hiclr-pretraining-step):
   references build the key encoder as a copy of the query encoder, then their processor's
   ``weights_init`` re-initialises the whole model (a quirk, kept);
 - ``embed``: one encoder forward in train mode (batch statistics, running statistics
-  updated, dropout on), the output L2-normalised (``F.normalize``);
+  updated, dropout on), the output (optionally through a projection given by the method)
+  L2-normalised (``F.normalize``);
 - ``momentum_update``: ``theta_k <- m theta_k + (1 - m) theta_q`` over the parameters only
   (not the BatchNorm statistics), with the query parameters before this step's SGD update;
 - ``branch_logits``: ``[x . k, x . queue] / T`` of one query branch (length ``1 + K``,
@@ -40,14 +41,18 @@ def init_encoder_pair(model, query_key: jax.Array, key_key: jax.Array, x: jax.Ar
   return models.init_variables(model, query_key, x), models.init_variables(model, key_key, x)
 
 
-def embed(model, params, batch_stats, x: jax.Array, dropout_key: jax.Array, **kwargs) -> tuple[Any, Any]:
+def embed(model, params, batch_stats, x: jax.Array, dropout_key: jax.Array, *, project=None,
+          **kwargs) -> tuple[Any, Any]:
   """``(L2-normalised output, updated batch statistics)`` of a train-mode forward of ``x``.
 
   ``kwargs`` go to the model's call; an encoder call that returns a tuple of outputs (AimCLR's
-  extreme pass with its dropped copy) gets each of them normalised."""
+  extreme pass with its dropped copy) gets each of them normalised. ``project`` (a function of
+  the model's output, e.g. CrosSCLR's projection heads kept outside the encoder) is applied to
+  each output before the normalisation."""
   out, updated = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"],
                              rngs={"dropout": dropout_key}, **kwargs)
-  out = tuple(l2_normalize(o) for o in out) if isinstance(out, tuple) else l2_normalize(out)
+  project = project or (lambda o: o)
+  out = tuple(l2_normalize(project(o)) for o in out) if isinstance(out, tuple) else l2_normalize(project(out))
   return out, updated["batch_stats"]
 
 
