@@ -7,6 +7,7 @@ here once, below the method packages:
 - ``views``: the feeders' augmentations (temporal crop with mirrored padding, shear, and the
   strong set: flip, rotation, noise, blur, axis mask, time reversal) and their composition
   into normal and strong views;
+- ``fast_normal``: the views' optional fast noise generator (a keyed hash, then Box-Muller);
 - ``moco``: MoCo v2 with one query and one momentum key encoder: the encoder pair,
   the momentum update, an encoder's normalised embedding, a branch's logits against the key
   and the queue;

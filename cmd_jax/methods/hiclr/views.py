@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.methods.common.views import (AUG_METHOD, SHEAR_AMPLITUDE, TEMPORAL_PADDING_RATIO, ViewParams,
-                                          _check_batch, view_params, view_with)
+                                          check_batch, view_params, view_with)
 
 MASK_RATIO = 0.1
 ADAIN_EPS = 1e-5
@@ -80,7 +80,7 @@ def hiclr_views(key: jax.Array, x: jax.Array, *, layout: SkeletonLayout,
   second strong branch, as the authors' earlier experiments did), ``"q1"``, or ``"both"``
   (each with its own shift). Needs ``B >= 3``.
   """
-  _check_batch(x)
+  check_batch(x)
   if x.shape[3] != layout.num_joints:
     raise ValueError(f"layout {layout.name} has {layout.num_joints} joints; the batch has {x.shape[3]}")
   if adain not in _ADAIN_BRANCHES:
