@@ -54,7 +54,7 @@ def validate_queue_config(size: int, global_batch: int, topk: int) -> None:
   if topk <= 0:
     raise ValueError(f"topk must be positive, got {topk}")
   if topk > size:
-    raise ValueError(f"topk {topk} is larger than the queue size {size}: the CMD loss keeps "
+    raise ValueError(f"topk {topk} is larger than the queue size {size}: the loss keeps "
                      f"the topk most similar of the {size} queue entries")
 
 
