@@ -57,12 +57,10 @@ import os
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 
-from cmd_jax import augment, modalities, sharding
+from cmd_jax import modalities, sharding
 from cmd_jax.evaluators import knn
-from cmd_jax.layouts import SkeletonLayout
 
 MAX_FRAMES = 300  # the converter's stored length (data_prep.datasets.MAX_FRAMES)
 

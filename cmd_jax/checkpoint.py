@@ -164,9 +164,6 @@ class Checkpointer:
     or with its preemption service off); ``save`` makes the same check."""
     return bool(self.manager.reached_preemption(step))
 
-  def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -1,8 +1,9 @@
 """The contrastive pieces every MoCo-style method shares: L2 normalisation, similarities, InfoNCE.
 
-MoCo v2's InfoNCE as the CMD and HiCLR references compute it. Pure ``jnp`` functions of
-arrays: they never call a model or read a config, and the losses return ``(loss, metrics)``
-with scalar metrics. Each method's own terms live with the method
+MoCo v2's InfoNCE as CMD's reference computes it (the SkeletonCLR family's form, from a
+branch's logits, is ``cmd_jax.methods.common.moco``). Pure ``jnp`` functions of arrays:
+they never call a model or read a config, and the losses return ``(loss, metrics)`` with
+scalar metrics. Each method's own terms live with the method
 (``cmd_jax.methods.<method>.losses``).
 
 Shapes and conventions:
@@ -31,7 +32,7 @@ Metrics = dict[str, jax.Array]
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default eps
 
 
-def _float(x: jax.Array) -> jax.Array:
+def at_least_float32(x: jax.Array) -> jax.Array:
   """``x`` as float32, or as is when it is already float32 or wider."""
   x = jnp.asarray(x)
   return x.astype(jnp.result_type(x.dtype, jnp.float32))
@@ -65,7 +66,7 @@ def similarities(q: jax.Array, queue: jax.Array, *,
     raise ValueError(f"similarities: expected q [N, D] and queue [K, D], got {q.shape} and "
                      f"{queue.shape}")
   queue = jax.lax.stop_gradient(queue)
-  return jnp.matmul(_float(q), _float(queue).T, precision=precision)
+  return jnp.matmul(at_least_float32(q), at_least_float32(queue).T, precision=precision)
 
 
 def info_nce_from_similarities(l_pos: jax.Array, l_neg: jax.Array,
@@ -76,8 +77,8 @@ def info_nce_from_similarities(l_pos: jax.Array, l_neg: jax.Array,
   batch. Metrics (fractions in [0, 1], ties counted in the positive's favour):
   ``acc1`` = positive logit is the largest, ``acc5`` = fewer than 5 negatives beat it.
   """
-  l_pos = _float(l_pos).reshape(-1, 1)
-  l_neg = _float(l_neg)
+  l_pos = at_least_float32(l_pos).reshape(-1, 1)
+  l_neg = at_least_float32(l_neg)
   if l_neg.ndim != 2 or l_neg.shape[0] != l_pos.shape[0]:
     raise ValueError(f"info_nce: l_pos {l_pos.shape} and l_neg {l_neg.shape} do not match "
                      f"(expected [N, 1] and [N, K])")
@@ -103,5 +104,5 @@ def info_nce(q: jax.Array, k: jax.Array, queue: jax.Array,
   if q.shape != k.shape:
     raise ValueError(f"info_nce: q {q.shape} and k {k.shape} must have the same shape [N, D]")
   k = jax.lax.stop_gradient(k)
-  l_pos = jnp.sum(_float(q) * _float(k), axis=-1)
+  l_pos = jnp.sum(at_least_float32(q) * at_least_float32(k), axis=-1)
   return info_nce_from_similarities(l_pos, similarities(q, queue), temperature)

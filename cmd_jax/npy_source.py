@@ -173,7 +173,6 @@ class NpySource:
     self.format = detect_format(self.folder, self.part) if fmt == "auto" else fmt
     if max_frames is _FORMAT_DEFAULT:
       max_frames = FORMAT_FRAMES[self.format]
-    self._max_frames = max_frames
     paths = npy_paths(self.folder, self.part, self.format)
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:

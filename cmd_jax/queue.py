@@ -1,4 +1,4 @@
-"""The MoCo negative-key queues of CMD: layout, initialisation and the functional enqueue.
+"""The MoCo negative-key queues of every method: layout, initialisation and the functional enqueue.
 
 Follows docs/references.md#cmd-model-and-queues (construction), #cmd-step-order step 6
 (enqueue) and #cmd-quirks item 3 (the queues advance in lock-step).
@@ -9,10 +9,11 @@ import transposes.) Rows make the enqueue a plain ``dynamic_update_slice`` of th
 ``[N, D]`` key batch, and the query-vs-queue similarity is ``q @ queue.T`` -> ``[N, K]``
 (``losses.similarities``).
 
-One pointer for all modalities: the reference keeps one ``queue_ptr`` per queue, but they
-start at 0 and advance by the same ``N`` every step, so they are always equal. Sharing a
-single int32 scalar makes the invariant the CMD loss relies on structural: row ``j`` holds
-the same sample's key in the joint, motion and bone queues.
+One pointer for all modalities: the references with several queues (CMD, CrosSCLR) keep
+one ``queue_ptr`` per queue, but they start at 0 and advance by the same ``N`` every step,
+so they are always equal. Sharing a single int32 scalar makes the invariant CMD's and
+CrosSCLR's cross-modal losses rely on structural: row ``j`` holds the same sample's key in
+the joint, motion and bone queues.
 
 Everything here is a pure function of arrays; the queues and the pointer live in the
 train state and are checkpointed with it.
@@ -31,12 +32,12 @@ Queues = dict[str, jax.Array]
 
 
 def validate_queue_config(size: int, global_batch: int, topk: int) -> None:
-  """Checks a queue size ``K``, the global batch ``N`` and the CMD ``topk`` before training.
+  """Checks a queue size ``K``, the global batch ``N`` and the mined ``topk`` before training.
 
   Raises ``ValueError`` naming the offending values: the enqueue writes ``N`` rows at a
   pointer that advances by ``N`` modulo ``K``, so ``K % N`` must be 0 (the reference relies
-  on ``drop_last=True`` and 16384 % 64 == 0); the distillation keeps the ``topk`` most
-  similar queue entries, so ``0 < topk <= K``.
+  on ``drop_last=True`` and 16384 % 64 == 0); CMD's distillation and the family's mining keep
+  the ``topk`` most similar queue entries, so ``0 < topk <= K``.
   """
   size = as_int(size, "queue size")
   global_batch = as_int(global_batch, "global batch")
@@ -53,7 +54,7 @@ def validate_queue_config(size: int, global_batch: int, topk: int) -> None:
   if topk <= 0:
     raise ValueError(f"topk must be positive, got {topk}")
   if topk > size:
-    raise ValueError(f"topk {topk} is larger than the queue size {size}: the CMD loss keeps "
+    raise ValueError(f"topk {topk} is larger than the queue size {size}: the loss keeps "
                      f"the topk most similar of the {size} queue entries")
 
 

@@ -399,11 +399,6 @@ def body_energies(data: np.ndarray) -> np.ndarray:
   return energies
 
 
-def body_energy(body: np.ndarray) -> float:
-  """The reference's ``get_nonzero_std`` of one slot ``(T, 25, 3)``."""
-  return float(body_energies(body[None])[0])
-
-
 def select_bodies(data: np.ndarray, max_body_true: int = MAX_BODY_TRUE) -> np.ndarray:
   """Keeps the ``max_body_true`` slots of highest energy: ``(4, T, V, 3)`` -> ``(3, T, V, max_body_true)``.
 

@@ -1,9 +1,10 @@
 """What a convertible dataset is: ``DatasetSpec`` (a dataset's layout, classes, benchmarks,
 sample lister and loader) and ``Sample`` (one sample before loading).
 
-The reader modules (``data_prep.ntu`` through ``data_prep.datasets``, ``pku``, ``msr``,
-``synthetic``) define their specs with these types; the registry of specs and the
-conversion variants are ``data_prep.datasets``'s.
+The dataset specs are built with these types: PKU-MMD II's, MSR Action3D's and the
+synthetic set's in their reader modules (``data_prep.pku``, ``msr``, ``synthetic``), NTU's
+in ``data_prep.datasets`` (over the reader ``data_prep.ntu``), which also holds the
+registry of specs and the conversion variants.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ _CHANNELS = (
     "r_flex", "r_abd", "r_hum", "r_elbow", "l_flex", "l_abd", "l_hum", "l_elbow",
     "r_hip_flex", "r_hip_abd", "r_knee", "l_hip_flex", "l_hip_abd", "l_knee",
 )
-_C = {name: i for i, name in enumerate(_CHANNELS)}
+_CHANNEL_INDEX = {name: i for i, name in enumerate(_CHANNELS)}
 _LINEAR = np.array([name in ("fwd", "side", "jump") for name in _CHANNELS])
 _REST = {"r_flex": 5.0, "l_flex": 5.0, "r_abd": 10.0, "l_abd": 10.0, "r_elbow": 12.0,
          "l_elbow": 12.0, "r_hip_abd": 4.0, "l_hip_abd": 4.0, "r_knee": 4.0, "l_knee": 4.0}
@@ -167,14 +167,14 @@ def _subject(seed: int, subject: int) -> _Subject:
   body = {k: v * scale * ratios[group[k]] for k, v in _BASE_BODY.items()}
   rest = np.zeros(len(_CHANNELS))
   for name, value in _REST.items():
-    rest[_C[name]] = value
+    rest[_CHANNEL_INDEX[name]] = value
   posture = rng.uniform(-1.0, 1.0, 6)
-  rest[[_C["r_abd"], _C["l_abd"]]] += 5.0 * posture[0]
-  rest[[_C["r_elbow"], _C["l_elbow"]]] += 10.0 * posture[1]
-  rest[_C["bow"]] += 4.0 + 5.0 * posture[2]
-  rest[_C["head_pitch"]] += 6.0 * posture[3]
-  rest[[_C["r_hip_abd"], _C["l_hip_abd"]]] += 3.0 * posture[4]
-  rest[[_C["r_hum"], _C["l_hum"]]] += 10.0 * posture[5]
+  rest[[_CHANNEL_INDEX["r_abd"], _CHANNEL_INDEX["l_abd"]]] += 5.0 * posture[0]
+  rest[[_CHANNEL_INDEX["r_elbow"], _CHANNEL_INDEX["l_elbow"]]] += 10.0 * posture[1]
+  rest[_CHANNEL_INDEX["bow"]] += 4.0 + 5.0 * posture[2]
+  rest[_CHANNEL_INDEX["head_pitch"]] += 6.0 * posture[3]
+  rest[[_CHANNEL_INDEX["r_hip_abd"], _CHANNEL_INDEX["l_hip_abd"]]] += 3.0 * posture[4]
+  rest[[_CHANNEL_INDEX["r_hum"], _CHANNEL_INDEX["l_hum"]]] += 10.0 * posture[5]
   return _Subject(body, rng.uniform(0.85, 1.18), rng.uniform(0.85, 1.15), rest,
                   rng.uniform(0.6, 1.5))
 
@@ -254,7 +254,7 @@ def _class_motion(label, u, rng, amp, poses):
   p = poses[0]
 
   def add(person, name, value):
-    person[_C[name]] += value
+    person[_CHANNEL_INDEX[name]] += value
 
   a = amp
   if label in (0, 1):  # wave one hand, from chest height to overhead
@@ -394,18 +394,18 @@ def _fidget(rng, u, pose, label):
   free = "".join(side for side in "rl" if side not in _ARM_USE[label][0])
   if kind == 0 and free:  # hand to the head or face
     s = free[rng.integers(len(free))]
-    pose[_C[f"{s}_flex"]] += g * rng.uniform(40, 120)
-    pose[_C[f"{s}_elbow"]] += g * rng.uniform(60, 130)
-    pose[_C[f"{s}_hum"]] += g * rng.uniform(0, 40)
+    pose[_CHANNEL_INDEX[f"{s}_flex"]] += g * rng.uniform(40, 120)
+    pose[_CHANNEL_INDEX[f"{s}_elbow"]] += g * rng.uniform(60, 130)
+    pose[_CHANNEL_INDEX[f"{s}_hum"]] += g * rng.uniform(0, 40)
   elif kind == 1 and label not in (4, 5, 6):  # a small step to the side or forward
     s = "rl"[rng.integers(2)]
     lift = _bumps(np.clip((u - center) / (2 * width) + 0.5, 0, 1), 1)
-    pose[_C[f"{s}_hip_flex"]] += lift * rng.uniform(10, 30)
-    pose[_C[f"{s}_knee"]] += lift * rng.uniform(15, 45)
-    pose[_C["side"]] += _smoothstep((u - center) / width + 0.5) * rng.uniform(-0.15, 0.15)
+    pose[_CHANNEL_INDEX[f"{s}_hip_flex"]] += lift * rng.uniform(10, 30)
+    pose[_CHANNEL_INDEX[f"{s}_knee"]] += lift * rng.uniform(15, 45)
+    pose[_CHANNEL_INDEX["side"]] += _smoothstep((u - center) / width + 0.5) * rng.uniform(-0.15, 0.15)
   else:  # look around
-    pose[_C["yaw"]] += g * rng.uniform(-30, 30)
-    pose[_C["head_pitch"]] += g * rng.uniform(-20, 20)
+    pose[_CHANNEL_INDEX["yaw"]] += g * rng.uniform(-30, 30)
+    pose[_CHANNEL_INDEX["head_pitch"]] += g * rng.uniform(-20, 20)
 
 
 # ---------------------------------------------------------------------------------------
@@ -542,13 +542,13 @@ def generate(source: SyntheticSource, artefacts: bool = True) -> np.ndarray:
   persons, support, separation = _class_motion(label, u, styled, amp, poses)
   busy = _hold(u, 0.15)
   for m, pose in enumerate(poses):
-    pose[_C["yaw"]] += rng.uniform(-_TURN, _TURN) * _smoothstep(frames / t)  # slow turn
+    pose[_CHANNEL_INDEX["yaw"]] += rng.uniform(-_TURN, _TURN) * _smoothstep(frames / t)  # slow turn
     if rng.random() < _POSTURE_P:
       posture = _IDLE_POSTURES[rng.integers(len(_IDLE_POSTURES))]
       for side in "rl":
         free = 1.0 - busy if side in _ARM_USE[label][m] else 1.0
         for joint, value in posture.items():
-          pose[_C[f"{side}_{joint}"]] += free * value
+          pose[_CHANNEL_INDEX[f"{side}_{joint}"]] += free * value
   _fidget(rng, u, poses[0], label)
 
   # Scene: person 0 faces the camera-1 direction (with jitter), or faces person 1.

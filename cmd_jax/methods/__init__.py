@@ -32,9 +32,13 @@ step, checkpoints and resuming, metrics, the kNN monitor. A method package provi
   the downstream protocols start from (heads included; the loader drops them);
 - ``eval_view(config)``: ``(frames, crop_ratio)``, how the kNN monitor and the protocols'
   test view feed a stored clip: a centre crop of ``crop_ratio`` resized to ``frames``, or
-  ``crop_ratio=None`` for the stored clip as it is.
+  ``crop_ratio=None`` for the stored clip as it is;
+- ``min_length(config)``: the shortest crop of the protocols' training view by default;
+- ``REQUIRED_FIELDS``: the fields its ``config.json`` must have for ``cmd_jax.pretrained``
+  to load a workdir; ``STREAMS_FIELD``: the config field naming its streams (for errors).
 
-Adding a method = a package here with those names + an entry in ``METHODS`` + a config file.
+Adding a method = a package here with those names + an entry in ``METHODS`` + a config file
+(docs/architecture.md#adding-a-method).
 
 ``create_train_state(config, layout, steps_per_epoch)`` is the method's fresh state with its
 optimizer (``cmd_jax.optim``): what the loop starts from, and the structure a checkpoint is
@@ -56,22 +60,24 @@ METHODS = {
     "aimclr": "cmd_jax.methods.aimclr",
 }
 # Trainer names of pretraining runs: "pretrain" (any method, config.method), and
-# "cmd_pretrain", what CMD runs were called before there was a choice (their config.json).
+# "cmd_pretrain", the name a CMD workdir's config.json without config.method carries.
 PRETRAIN_TRAINERS = ("pretrain", "cmd_pretrain")
 
 
 def method_name(config) -> str:
-  """``config.method`` (``cmd`` for configs written before there was a choice)."""
+  """``config.method``; ``cmd`` for a config without the field (a CMD workdir's config.json)."""
   return str(config.get("method", "cmd"))
 
 
 def get_method(name: str) -> ModuleType:
+  """The method package of ``name`` (a key of ``METHODS``), else a ValueError listing them."""
   if name not in METHODS:
     raise ValueError(f"config.method={name!r}; expected one of {', '.join(METHODS)}")
   return importlib.import_module(METHODS[name])
 
 
 def method_of(config) -> ModuleType:
+  """The method package ``config.method`` names."""
   return get_method(method_name(config))
 
 

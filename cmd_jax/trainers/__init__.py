@@ -7,7 +7,8 @@ import importlib
 from cmd_jax.errors import ConfigError
 
 TRAINERS = {
-    # Pretraining of any method (config.method); "cmd_pretrain" is what CMD configs named it before.
+    # Pretraining of any method (config.method); "cmd_pretrain": the name in a CMD workdir's
+    # config.json without config.method (cmd_jax.methods.PRETRAIN_TRAINERS).
     "pretrain": "cmd_jax.trainers.pretrain",
     "cmd_pretrain": "cmd_jax.trainers.pretrain",
     # The downstream protocols (docs/references.md#cmd-downstream-protocols): one module per
@@ -22,6 +23,7 @@ TRAINERS = {
 
 
 def get_trainer(name: str):
+  """The ``train_and_evaluate`` of trainer ``name``, else a ConfigError listing the trainers."""
   if name not in TRAINERS:
     raise ConfigError(f"config.trainer={name!r} is unknown; expected one of {', '.join(TRAINERS)}")
   return importlib.import_module(TRAINERS[name]).train_and_evaluate

@@ -49,7 +49,7 @@ from cmd_jax import sharding, workdir_lock
 from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods import create_train_state, method_of
+from cmd_jax.methods import create_train_state, method_name, method_of
 from cmd_jax.state_checks import check_shapes
 
 
@@ -263,7 +263,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_step: int | None, stop:
   log = print if jax.process_index() == 0 else (lambda _: None)
 
   def same_shapes(stored, step_dir):
-    check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", str(config.get("method", "cmd")),
+    check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", method_name(config),
                  expected_from="this config", advice="nothing was changed: use a new --workdir for this config, "
                  "or the workdir's own settings to resume it")
 

@@ -50,7 +50,7 @@ import optax
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.methods.aimclr import eadm, losses, views
-from cmd_jax.methods.common import moco, single_stream
+from cmd_jax.methods.common import checks, moco, single_stream
 
 NAME = "AimCLR"
 FRAMES = single_stream.FRAMES
@@ -72,7 +72,7 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
   del num_train, num_devices, process_count
   a = config.aimclr
   single_stream.validate(config, NAME, topk=int(a.topk))
-  single_stream.check_aug_method(str(a.aug_method), "config.aimclr.aug_method", allowed="12345")
+  checks.check_aug_method(str(a.aug_method), "config.aimclr.aug_method", allowed="12345")
   if str(a.eadm) not in eadm.MODES:
     raise ValueError(f"config.aimclr.eadm={a.eadm!r}; expected 'threshold' (the release's latest code) or "
                      "'identity' (its first public release: EADM returned its input)")
@@ -81,8 +81,7 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
                      "every attention is at least sigmoid(0.5) = 0.62, so a lower threshold drops everything)")
   if not float(a.ddm_weight) >= 0:
     raise ValueError(f"config.aimclr.ddm_weight={a.ddm_weight} must be >= 0")
-  if str(a.noise_rng) not in ("threefry", "fast"):
-    raise ValueError(f"config.aimclr.noise_rng={a.noise_rng!r}; expected 'threefry' or 'fast'")
+  checks.check_noise_rng(a.noise_rng, "config.aimclr.noise_rng")
 
 
 def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation) -> State:

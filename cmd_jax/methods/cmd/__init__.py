@@ -32,7 +32,6 @@ from typing import Any, Mapping
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from cmd_jax import losses as contrastive, models, modalities
@@ -63,10 +62,9 @@ REQUIRED_FIELDS = ("modalities", "model.hidden_size", "model.num_layers", "model
 
 
 def streams(config) -> tuple[str, ...]:
+  """The modalities a CMD run pretrains (``config.modalities``), each with its own encoders and queue."""
   return modalities.parse_names(config.modalities, "config.modalities")
 
-
-modality_names = streams
 
 
 def make_model(config, layout: SkeletonLayout, training: bool = False):
@@ -147,8 +145,8 @@ def loss(params, state: TrainState, batch: Mapping[str, jax.Array], key: jax.Arr
   model = make_model(config, layout, training=True)
   stacked = bool(config.model.get("stack_modalities", False))
   aug = config.augment
-  # The views use the step's key itself (as before dropout keys existed, so GRU runs are
-  # unchanged); the encoders' dropout keys are folded from it.
+  # The views draw from the step's key itself and the encoders' dropout keys are folded from
+  # it, so a step's views are the same whichever encoder (with or without dropout) runs.
   query_key, key_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
   view_q, view_k = views.pretrain_views(
       key, batch["skeleton"], batch["num_frames"], ratio_range=(aug.crop_ratio_min, aug.crop_ratio_max),
@@ -189,4 +187,4 @@ def min_length(config) -> int:
 
 
 __all__ = ["State", "TrainState", "create_state", "embed_modalities", "eval_view", "loss", "make_model",
-           "min_length", "modality_names", "query_encoders", "streams", "validate", "views", "losses"]
+           "min_length", "query_encoders", "streams", "validate", "views", "losses"]

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from cmd_jax.losses import Metrics, _float, as_int, info_nce_from_similarities, similarities
+from cmd_jax.losses import Metrics, as_int, at_least_float32, info_nce_from_similarities, similarities
 
 Direction = tuple[str, str]
 
@@ -104,7 +104,7 @@ def cmd_distillation(
   # One top-k per teacher modality, shared by its student directions.
   teachers = {}
   for teacher in dict.fromkeys(t for t, _ in directions):
-    sims = jax.lax.stop_gradient(_float(teacher_sims[teacher]))
+    sims = jax.lax.stop_gradient(at_least_float32(teacher_sims[teacher]))
     if approximate_recall is None:
       values, indices = jax.lax.top_k(sims, topk)
     else:
@@ -116,7 +116,7 @@ def cmd_distillation(
   total = jnp.zeros((), jnp.float32)
   for teacher, student in directions:
     indices, log_p = teachers[teacher]
-    s = jnp.take_along_axis(_float(student_sims[student]), indices, axis=-1)
+    s = jnp.take_along_axis(at_least_float32(student_sims[student]), indices, axis=-1)
     log_q = jax.nn.log_softmax(s / student_temperature, axis=-1)
     term = jnp.sum(jnp.exp(log_p) * (log_p - log_q)) / s.shape[0]
     metrics[kl_name(teacher, student)] = term
@@ -177,7 +177,7 @@ def cmd_loss(
       raise ValueError(f"cmd_loss[{name!r}]: query {q.shape} and key {k.shape} shapes differ")
     k = jax.lax.stop_gradient(k)
     l_neg = similarities(q, queues[name])
-    l_pos = jnp.sum(_float(q) * _float(k), axis=-1)
+    l_pos = jnp.sum(at_least_float32(q) * at_least_float32(k), axis=-1)
     loss, m = info_nce_from_similarities(l_pos, l_neg, temperature)
     student_sims[name] = l_neg
     metrics.update({f"{key}_{name}": value for key, value in m.items()})

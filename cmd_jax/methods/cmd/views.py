@@ -1,6 +1,6 @@
 """CMD's pretraining views: per clip, two independent draws of crop-resize then a spatial augmentation.
 
-The reference feeder's view (``pretrain_view``): a random temporal crop of 10-100% of the
+The reference feeder's view: a random temporal crop of 10-100% of the
 clip's valid frames resized to ``out_len`` frames (``cmd_jax.augment.temporal_crop_resize``),
 then with probability 0.5 the joint corruption, otherwise the shear
 (``spatial_augment``). ``pretrain_views`` builds the query and key views of a batch, every
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from cmd_jax.augment import (MIN_CROP_LENGTH, NUM_CORRUPTED_JOINTS, OUTPUT_LENGTH, PRETRAIN_RATIO_RANGE,
                              crop_length, joint_corruption, joint_corruption_masked, resize_linear, shear, shear_with,
-                             temporal_crop_resize, valid_length)
+                             valid_length)
 
 
 def spatial_augment(key: jax.Array, x: jax.Array,
@@ -37,18 +37,6 @@ def spatial_augment(key: jax.Array, x: jax.Array,
   corrupt = jax.random.uniform(branch_key, ()) < 0.5
   return jnp.where(corrupt, joint_corruption(corruption_key, x, num_corrupted, corruption_amplitude),
                    shear(shear_key, x, shear_amplitude))
-
-
-def pretrain_view(key: jax.Array, x: jax.Array, num_frames,
-                  ratio_range: Sequence[float] = PRETRAIN_RATIO_RANGE,
-                  min_len: int = MIN_CROP_LENGTH, out_len: int = OUTPUT_LENGTH,
-                  num_corrupted: int = NUM_CORRUPTED_JOINTS, shear_amplitude: float = 1.0,
-                  corruption_amplitude: float = 1.0) -> jax.Array:
-  """One pretraining view of one sample (docs/references.md#cmd-pretraining-views): crop-resize, then
-  spatial augment."""
-  crop_key, spatial_key = jax.random.split(key)
-  clip = temporal_crop_resize(crop_key, x, num_frames, ratio_range, min_len, out_len)
-  return spatial_augment(spatial_key, clip, num_corrupted, shear_amplitude, corruption_amplitude)
 
 
 class ViewParams(NamedTuple):
@@ -132,8 +120,8 @@ def pretrain_views(key: jax.Array, batch_x: jax.Array, batch_num_frames: jax.Arr
   ``[N, C, out_len, V, M]``.
 
   Every sample and every view gets its own independent draws, as in the reference feeder,
-  drawn for the whole batch at once (``pretrain_view_params``); the same distribution as
-  ``pretrain_view`` per sample.
+  drawn for the whole batch at once (``pretrain_view_params``): per sample, the crop-resize
+  (``cmd_jax.augment.temporal_crop_resize``), then ``spatial_augment``.
   """
   params = pretrain_view_params(key, batch_num_frames, batch_x.shape[2], batch_x.shape[3], ratio_range, min_len,
                                 num_corrupted, shear_amplitude, corruption_amplitude)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from cmd_jax import models
-from cmd_jax.losses import _float, l2_normalize, similarities
+from cmd_jax.losses import at_least_float32, l2_normalize, similarities
 from cmd_jax.layouts import SkeletonLayout
 
 
@@ -66,7 +66,7 @@ def branch_logits(x: jax.Array, k: jax.Array, queue: jax.Array, temperature: flo
   """``(logits [N, 1 + K], l_neg [N, K])`` of one query branch ``x [N, D]`` against the key
   ``k [N, D]`` and the queue ``[K, D]``: ``logits = [x . k, x @ queue.T] / T``."""
   k = jax.lax.stop_gradient(k)
-  l_pos = jnp.sum(_float(x) * _float(k), axis=-1, keepdims=True)
+  l_pos = jnp.sum(at_least_float32(x) * at_least_float32(k), axis=-1, keepdims=True)
   l_neg = similarities(x, queue)
   return jnp.concatenate([l_pos, l_neg], axis=1) / temperature, l_neg
 

@@ -5,8 +5,8 @@ bone, converted from the views' joint coordinates) on the 50-frame clips, with o
 encoder, one momentum key encoder and one queue of keys (docs/references.md#skeletonclr). This
 module owns what their method packages share about such a run:
 
-- ``MoCoState``: the train state of SkeletonCLR and AimCLR (HiCLR's adds ``mask_param`` to
-  ``params``), laid out so that the references' ``state_dict`` maps onto it by renaming:
+- ``MoCoState``: the train state of SkeletonCLR and AimCLR (HiCLR's has the same fields and
+  adds ``mask_param`` to ``params``), laid out so that the references' ``state_dict`` maps onto it by renaming:
 
   ==============================  ==========================================================
   PyTorch ``state_dict``          ``MoCoState``
@@ -40,10 +40,9 @@ import optax
 from cmd_jax import models, modalities
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods.common import moco
+from cmd_jax.methods.common import checks, moco
 
-FRAMES = 50  # the 50-frame clips (config.data.variant = "frame50") the family trains on
-AUG_DIGITS = {"1": "flip", "2": "rotation", "3": "noise", "4": "blur", "5": "axis mask", "6": "time reversal"}
+FRAMES = checks.FRAMES  # the 50-frame clips (config.data.variant = "frame50") the family trains on
 
 
 @flax.struct.dataclass
@@ -69,29 +68,13 @@ def one_stream(config, method: str) -> tuple[str]:
   return names
 
 
-def check_aug_method(aug_method: str, field: str, allowed: str = "123456") -> None:
-  """Every digit of a strong view's ``aug_method`` is one of ``allowed``."""
-  unknown = sorted(set(str(aug_method)) - set(allowed))
-  if unknown:
-    expected = ", ".join(f"{d} ({AUG_DIGITS[d]})" for d in allowed)
-    raise ValueError(f"{field}={aug_method!r}: unknown option(s) {', '.join(unknown)}; expected digits from {expected}")
-
-
 def validate(config, method: str, *, topk: int = 1) -> None:
   """The checks every one-stream run of the family shares (``ValueError`` naming the field):
-  one stream, a queue that holds whole batches and at least ``topk`` entries, momentum in
-  [0, 1], a positive temperature and crop padding, the 50-frame clips."""
+  one stream, then the family's (``checks.validate_run``: a queue that holds whole batches
+  and at least ``topk`` entries, momentum in [0, 1], a positive temperature and crop padding,
+  the 50-frame clips)."""
   one_stream(config, method)
-  queue_lib.validate_queue_config(int(config.moco.queue_size), int(config.batch_size), int(topk))
-  if not 0 <= float(config.moco.momentum) <= 1:
-    raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
-  if not float(config.moco.temperature) > 0:
-    raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
-  if int(config.augment.temporal_padding_ratio) <= 0:
-    raise ValueError(f"config.augment.temporal_padding_ratio={config.augment.temporal_padding_ratio} must be positive")
-  variant = str(config.data.get("variant", "standard"))
-  if variant != "frame50":
-    raise ValueError(f"config.data.variant={variant!r}; {method} trains on the 50-frame clips: expected 'frame50'")
+  checks.validate_run(config, method, topk=topk)
 
 
 def make_model(config, layout: SkeletonLayout, training: bool = False):
@@ -100,17 +83,19 @@ def make_model(config, layout: SkeletonLayout, training: bool = False):
                               mlp=bool(config.model.mlp), training=training)
 
 
-def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation, method: str) -> MoCoState:
-  """A fresh state (host arrays), deterministic in ``config.seed`` (module docstring)."""
+def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation, method: str, *,
+                 extra_params: dict[str, Any] | None = None, state_class=MoCoState):
+  """A fresh ``state_class`` (host arrays), deterministic in ``config.seed`` (module docstring);
+  ``params`` is ``{"encoder": ...}`` plus ``extra_params`` (HiCLR's ``mask_param``), all trained."""
   (stream,) = one_stream(config, method)
   rng = jax.random.PRNGKey(int(config.seed))
   query_key, key_key, queue_key, run_key = jax.random.split(rng, 4)
   query, key = moco.init_encoder_pair(make_model(config, layout), query_key, key_key, moco.dummy_clip(layout, FRAMES))
-  params = {"encoder": query["params"]}
+  params = {"encoder": query["params"], **(extra_params or {})}
   queues, ptr = queue_lib.init_queues(queue_key, (stream,), int(config.model.embed_dim), int(config.moco.queue_size))
-  return MoCoState(step=jnp.zeros((), jnp.int32), params=params, key_params=key["params"],
-                   batch_stats=query["batch_stats"], key_batch_stats=key["batch_stats"], queues=queues,
-                   queue_ptr=ptr, opt_state=tx.init(params), rng=run_key)
+  return state_class(step=jnp.zeros((), jnp.int32), params=params, key_params=key["params"],
+                     batch_stats=query["batch_stats"], key_batch_stats=key["batch_stats"], queues=queues,
+                     queue_ptr=ptr, opt_state=tx.init(params), rng=run_key)
 
 
 def query_encoders(state, config, method: str) -> dict[str, dict[str, Any]]:

@@ -75,11 +75,10 @@ the selections ``jnp.where`` with per-sample flags.
 
 The noise generator: by default (``noise_rng="threefry"``) ``jax.random.normal``. On a CPU
 it costs more than all the rest of the views together (about 2 M normals per batch of 128);
-the option ``noise_rng="fast"`` draws the noise from ``normal_pair`` instead: a keyed
-counter-based 32-bit hash (key words drawn from the caller's key) giving two 24-bit
-uniforms per element, then Box-Muller; its cosine and sine halves are the two strong
-branches' independent noises (about 4x cheaper; tested for its moments, tails and
-independence, but not JAX's PRNG, hence not the default).
+the option ``noise_rng="fast"`` draws the noise from ``normal_pair``
+(``cmd_jax.methods.common.fast_normal``: a keyed counter-based hash, then Box-Muller)
+instead; its cosine and sine halves are the two strong branches' independent noises
+(about 4x cheaper; not JAX's PRNG, hence not the default).
 
 Deliberate deviations: the random streams are JAX's (counter-based, from the caller's
 key), not numpy's and Python's; the
@@ -95,6 +94,8 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cmd_jax.methods.common.fast_normal import normal_pair
 
 TEMPORAL_PADDING_RATIO = 6
 SHEAR_AMPLITUDE = 0.5
@@ -147,7 +148,7 @@ class ViewParams(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------
-# Small helpers
+# Per-sample broadcasting and 3x3 maps
 # ----------------------------------------------------------------------------------------
 
 def _per_sample(a: jax.Array, ndim: int = 5) -> jax.Array:
@@ -186,7 +187,8 @@ def _fusion_fence(x: jax.Array, anchor: jax.Array) -> jax.Array:
   return x / one
 
 
-def _check_batch(x: jax.Array) -> None:
+def check_batch(x: jax.Array) -> None:
+  """A ValueError unless ``x`` is a batch ``[B, C=3, T, V, M]``."""
   if x.ndim != 5 or x.shape[1] != 3:
     raise ValueError(f"expected a batch [B, C=3, T, V, M], got shape {x.shape}")
 
@@ -341,62 +343,6 @@ def params_from_uniforms(u: jax.Array, num_frames: int, *,
   )
 
 
-def _mix32(x: jax.Array) -> jax.Array:
-  """A 32-bit integer hash (two multiply-xorshift rounds; a bijection with strong avalanche)."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x21F0AAAD)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x735A2D97)
-  return x ^ (x >> 15)
-
-
-def _sincos_2pi(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``sin(2 pi v), cos(2 pi v)`` for ``v`` in [0, 1): quadrant reduction and Taylor
-  polynomials on ``[-pi/4, pi/4)`` (error < 2e-7; XLA's CPU sine and cosine are several
-  times slower)."""
-  q4 = v * 4.0
-  quadrant = jnp.floor(q4)
-  z = (q4 - quadrant - 0.5) * np.float32(np.pi / 2)   # the angle within the quadrant, minus pi/4
-  z2 = z * z
-  s = z * (1.0 + z2 * (-1.0 / 6 + z2 * (1.0 / 120 + z2 * (-1.0 / 5040 + z2 * (1.0 / 362880)))))
-  c = 1.0 + z2 * (-0.5 + z2 * (1.0 / 24 + z2 * (-1.0 / 720 + z2 * (1.0 / 40320 + z2 * (-1.0 / 3628800)))))
-  h = np.float32(np.sqrt(0.5))
-  s, c = h * (s + c), h * (c - s)                       # sine and cosine of the angle within the quadrant
-  q = quadrant.astype(jnp.int32)
-  sin = jnp.where(q == 0, s, jnp.where(q == 1, c, jnp.where(q == 2, -s, -c)))
-  cos = jnp.where(q == 0, c, jnp.where(q == 1, -s, jnp.where(q == 2, -c, s)))
-  return sin, cos
-
-
-def normal_pair(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-  """Two independent float32 arrays of standard normals of ``shape``, fast on CPUs.
-
-  A counter-based generator keyed by two 32-bit words drawn from ``key``: for element
-  ``i``, two 24-bit uniforms ``u = (h(2i) + 1) / 2^24`` in (0, 1] and ``v = h(2i + 1) / 2^24``
-  in [0, 1) (``h`` a keyed 32-bit hash), then Box-Muller:
-  ``sqrt(-2 ln u) * (cos 2 pi v, sin 2 pi v)``, the two results independent normals up to
-  the 24-bit resolution (``|z| <= 5.77``; a true normal exceeds that with probability
-  8e-9). About 5x cheaper than ``jax.random.normal`` on a CPU, where threefry would
-  dominate the views' cost. ``h`` is two rounds of the "lowbias32" multiply-xorshift
-  hash, the key words xor-ed in before each.
-  """
-  words = jax.random.bits(key, (2,), jnp.uint32)
-  n = int(np.prod(shape))
-  if n >= 2 ** 31:
-    raise ValueError(f"normal_pair draws at most 2^31 - 1 values per call, got shape {shape}")
-  counter = jax.lax.iota(jnp.uint32, n) * jnp.uint32(2)
-
-  def draw(c):
-    return _mix32(_mix32(c ^ words[0]) ^ words[1]) >> 8
-
-  scale = np.float32(2.0 ** -24)
-  u = (draw(counter).astype(jnp.float32) + 1.0) * scale
-  v = draw(counter + jnp.uint32(1)).astype(jnp.float32) * scale
-  radius = jnp.sqrt(-2.0 * jnp.log(u))
-  sin, cos = _sincos_2pi(v)
-  return (radius * cos).reshape(shape), (radius * sin).reshape(shape)
-
-
 NOISE_RNGS = ("fast", "threefry")
 
 
@@ -449,7 +395,7 @@ def view_with(x: jax.Array, params: ViewParams, *, mirror, strong: bool,
   ONE gather (crop and flip), ONE 3x3 map (``R S``), the noise, the blur, the axis mask
   and the reversal.
   """
-  _check_batch(x)
+  check_batch(x)
   x = jnp.asarray(x, jnp.float32)
   flip = strong and "1" in aug_method
   # The per-sample quantities (from the parameters), then the batch-sized array ops.
@@ -498,7 +444,7 @@ def basic_view(key: jax.Array, x: jax.Array, *, temporal_padding_ratio: int = TE
                shear_amplitude: float = SHEAR_AMPLITUDE) -> jax.Array:
   """One normal view (temporal crop with mirrored padding, then shear) of every clip of a batch:
   every method's query and key view, and HiCLR's transformer fine-tuning's training view."""
-  _check_batch(x)
+  check_batch(x)
   (params,) = view_params(key, x.shape, (False,), temporal_padding_ratio=temporal_padding_ratio,
                           shear_amplitude=shear_amplitude, aug_method="")
   return view_with(x, params, mirror=None, strong=False, temporal_padding_ratio=temporal_padding_ratio,
@@ -512,7 +458,7 @@ def branch_views(key: jax.Array, x: jax.Array, strong: Sequence[bool], *, mirror
   view, crop + shear; True: a strong view, + the set of ``aug_method``), every draw independent
   (``view_params`` then ``view_with``): a method's feeder. ``mirror``: the layout's left/right
   joint order (needed when ``aug_method`` has ``1`` and a branch is strong)."""
-  _check_batch(x)
+  check_batch(x)
   if mirror is not None and x.shape[3] != len(mirror):
     raise ValueError(f"the mirror has {len(mirror)} joints; the batch has {x.shape[3]}")
   params = view_params(key, x.shape, tuple(bool(s) for s in strong), temporal_padding_ratio=temporal_padding_ratio,

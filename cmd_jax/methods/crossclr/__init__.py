@@ -78,12 +78,12 @@ import optax
 from cmd_jax import models, modalities
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods.common import moco
-from cmd_jax.methods.common.views import view_params, view_with
+from cmd_jax.methods.common import checks, moco
+from cmd_jax.methods.common.views import branch_views
 from cmd_jax.methods.crossclr import losses
 from cmd_jax.models import TorchLinear, strip_head
 
-FRAMES = 50  # the 50-frame clips (config.data.variant = "frame50") CrosSCLR trains on
+FRAMES = checks.FRAMES  # the 50-frame clips (config.data.variant = "frame50") CrosSCLR trains on
 STREAMS_FIELD = "config.modalities"
 # Fields a CrosSCLR config.json must have (cmd_jax.pretrained reads them back).
 REQUIRED_FIELDS = ("modalities", "model.name", "model.mlp", "crossclr.cross_epoch", "moco.queue_size",
@@ -142,11 +142,7 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
   del num_train, num_devices, process_count
   streams(config)
   c = config.crossclr
-  queue_lib.validate_queue_config(int(config.moco.queue_size), int(config.batch_size), int(c.topk))
-  if not 0 <= float(config.moco.momentum) <= 1:
-    raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
-  if not float(config.moco.temperature) > 0:
-    raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
+  checks.validate_run(config, "CrosSCLR", topk=int(c.topk))
   if int(c.cross_epoch) < 0:
     raise ValueError(f"config.crossclr.cross_epoch={c.cross_epoch}: expected the number of single-view epochs "
                      "(>= 0; at least config.num_epochs for none)")
@@ -156,11 +152,6 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
   if not bool(config.model.mlp):
     raise ValueError("config.model.mlp=False: CrosSCLR's projection head is the MLP shared by the streams; "
                      "expected True")
-  if int(config.augment.temporal_padding_ratio) <= 0:
-    raise ValueError(f"config.augment.temporal_padding_ratio={config.augment.temporal_padding_ratio} must be positive")
-  variant = str(config.data.get("variant", "standard"))
-  if variant != "frame50":
-    raise ValueError(f"config.data.variant={variant!r}; CrosSCLR trains on the 50-frame clips: expected 'frame50'")
 
 
 def _stream_parameters(variables: Mapping[str, Any], stream: str) -> dict[str, Any]:
@@ -232,10 +223,8 @@ def momentum_updates(key_params, params, names, updated: Mapping[str, Any], mome
 def normal_views(key: jax.Array, x: jax.Array, *, temporal_padding_ratio: int, shear_amplitude: float):
   """The query and key views of a batch ``x [B, 3, T, V, M]`` (joint space): each a normal view
   (temporal crop with mirrored padding, then shear), drawn independently."""
-  params_q, params_k = view_params(key, x.shape, (False, False), temporal_padding_ratio=temporal_padding_ratio,
-                                   shear_amplitude=shear_amplitude, aug_method="")
-  return tuple(view_with(x, p, mirror=None, strong=False, temporal_padding_ratio=temporal_padding_ratio,
-                         aug_method="") for p in (params_q, params_k))
+  return branch_views(key, x, (False, False), mirror=None, temporal_padding_ratio=temporal_padding_ratio,
+                      shear_amplitude=shear_amplitude, aug_method="")
 
 
 def loss(params, state: CrosSCLRState, batch: Mapping[str, jax.Array], key: jax.Array, *, config,

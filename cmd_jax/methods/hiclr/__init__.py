@@ -46,9 +46,10 @@ import optax
 
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods.common import moco, single_stream
+from cmd_jax.methods.common import checks, moco, single_stream
 from cmd_jax.methods.hiclr import losses, views
 
+NAME = "HiCLR"
 FRAMES = single_stream.FRAMES  # the 50-frame clips (config.data.variant = "frame50") HiCLR trains on
 STREAMS_FIELD = "config.stream"
 # Fields a HiCLR config.json must have (cmd_jax.pretrained reads them back).
@@ -74,7 +75,7 @@ State = HiCLRState
 
 def streams(config) -> tuple[str, ...]:
   """The one stream a HiCLR run pretrains (``config.stream``)."""
-  return single_stream.one_stream(config, "HiCLR")
+  return single_stream.one_stream(config, NAME)
 
 
 make_model = single_stream.make_model  # the query/key encoder with the projection head
@@ -83,31 +84,23 @@ make_model = single_stream.make_model  # the query/key encoder with the projecti
 def validate(config, *, num_train: int | None, num_devices: int, process_count: int) -> None:
   """HiCLR's own impossible setups (ValueError naming the field)."""
   del num_train, num_devices, process_count
-  single_stream.validate(config, "HiCLR", topk=int(config.hiclr.topk))
+  single_stream.validate(config, NAME, topk=int(config.hiclr.topk))
   if int(config.hiclr.get("branches", 3)) not in (1, 3):
     raise ValueError(f"config.hiclr.branches={config.hiclr.branches}; expected 3 (HiCLR) or 1 (branch 0 alone: "
                      "MoCo with the basic views, the ablation of the hierarchy)")
   if not 0 <= float(config.hiclr.mask_ratio) < 1:
     raise ValueError(f"config.hiclr.mask_ratio={config.hiclr.mask_ratio} must be in [0, 1)")
-  single_stream.check_aug_method(str(config.hiclr.aug_method), "config.hiclr.aug_method")
-  if str(config.hiclr.get("noise_rng", "threefry")) not in ("threefry", "fast"):
-    raise ValueError(f"config.hiclr.noise_rng={config.hiclr.noise_rng!r}; expected 'threefry' or 'fast'")
+  checks.check_aug_method(str(config.hiclr.aug_method), "config.hiclr.aug_method")
+  checks.check_noise_rng(config.hiclr.get("noise_rng", "threefry"), "config.hiclr.noise_rng")
 
 
 def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation) -> HiCLRState:
   """A fresh state (host arrays): query and key encoders initialised independently (the
   reference's ``weights_init`` re-initialises both after HiCLR copied one into the other),
-  ``mask_param = 0``, the queue of unit-norm Gaussian columns, pointer 0."""
-  (stream,) = streams(config)
-  model = make_model(config, layout)
-  rng = jax.random.PRNGKey(int(config.seed))
-  query_key, key_key, queue_key, run_key = jax.random.split(rng, 4)
-  query, key = moco.init_encoder_pair(model, query_key, key_key, moco.dummy_clip(layout, FRAMES))
-  params = {"encoder": query["params"], "mask_param": jnp.zeros((1,), jnp.float32)}
-  queues, ptr = queue_lib.init_queues(queue_key, (stream,), int(config.model.embed_dim), int(config.moco.queue_size))
-  return HiCLRState(step=jnp.zeros((), jnp.int32), params=params, key_params=key["params"],
-                    batch_stats=query["batch_stats"], key_batch_stats=key["batch_stats"], queues=queues,
-                    queue_ptr=ptr, opt_state=tx.init(params), rng=run_key)
+  ``mask_param = 0``, the queue of unit-norm Gaussian rows, pointer 0
+  (``single_stream.create_state``)."""
+  return single_stream.create_state(config, layout, tx, NAME, state_class=HiCLRState,
+                                    extra_params={"mask_param": jnp.zeros((1,), jnp.float32)})
 
 
 def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Array, *, config,
@@ -149,8 +142,7 @@ def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Arr
 
 
 def query_encoders(state: HiCLRState, config) -> dict[str, dict[str, Any]]:
-  (stream,) = streams(config)
-  return {stream: {"params": state.params["encoder"], "batch_stats": state.batch_stats}}
+  return single_stream.query_encoders(state, config, NAME)
 
 
 def eval_view(config) -> tuple[int, float | None]:

@@ -3,7 +3,7 @@
 This module owns what is HiCLR's own on the input side of its pretraining (AAAI 2023;
 docs/references.md#hiclr-views): the composition of the four views the reference's triple
 feeder makes of every clip, the processor's joint mask of the third query branch, and the
-historical SkeleAdaIN option. The transforms themselves are the SkeletonCLR family's
+SkeleAdaIN option (off in the release). The transforms themselves are the SkeletonCLR family's
 (``cmd_jax.methods.common.views``, with their formulas). Batches are ``x [B, C=3, T, V, M]``.
 
 Views (``hiclr_views``), per clip, every draw independent:
@@ -30,10 +30,11 @@ them, and the joint mask (``joint_mask``, ``apply_joint_mask``) after that, on `
     out = (x_n - mean(x_n)) / std(x_n) * std(style) + mean(style)
 
   (``dims="V"``: the statistics per frame, over the joints only, a variant they also tried).
-  Historically it was applied, in the model, to the stream-converted second strong view,
-  instead of the joint mask; ``hiclr_views(adain=...)`` applies it in joint space to the
-  strong views it names (equal for the joint stream). ``skele_adain`` is exported so a
-  trainer can apply it after the stream conversion as the history did.
+  The authors' earlier experiments applied it in the model, to the stream-converted second
+  strong view, instead of the joint mask (the release imports it but never calls it);
+  ``hiclr_views(adain=...)`` applies it in joint space to the strong views it names (equal
+  for the joint stream). ``skele_adain`` is exported so a trainer can apply it after the
+  stream conversion as those experiments did.
 
 The four branches' scalars come from one uniform draw and the two strong branches' noise from
 one call of the noise generator (``common.views.view_params``). Deliberate deviations: those
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.methods.common.views import (AUG_METHOD, SHEAR_AMPLITUDE, TEMPORAL_PADDING_RATIO, ViewParams,
-                                          _check_batch, view_params, view_with)
+                                          check_batch, view_params, view_with)
 
 MASK_RATIO = 0.1
 ADAIN_EPS = 1e-5
@@ -80,7 +81,7 @@ def hiclr_views(key: jax.Array, x: jax.Array, *, layout: SkeletonLayout,
   second strong branch, as the authors' earlier experiments did), ``"q1"``, or ``"both"``
   (each with its own shift). Needs ``B >= 3``.
   """
-  _check_batch(x)
+  check_batch(x)
   if x.shape[3] != layout.num_joints:
     raise ValueError(f"layout {layout.name} has {layout.num_joints} joints; the batch has {x.shape[3]}")
   if adain not in _ADAIN_BRANCHES:
@@ -131,7 +132,7 @@ def apply_joint_mask(x: jax.Array, mask: jax.Array, mask_param: jax.Array) -> ja
 
 
 # ----------------------------------------------------------------------------------------
-# SkeleAdaIN (historical option)
+# SkeleAdaIN (an option, off in the release)
 # ----------------------------------------------------------------------------------------
 
 def adain_shift(key: jax.Array, batch: int) -> jax.Array:
