@@ -24,7 +24,11 @@ pieces under the same names, which this module maps:
   (``IO.save_arg``: every processor argument, ``--stream`` included, default ``joint``).
 
 What the shapes tell about the encoder (ST-GCN widths, the GRU's sizes, the head, the
-skeleton layout from the graph's size, the queue size) is read off here too.
+skeleton layout from the graph's size, the queue size) is read off here too, and the
+one-stream MoCo state (``encoder_q``, ``encoder_k``, ``queue``, ``queue_ptr``: HiCLR's,
+SkeletonCLR's and AimCLR's, ``cmd_jax.methods.common.single_stream``) is mapped here for
+their formats; the ``model:`` class of the run's ``config.yaml`` names the reference's
+model (``net.aimclr.AimCLR``) where the keys do not tell the method.
 """
 
 from __future__ import annotations
