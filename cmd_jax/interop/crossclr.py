@@ -44,11 +44,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cmd_jax import data, optim
+from cmd_jax import optim
 from cmd_jax.interop import torchlight
 from cmd_jax.interop.common import (TorchImportError, compare_keys, key_report, load_config, strip_module_prefix,
                                     to_numpy)
-from cmd_jax.methods import create_train_state
 
 NAME = "crossclr"
 DEFAULT_CONFIG = "configs/pretrain_crossclr.py:ntu60_xsub"
@@ -190,7 +189,7 @@ def check_state_dict(found: Mapping[str, np.ndarray], config, like_state) -> Non
 def state_dict_to_state(state_dict: Mapping[str, Any], config, *, epoch: int | None = None):
   """A CrosSCLR ``state_dict`` -> ``(CrosSCLRState, meta)`` under ``config`` (already resolved)."""
   state_dict = torchlight.with_numbered_edge_importance(strip_module_prefix(state_dict))
-  base = create_train_state(config, data.layout_of(config.data), steps_per_epoch=1)
+  base, rng, _ = torchlight.fresh_state(config)
   found = {k: to_numpy(v) for k, v in state_dict.items()}
   check_state_dict(found, config, base)
   names = ordered(base.queues)
@@ -208,9 +207,9 @@ def state_dict_to_state(state_dict: Mapping[str, Any], config, *, epoch: int | N
   if not 0 <= ptr < int(config.moco.queue_size):
     raise TorchImportError(f"queue_ptr = {ptr}; expected a position in [0, {config.moco.queue_size})")
   tx = optim.make_optimizer(config, 1)
-  state = base.replace(step=jnp.asarray(int(epoch or 0), jnp.int32), params=params, key_params=key_params,
-                       batch_stats=stats, key_batch_stats=key_stats, queues=queues,
-                       queue_ptr=jnp.asarray(ptr, jnp.int32), opt_state=tx.init(params))
+  state = torchlight.filled_state(base, step=jnp.asarray(int(epoch or 0), jnp.int32), params=params,
+                                  key_params=key_params, batch_stats=stats, key_batch_stats=key_stats, queues=queues,
+                                  queue_ptr=jnp.asarray(ptr, jnp.int32), opt_state=tx.init(params), rng=rng)
   meta = {"kind": "pretrain", "format": NAME, "torch_epoch": epoch, "num_batches_tracked": nbt,
           "optimizer": "fresh: the torch optimizer state is not imported", "key_encoders": "imported",
           "queues": "imported", "streams": list(names)}

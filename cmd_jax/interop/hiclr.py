@@ -52,11 +52,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cmd_jax import data, optim
+from cmd_jax import optim
 from cmd_jax.interop import torchlight
 from cmd_jax.interop.common import TorchImportError, compare_keys, key_report, strip_module_prefix, to_numpy
 from cmd_jax.interop.torchlight import KEY, QUERY
-from cmd_jax.methods import create_train_state
 
 NAME = "hiclr"
 DEFAULT_CONFIG = "configs/pretrain_hiclr.py:ntu60_xsub"
@@ -130,18 +129,18 @@ def state_dict_to_state(state_dict: Mapping[str, Any], config, *, epoch: int | N
   """A HiCLR ``state_dict`` -> ``(HiCLRState, meta)`` under ``config`` (already resolved)."""
   state_dict = torchlight.with_numbered_edge_importance(strip_module_prefix(state_dict))
   kind = checkpoint_kind(state_dict)
-  base = create_train_state(config, data.layout_of(config.data), steps_per_epoch=1)
+  base, rng, fresh_queues = torchlight.fresh_state(config)
   check_state_dict(state_dict, config, kind, base)
   sd = {k: to_numpy(v) for k, v in state_dict.items()}
-  fields, nbt = torchlight.read_one_stream(sd, config, kind, base)
+  fields, nbt = torchlight.read_one_stream(sd, config, kind, base, fresh_queues)
   if kind == "pretrain":
     mask_param = jnp.asarray(sd["mask_param"].astype(np.float32).reshape(1))
   else:
-    mask_param = base.params["mask_param"]
+    mask_param = jnp.zeros(base.params["mask_param"].shape, jnp.float32)  # a fresh HiCLR state's
   params = {"encoder": fields.pop("encoder"), "mask_param": mask_param}
   tx = optim.make_optimizer(config, 1)
-  state = base.replace(step=jnp.asarray(int(epoch or 0), jnp.int32), params=params, opt_state=tx.init(params),
-                       **fields)
+  state = torchlight.filled_state(base, step=jnp.asarray(int(epoch or 0), jnp.int32), params=params,
+                                  opt_state=tx.init(params), rng=rng, **fields)
   meta = {"kind": kind, "format": NAME, "torch_epoch": epoch, "num_batches_tracked": nbt,
           "optimizer": "fresh: the torch optimizer state is not imported"}
   if kind == "linear":

@@ -47,11 +47,10 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import ml_collections
 
-from cmd_jax import data, optim
+from cmd_jax import optim
 from cmd_jax.interop import torchlight
 from cmd_jax.interop.common import TorchImportError, compare_keys, key_report, strip_module_prefix, to_numpy
 from cmd_jax.interop.torchlight import KEY, QUERY
-from cmd_jax.methods import create_train_state
 
 EDGE_IMPORTANCE = torchlight.PARAMETER_LIST
 # Keys of the formats that name several streams (CMD's, CrosSCLR's) or hold HiCLR's mask value.
@@ -123,13 +122,14 @@ class OneStreamMoCoFormat:
     """A ``state_dict`` -> ``(MoCoState, meta)`` under ``config`` (already resolved)."""
     state_dict = torchlight.with_numbered_edge_importance(strip_module_prefix(state_dict))
     kind = checkpoint_kind(state_dict)
-    base = create_train_state(config, data.layout_of(config.data), steps_per_epoch=1)
+    base, rng, fresh_queues = torchlight.fresh_state(config)
     self.check_state_dict(state_dict, config, kind, base)
-    fields, nbt = torchlight.read_one_stream({k: to_numpy(v) for k, v in state_dict.items()}, config, kind, base)
+    fields, nbt = torchlight.read_one_stream({k: to_numpy(v) for k, v in state_dict.items()}, config, kind, base,
+                                             fresh_queues)
     params = {"encoder": fields.pop("encoder")}
     tx = optim.make_optimizer(config, 1)
-    state = base.replace(step=jnp.asarray(int(epoch or 0), jnp.int32), params=params, opt_state=tx.init(params),
-                         **fields)
+    state = torchlight.filled_state(base, step=jnp.asarray(int(epoch or 0), jnp.int32), params=params,
+                                    opt_state=tx.init(params), rng=rng, **fields)
     meta = {"kind": kind, "format": self.NAME, "torch_epoch": epoch, "num_batches_tracked": nbt,
             "optimizer": "fresh: the torch optimizer state is not imported"}
     if kind == "linear":

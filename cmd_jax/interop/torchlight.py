@@ -43,6 +43,7 @@ import numpy as np
 import yaml
 
 from cmd_jax import data, models
+from cmd_jax.methods import create_train_state
 from cmd_jax.modalities import MODALITIES as STREAMS
 from cmd_jax.interop.common import TorchImportError, load_config, shape_of
 
@@ -230,6 +231,30 @@ def pointer_to_torch(ptr):
 # One-stream MoCo states (HiCLR, SkeletonCLR, AimCLR)
 # ----------------------------------------------------------------------------------------
 
+def fresh_state(config) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
+  """``(like, rng, queues)`` of a fresh train state of ``config``: its shapes
+  (``jax.eval_shape``), and the run key and fresh queues ``create_train_state`` draws. Only
+  these two are computed (``jax.jit`` keeps what they depend on, not the encoders'
+  initialisation, which an import replaces: many times faster); the queues are fresh random
+  ones (equal to ``create_train_state``'s up to float rounding), the key bit for bit."""
+  layout = data.layout_of(config.data)
+  like = jax.eval_shape(lambda: create_train_state(config, layout, 1))
+  rng, queues = jax.jit(lambda: (lambda s: (s.rng, s.queues))(create_train_state(config, layout, 1)))()
+  return like, rng, queues
+
+
+def filled_state(like, **fields):
+  """``like`` (a state of shapes) with every field replaced by ``fields``; an error naming
+  any field left without a value."""
+  state = like.replace(**fields)
+  empty = [str(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+           if isinstance(leaf, jax.ShapeDtypeStruct)]
+  if empty:
+    raise TorchImportError(f"no value for {', '.join(empty[:3])} of the {type(like).__name__}; expected every "
+                           "field from the checkpoint or a fresh state")
+  return state
+
+
 def one_stream_kind(state_dict: Mapping[str, Any]) -> str:
   """``"pretrain"`` (key encoder or queue present) or ``"linear"`` (query encoder only: the
   linear-evaluation model)."""
@@ -251,12 +276,13 @@ def one_stream_expected_keys(config, kind: str, like_state) -> dict[str, tuple[t
   return out
 
 
-def read_one_stream(found: Mapping[str, np.ndarray], config, kind: str, base) -> tuple[dict[str, Any], dict[str, int]]:
+def read_one_stream(found: Mapping[str, np.ndarray], config, kind: str, base,
+                    fresh_queues: Mapping[str, jax.Array]) -> tuple[dict[str, Any], dict[str, int]]:
   """``(state fields, num_batches_tracked)`` of a checked one-stream ``state_dict`` (numpy
-  values, numbered naming) shaped like the fresh state ``base``: ``encoder`` (the query
-  encoder's params), ``batch_stats``, ``key_params``, ``key_batch_stats``, ``queues``,
-  ``queue_ptr``. A ``linear`` checkpoint's key encoder is a copy of the query encoder and its
-  queue ``base``'s fresh one, pointer 0."""
+  values, numbered naming) shaped like the state ``base`` (shapes suffice): ``encoder`` (the
+  query encoder's params), ``batch_stats``, ``key_params``, ``key_batch_stats``, ``queues``,
+  ``queue_ptr``. A ``linear`` checkpoint's key encoder is a copy of the query encoder, its
+  queues ``fresh_queues``, pointer 0."""
   query = read_encoder(found, config, QUERY, base.params["encoder"])
   stats = read_encoder(found, config, QUERY, base.batch_stats)
   counts = read_batch_counts(found, config, QUERY, base.batch_stats)
@@ -271,7 +297,7 @@ def read_one_stream(found: Mapping[str, np.ndarray], config, kind: str, base) ->
       raise TorchImportError(f"queue_ptr = {ptr}; expected a position in [0, {config.moco.queue_size})")
   else:
     key_params, key_stats = jax.tree.map(jnp.array, query), jax.tree.map(jnp.array, stats)
-    queues, ptr = base.queues, 0
+    queues, ptr = dict(fresh_queues), 0
   fields = {"encoder": query, "batch_stats": stats, "key_params": key_params, "key_batch_stats": key_stats,
             "queues": queues, "queue_ptr": jnp.asarray(ptr, jnp.int32)}
   return fields, counts
