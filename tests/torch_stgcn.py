@@ -1,8 +1,9 @@
 """A PyTorch ST-GCN written from the reference's description, for tests/test_stgcn.py.
 
 The modules carry the reference's names (``data_bn``, ``st_gcn_networks.{i}.gcn.conv``,
-``.tcn.{0,2,3}``, ``.residual.{0,1}``, ``edge_importance{1..10}``, ``fc``/``fc.0``/``fc.2``,
-the buffer ``A``), so its ``state_dict`` keys are the reference checkpoint's keys. It is
+``.tcn.{0,2,3}``, ``.residual.{0,1}``, ``edge_importance{1..10}`` or, with
+``edge_importance_list``, ``edge_importance.{0..9}``, ``fc``/``fc.0``/``fc.2``, the buffer
+``A``), so its ``state_dict`` keys are the reference checkpoint's keys. It is
 computed in PyTorch's own layout (``(N*M, C, T, V)``, ``nn.Conv2d``, ``nn.BatchNorm1d/2d``),
 independently of the JAX code's channels-last formulation; the graph ``A`` is an input.
 """
@@ -60,7 +61,8 @@ class TorchSTGCN(nn.Module):
   """The ST-GCN ``Model`` with HiCLR's arguments; ``mlp`` swaps ``fc`` for ``Linear, ReLU, fc``."""
 
   def __init__(self, a, in_channels: int = 3, hidden_channels: int = 16, hidden_dim: int = 256,
-               num_class: int = 128, dropout: float = 0.5, mlp: bool = False, kt: int = 9):
+               num_class: int = 128, dropout: float = 0.5, mlp: bool = False, kt: int = 9,
+               edge_importance_list: bool = False):
     super().__init__()
     a = torch.tensor(np.array(a), dtype=torch.float32)
     self.register_buffer("A", a)
@@ -75,8 +77,19 @@ class TorchSTGCN(nn.Module):
     self.fc = nn.Linear(hidden_dim, num_class)
     if mlp:
       self.fc = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), self.fc)
-    for i in range(len(plan)):
-      self.register_parameter(f"edge_importance{i + 1}", nn.Parameter(torch.ones_like(a)))
+    # HiCLR's separate parameters edge_importance1..10, or (edge_importance_list) the
+    # nn.ParameterList edge_importance.0..9 of SkeletonCLR, CrosSCLR and AimCLR.
+    if edge_importance_list:
+      self.edge_importance = nn.ParameterList([nn.Parameter(torch.ones_like(a)) for _ in plan])
+    else:
+      for i in range(len(plan)):
+        self.register_parameter(f"edge_importance{i + 1}", nn.Parameter(torch.ones_like(a)))
+
+  def importance(self, i: int) -> torch.Tensor:
+    """Block ``i``'s (0-based) edge importance, in either naming."""
+    if hasattr(self, "edge_importance"):
+      return self.edge_importance[i]
+    return getattr(self, f"edge_importance{i + 1}")
 
   def feature_map(self, x):
     """``x (N, C, T, V, M)`` -> the last block's output ``(N*M, hidden_dim, T', V)``."""
@@ -85,7 +98,7 @@ class TorchSTGCN(nn.Module):
     y = self.data_bn(y)
     y = y.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
     for i, block in enumerate(self.st_gcn_networks):
-      y = block(y, self.A * getattr(self, f"edge_importance{i + 1}"))
+      y = block(y, self.A * self.importance(i))
     return y
 
   def pool(self, y, n: int):

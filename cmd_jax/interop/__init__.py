@@ -8,8 +8,11 @@ module                     owns
                            atomic workdir writing
 ``torchlight.py``          the torchlight family's conventions (HiCLR; SkeletonCLR, CrosSCLR,
                            AimCLR): encoder keys, both edge-importance namings, queues, what
-                           the shapes tell
-``cmd.py``, ``hiclr.py``   one module per method's checkpoint format
+                           the shapes tell, the one-stream MoCo mapping (HiCLR, SkeletonCLR,
+                           AimCLR), the reference run's ``config.yaml``
+``cmd.py``, ``hiclr.py``,  one module per method's checkpoint format (``skeletonclr.py``:
+``skeletonclr.py``,        SkeletonCLR's and AimCLR's, the same keys)
+``crossclr.py``
 ``formats.py``             the formats by method name, their interface, detection from keys
 ``convert.py``             ``import_checkpoint``, ``export_checkpoint``
 ``cli.py``                 the command line (``python -m cmd_jax.torch_import``)

@@ -3,12 +3,15 @@
 Import::
 
   python -m cmd_jax.torch_import checkpoint_0450.pth.tar --workdir W \\
-      [--method cmd|hiclr] [--stream joint|motion|bone] [--config configs/pretrain_cmd.py:ntu60_xsub] \\
+      [--method cmd|hiclr|skeletonclr|aimclr|crossclr] [--stream joint|motion|bone] \\
+      [--config configs/pretrain_cmd.py:ntu60_xsub] \\
       [--epoch N] [--hidden-size H] [--num-layers L]
 
-``--stream``: the stream a one-stream checkpoint (HiCLR) was trained on; needed unless the
-file name or the reference's ``config.yaml`` beside it says it
-(``cmd_jax.interop.convert.checkpoint_stream``).
+``--method``: the checkpoint's method, needed when its keys fit several (SkeletonCLR's and
+AimCLR's are the same) unless the ``model:`` class of the reference's ``config.yaml`` beside
+it says it (``cmd_jax.interop.formats.detect_format``). ``--stream``: the stream a one-stream
+checkpoint (HiCLR, SkeletonCLR, AimCLR) was trained on; needed unless the file name or the
+reference's ``config.yaml`` beside it says it (``cmd_jax.interop.convert.checkpoint_stream``).
 
 Export (the reverse, a file the reference's ``load_state_dict`` accepts)::
 
@@ -37,17 +40,20 @@ from cmd_jax.workdir_lock import WorkdirLocked
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m cmd_jax.torch_import",
-      description="Import a PyTorch reference CMD or HiCLR checkpoint into a workdir, or --export a workdir to one.")
+      description="Import a PyTorch reference CMD, HiCLR, SkeletonCLR, AimCLR or CrosSCLR checkpoint into a workdir, "
+      "or --export a workdir to one.")
   parser.add_argument("checkpoint", nargs="?", help="reference checkpoint to import (CMD: checkpoint_0450.pth.tar; "
-                      "HiCLR: epoch300_model.pt)")
+                      "HiCLR, SkeletonCLR, AimCLR, CrosSCLR: epoch300_model.pt)")
   parser.add_argument("--workdir", help="the new workdir to write (import)")
   parser.add_argument("--method", choices=tuple(FORMATS), default=None,
-                      help="the checkpoint's method (default: detected from its keys)")
+                      help="the checkpoint's method (default: detected from its keys, or from the model class of "
+                      "the reference's config.yaml beside the file when the keys fit several)")
   parser.add_argument("--stream", choices=STREAMS, default=None,
-                      help="the stream a one-stream (HiCLR) checkpoint was trained on; needed unless the file name "
+                      help="the stream a one-stream (HiCLR, SkeletonCLR, AimCLR) checkpoint was trained on; needed "
+                      "unless the file name "
                       "(e.g. ntu60_xsub_motion.pt) or the reference's config.yaml beside the file says it")
   parser.add_argument("--config", default=None, help=f"pretraining config (default {DEFAULT_CONFIG}, or "
-                      "configs/pretrain_hiclr.py:ntu60_xsub[_dsta] for HiCLR, with the model sizes read off the "
+                      "configs/pretrain_<method>.py:ntu60_xsub[_dsta] for the others, with the model sizes read off the "
                       "checkpoint; given: sizes are checked)")
   parser.add_argument("--epoch", type=int, default=None, help="the checkpoint's epoch (default: its own 'epoch', or "
                       "N of an epoch<N>_model.pt name, else 0)")

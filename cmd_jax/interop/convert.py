@@ -8,7 +8,7 @@ what ``--config.init_from``, ``cmd_jax.pretrained.load_pretrained`` and
 method's reference writes one. The command line is ``cmd_jax.interop.cli``
 (``python -m cmd_jax.torch_import``); the formats and decisions: docs/pytorch_interop.md.
 
-A one-stream checkpoint (``ONE_STREAM`` formats: HiCLR) does not say which stream it was
+A one-stream checkpoint (``ONE_STREAM`` formats: HiCLR, SkeletonCLR, AimCLR) does not say which stream it was
 trained on; ``checkpoint_stream`` finds it (the rules are its docstring's) and the workdir
 records it (``config.stream``, ``config.torch_import.stream``, the meta's ``stream``), so the
 protocols feed that stream.
@@ -166,7 +166,7 @@ def _import_checkpoint(path, workdir: str, config, *, stream, hidden_size, num_l
 def export_checkpoint(workdir: str | os.PathLike, out_path: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
   """Writes the latest (or ``step``) checkpoint of a pretraining workdir as the reference of
   its method writes one (the format's ``saved_object``: CMD ``{'epoch', 'state_dict',
-  'optimizer': None}``; HiCLR a bare ``state_dict``). Returns ``{'epoch', 'state_dict', ...}``.
+  'optimizer': None}``; HiCLR, SkeletonCLR, AimCLR, CrosSCLR a bare ``state_dict``). Returns ``{'epoch', 'state_dict', ...}``.
 
   ``out_path`` is written under its lock (``<parent>/.<name>.lock``) through a temporary file
   renamed when complete: a kill or a full disk leaves no file or the complete one, and a

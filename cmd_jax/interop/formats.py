@@ -1,13 +1,17 @@
 """The checkpoint formats by method name, and telling them apart by their keys.
 
-===========  ==============================  =========================================
-name         module                          the reference's file
-===========  ==============================  =========================================
-``cmd``      ``cmd_jax.interop.cmd``         ``{'epoch', 'state_dict', 'optimizer'}``
-``hiclr``    ``cmd_jax.interop.hiclr``       torchlight's bare ``state_dict``
-===========  ==============================  =========================================
+===============  ===========================================  ========================================
+name             module                                       the reference's file
+===============  ===========================================  ========================================
+``cmd``          ``cmd_jax.interop.cmd``                      ``{'epoch', 'state_dict', 'optimizer'}``
+``hiclr``        ``cmd_jax.interop.hiclr``                    torchlight's bare ``state_dict``
+``skeletonclr``  ``cmd_jax.interop.skeletonclr.SKELETONCLR``  torchlight's bare ``state_dict``
+``aimclr``       ``cmd_jax.interop.skeletonclr.AIMCLR``       the same, SkeletonCLR's keys
+``crossclr``     ``cmd_jax.interop.crossclr``                 torchlight's bare ``state_dict``
+===============  ===========================================  ========================================
 
-A format module provides (what ``cmd_jax.interop.convert`` calls):
+A format (a module, or an object with the same names: SkeletonCLR and AimCLR share one
+module) provides (what ``cmd_jax.interop.convert`` calls):
 
 - ``NAME``: the method's name (``config.method``, ``--method``);
 - ``DEFAULT_CONFIG``: the config spec an import runs under when none is given;
@@ -27,34 +31,45 @@ A format module provides (what ``cmd_jax.interop.convert`` calls):
 - ``state_to_state_dict(state, config, meta=None) -> {key: torch.Tensor}``: the reverse;
 - ``saved_object(state_dict, epoch)``: what the reference's ``torch.save`` writes.
 
+Telling them apart: each format's ``detect`` says whether the keys can be its own; when
+several can (SkeletonCLR's and AimCLR's keys are the same; a linear-evaluation checkpoint of
+one encoder can be HiCLR's too), the ``model:`` class of the reference run's ``config.yaml``
+beside the file chooses (``net.aimclr.AimCLR`` -> ``aimclr``), else ``--method`` must.
+
 Adding a format = a module with those names (the torchlight family's shared mapping is
 ``cmd_jax.interop.torchlight``) + an entry in ``FORMATS``.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any, Mapping
 
-from cmd_jax.interop import cmd, hiclr
+from cmd_jax.interop import cmd, crossclr, hiclr, torchlight
 from cmd_jax.interop.common import TorchImportError
+from cmd_jax.interop.skeletonclr import AIMCLR, SKELETONCLR
 
-FORMATS: dict[str, ModuleType] = {"cmd": cmd, "hiclr": hiclr}
+FORMATS: dict[str, Any] = {"cmd": cmd, "hiclr": hiclr, "skeletonclr": SKELETONCLR, "aimclr": AIMCLR,
+                           "crossclr": crossclr}
 FALLBACK = "cmd"  # keys no format recognises are checked as CMD's (the error lists what differs)
 
 
-def get_format(name: str) -> ModuleType:
+def get_format(name: str) -> Any:
   if name not in FORMATS:
     raise TorchImportError(f"method {name!r}; expected one of {', '.join(map(repr, FORMATS))} (or none: detected "
                            "from the keys)")
   return FORMATS[name]
 
 
-def detect_format(state_dict: Mapping[str, Any], path: str) -> ModuleType:
-  """The one format whose ``detect`` accepts the keys; ``FALLBACK`` if none does; an error
-  naming the candidates if several do."""
+def detect_format(state_dict: Mapping[str, Any], path: str) -> Any:
+  """The one format whose ``detect`` accepts the keys; ``FALLBACK`` if none does. When several
+  do, the one the ``model:`` class of the ``config.yaml`` beside ``path`` names; else a
+  one-line error naming the file and the candidates."""
   matches = [name for name, fmt in FORMATS.items() if fmt.detect(state_dict)]
   if len(matches) > 1:
-    raise TorchImportError(f"{path}: the keys fit the checkpoints of {' and '.join(matches)}; give --method "
+    configured, config_path = torchlight.model_class_in_run_config(path)
+    if configured in matches:
+      return FORMATS[configured]
+    said = f" ({config_path} says model class {configured!r})" if configured is not None else ""
+    raise TorchImportError(f"{path}: the keys fit the checkpoints of {' and '.join(matches)}{said}; give --method "
                            f"{'|'.join(matches)}")
   return FORMATS[matches[0] if matches else FALLBACK]

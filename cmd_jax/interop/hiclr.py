@@ -48,17 +48,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cmd_jax import data, optim
+from cmd_jax import optim
 from cmd_jax.interop import torchlight
-from cmd_jax.interop.common import (TorchImportError, compare_keys, key_report, load_config, shape_of,
-                                    strip_module_prefix, to_numpy)
+from cmd_jax.interop.common import TorchImportError, compare_keys, key_report, strip_module_prefix, to_numpy
 from cmd_jax.interop.torchlight import KEY, QUERY
-from cmd_jax.methods import create_train_state
 
 NAME = "hiclr"
 DEFAULT_CONFIG = "configs/pretrain_hiclr.py:ntu60_xsub"
@@ -72,21 +69,23 @@ _CMD_PREFIXES = ("encoder_q_motion.", "encoder_q_bone.", "encoder_k_motion.", "e
 
 
 def detect(state_dict: Mapping[str, Any]) -> bool:
-  """Whether a ``state_dict`` looks like HiCLR's: HiCLR's mask value, or no per-stream
-  encoder/queue and an ST-GCN or DSTA-Net ``encoder_q`` (a HiCLR linear-evaluation
-  checkpoint). A HiCLR checkpoint of another encoder needs ``--method hiclr``."""
+  """Whether a ``state_dict`` can be HiCLR's: HiCLR's mask value; or, with no per-stream
+  encoder/queue (CMD's, CrosSCLR's), no key encoder or queue (a pretraining checkpoint of
+  HiCLR always holds ``mask_param``) and no edge importances in the list naming
+  (SkeletonCLR's and AimCLR's; HiCLR's ST-GCN numbers them), an ST-GCN or DSTA-Net
+  linear-evaluation checkpoint (then SkeletonCLR's and AimCLR's may fit too: ``formats.detect_format``)."""
   if "mask_param" in state_dict:
     return True
-  if any(k.startswith(_CMD_PREFIXES) for k in state_dict):
+  if any(k.startswith(_CMD_PREFIXES) for k in state_dict) or checkpoint_kind(state_dict) == "pretrain":
+    return False
+  if torchlight.edge_importance_naming(state_dict) == torchlight.PARAMETER_LIST:
     return False
   return torchlight.encoder_name(state_dict) in ("stgcn", "dsta")
 
 
 def checkpoint_kind(state_dict: Mapping[str, Any]) -> str:
   """``"pretrain"`` (key encoder or queue present) or ``"linear"`` (query encoder only)."""
-  if any(k.startswith(KEY + ".") or k in ("queue", "queue_ptr") for k in state_dict):
-    return "pretrain"
-  return "linear"
+  return torchlight.one_stream_kind(state_dict)
 
 
 def saved_object(state_dict: Mapping[str, Any], epoch: int) -> dict[str, Any]:  # pylint: disable=unused-argument
@@ -97,31 +96,8 @@ def saved_object(state_dict: Mapping[str, Any], epoch: int) -> dict[str, Any]:  
 def resolve_config(state_dict: Mapping[str, Any], config=None, *, stream: str) -> ml_collections.ConfigDict:
   """The HiCLR pretraining config the checkpoint is imported under (module docstring), its
   ``config.stream`` the checkpoint's ``stream`` (whatever a given config says)."""
-  state_dict = torchlight.with_numbered_edge_importance(state_dict)
-  name = torchlight.encoder_name(state_dict)
-  infer = config is None
-  if infer:
-    if name is None:
-      raise TorchImportError("the state_dict has no encoder_q of a known architecture (no encoder_q.st_gcn_networks.*, "
-                             "encoder_q.graph_layers.* or encoder_q.encoder.gru.* keys); expected a HiCLR checkpoint")
-    default = DEFAULT_CONFIG_DSTA if name == "dsta" else DEFAULT_CONFIG
-    config = load_config(default, default)
-    if name == "gru":
-      config.model.name = "gru"
-  else:
-    config = load_config(config, DEFAULT_CONFIG)
-  if str(config.get("method", "cmd")) != "hiclr":
-    raise TorchImportError(f"the config is a {config.get('method', 'cmd')!r} config; expected a HiCLR pretraining "
-                           f"config (method hiclr), e.g. {DEFAULT_CONFIG}")
-  if infer:
-    torchlight.infer_sizes(state_dict, config, name)
-  config.stream = stream
-  if checkpoint_kind(state_dict) == "linear":
-    out = shape_of(state_dict, f"{QUERY}.fc.weight")
-    config.model.mlp = False
-    if out is not None and len(out) == 2:
-      config.model.embed_dim = int(out[0])
-  return config
+  return torchlight.resolve_one_stream_config(state_dict, config, method="HiCLR", default=DEFAULT_CONFIG,
+                                              default_dsta=DEFAULT_CONFIG_DSTA, stream=stream)
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,13 +106,8 @@ def resolve_config(state_dict: Mapping[str, Any], config=None, *, stream: str) -
 
 def expected_keys(config, kind: str, like_state) -> dict[str, tuple[tuple[int, ...], str]]:
   """Every reference key of the architecture (edge importances numbered): ``{key: (shape, dtype kind)}``."""
-  out = torchlight.encoder_expected_keys(config, QUERY, like_state.params["encoder"], like_state.batch_stats)
+  out = torchlight.one_stream_expected_keys(config, kind, like_state)
   if kind == "pretrain":
-    out.update(torchlight.encoder_expected_keys(config, KEY, like_state.key_params, like_state.key_batch_stats))
-    (stream,) = like_state.queues
-    k, d = like_state.queues[stream].shape
-    out["queue"] = ((d, k), "f")
-    out["queue_ptr"] = ((1,), "i")
     out["mask_param"] = ((1,), "f")
   return out
 
@@ -158,31 +129,18 @@ def state_dict_to_state(state_dict: Mapping[str, Any], config, *, epoch: int | N
   """A HiCLR ``state_dict`` -> ``(HiCLRState, meta)`` under ``config`` (already resolved)."""
   state_dict = torchlight.with_numbered_edge_importance(strip_module_prefix(state_dict))
   kind = checkpoint_kind(state_dict)
-  base = create_train_state(config, data.layout_of(config.data), steps_per_epoch=1)
+  base, rng, fresh_queues = torchlight.fresh_state(config)
   check_state_dict(state_dict, config, kind, base)
   sd = {k: to_numpy(v) for k, v in state_dict.items()}
-
-  query = torchlight.read_encoder(sd, config, QUERY, base.params["encoder"])
-  stats = torchlight.read_encoder(sd, config, QUERY, base.batch_stats)
-  nbt = torchlight.read_batch_counts(sd, config, QUERY, base.batch_stats)
-  (stream,) = base.queues
+  fields, nbt = torchlight.read_one_stream(sd, config, kind, base, fresh_queues)
   if kind == "pretrain":
-    key_params = torchlight.read_encoder(sd, config, KEY, base.key_params)
-    key_stats = torchlight.read_encoder(sd, config, KEY, base.key_batch_stats)
-    nbt.update(torchlight.read_batch_counts(sd, config, KEY, base.key_batch_stats))
-    queues = {stream: torchlight.queue_from_torch(sd["queue"])}
-    ptr = int(sd["queue_ptr"].reshape(-1)[0])
-    if not 0 <= ptr < int(config.moco.queue_size):
-      raise TorchImportError(f"queue_ptr = {ptr}; expected a position in [0, {config.moco.queue_size})")
     mask_param = jnp.asarray(sd["mask_param"].astype(np.float32).reshape(1))
   else:
-    key_params, key_stats = jax.tree.map(jnp.array, query), jax.tree.map(jnp.array, stats)
-    queues, ptr, mask_param = base.queues, 0, base.params["mask_param"]
-  params = {"encoder": query, "mask_param": mask_param}
+    mask_param = jnp.zeros(base.params["mask_param"].shape, jnp.float32)  # a fresh HiCLR state's
+  params = {"encoder": fields.pop("encoder"), "mask_param": mask_param}
   tx = optim.make_optimizer(config, 1)
-  state = base.replace(step=jnp.asarray(int(epoch or 0), jnp.int32), params=params, key_params=key_params,
-                       batch_stats=stats, key_batch_stats=key_stats, queues=queues,
-                       queue_ptr=jnp.asarray(ptr, jnp.int32), opt_state=tx.init(params))
+  state = torchlight.filled_state(base, step=jnp.asarray(int(epoch or 0), jnp.int32), params=params,
+                                  opt_state=tx.init(params), rng=rng, **fields)
   meta = {"kind": kind, "format": NAME, "torch_epoch": epoch, "num_batches_tracked": nbt,
           "optimizer": "fresh: the torch optimizer state is not imported"}
   if kind == "linear":
@@ -201,16 +159,8 @@ def state_to_state_dict(state, config, meta: Mapping[str, Any] | None = None) ->
   exports the query encoder only, as the reference's linear-evaluation model holds it."""
   meta = dict(meta or {})
   kind = meta.get("kind", "pretrain")
-  nbt = meta.get("num_batches_tracked") or {}
-  step = int(np.asarray(jax.device_get(state.step)))
   out: dict[str, Any] = {}
   if kind == "pretrain":
     out["mask_param"] = torchlight.to_torch(state.params["mask_param"])
-  torchlight.write_encoder(out, config, QUERY, state.params["encoder"], state.batch_stats, nbt, step,
-                           EDGE_IMPORTANCE)
-  if kind == "pretrain":
-    torchlight.write_encoder(out, config, KEY, state.key_params, state.key_batch_stats, nbt, step, EDGE_IMPORTANCE)
-    (stream,) = state.queues
-    out["queue"] = torchlight.queue_to_torch(state.queues[stream])
-    out["queue_ptr"] = torchlight.pointer_to_torch(state.queue_ptr)
+  torchlight.write_one_stream(out, config, state, kind, meta.get("num_batches_tracked") or {}, EDGE_IMPORTANCE)
   return out

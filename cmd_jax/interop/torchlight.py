@@ -24,7 +24,11 @@ pieces under the same names, which this module maps:
   (``IO.save_arg``: every processor argument, ``--stream`` included, default ``joint``).
 
 What the shapes tell about the encoder (ST-GCN widths, the GRU's sizes, the head, the
-skeleton layout from the graph's size, the queue size) is read off here too.
+skeleton layout from the graph's size, the queue size) is read off here too, and the
+one-stream MoCo state (``encoder_q``, ``encoder_k``, ``queue``, ``queue_ptr``: HiCLR's,
+SkeletonCLR's and AimCLR's, ``cmd_jax.methods.common.single_stream``) is mapped here for
+their formats; the ``model:`` class of the run's ``config.yaml`` names the reference's
+model (``net.aimclr.AimCLR``) where the keys do not tell the method.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ import numpy as np
 import yaml
 
 from cmd_jax import data, models
+from cmd_jax.methods import create_train_state
 from cmd_jax.modalities import MODALITIES as STREAMS
-from cmd_jax.interop.common import TorchImportError, shape_of
+from cmd_jax.interop.common import TorchImportError, load_config, shape_of
 
 QUERY, KEY = "encoder_q", "encoder_k"
 ENCODER_MARKERS = {"stgcn": ".st_gcn_networks.", "dsta": ".graph_layers.", "gru": ".encoder.gru."}
@@ -60,6 +65,17 @@ def encoder_name(state_dict: Mapping[str, Any], prefix: str = QUERY) -> str | No
   for name, marker in ENCODER_MARKERS.items():
     if any(k.startswith(prefix + marker) for k in state_dict):
       return name
+  return None
+
+
+def edge_importance_naming(state_dict: Mapping[str, Any]) -> str | None:
+  """``PARAMETER_LIST`` when some key is ``<prefix>.edge_importance.<i>``, ``NUMBERED`` when
+  some key is ``<prefix>.edge_importance<i>``, None when there are no edge importances
+  (another encoder, or ST-GCN without edge-importance weighting)."""
+  if any(_LIST_EDGE_IMPORTANCE.fullmatch(k) for k in state_dict):
+    return PARAMETER_LIST
+  if any(_NUMBERED_EDGE_IMPORTANCE.fullmatch(k.rpartition(".")[2]) for k in state_dict):
+    return NUMBERED
   return None
 
 
@@ -212,6 +228,131 @@ def pointer_to_torch(ptr):
 
 
 # ----------------------------------------------------------------------------------------
+# One-stream MoCo states (HiCLR, SkeletonCLR, AimCLR)
+# ----------------------------------------------------------------------------------------
+
+def fresh_state(config) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
+  """``(like, rng, queues)`` of a fresh train state of ``config``: its shapes
+  (``jax.eval_shape``), and the run key and fresh queues ``create_train_state`` draws. Only
+  these two are computed (``jax.jit`` keeps what they depend on, not the encoders'
+  initialisation, which an import replaces: many times faster); the queues are fresh random
+  ones (equal to ``create_train_state``'s up to float rounding), the key bit for bit."""
+  layout = data.layout_of(config.data)
+  like = jax.eval_shape(lambda: create_train_state(config, layout, 1))
+  rng, queues = jax.jit(lambda: (lambda s: (s.rng, s.queues))(create_train_state(config, layout, 1)))()
+  return like, rng, queues
+
+
+def filled_state(like, **fields):
+  """``like`` (a state of shapes) with every field replaced by ``fields``; an error naming
+  any field left without a value."""
+  state = like.replace(**fields)
+  empty = [str(path) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+           if isinstance(leaf, jax.ShapeDtypeStruct)]
+  if empty:
+    raise TorchImportError(f"no value for {', '.join(empty[:3])} of the {type(like).__name__}; expected every "
+                           "field from the checkpoint or a fresh state")
+  return state
+
+
+def one_stream_kind(state_dict: Mapping[str, Any]) -> str:
+  """``"pretrain"`` (key encoder or queue present) or ``"linear"`` (query encoder only: the
+  linear-evaluation model)."""
+  if any(k.startswith(KEY + ".") or k in ("queue", "queue_ptr") for k in state_dict):
+    return "pretrain"
+  return "linear"
+
+
+def one_stream_expected_keys(config, kind: str, like_state) -> dict[str, tuple[tuple[int, ...], str]]:
+  """Every reference key (edge importances numbered) of a one-stream MoCo model:
+  ``encoder_q.*`` and, for ``pretrain``, ``encoder_k.*``, ``queue`` ``(D, K)``, ``queue_ptr``."""
+  out = encoder_expected_keys(config, QUERY, like_state.params["encoder"], like_state.batch_stats)
+  if kind == "pretrain":
+    out.update(encoder_expected_keys(config, KEY, like_state.key_params, like_state.key_batch_stats))
+    (stream,) = like_state.queues
+    k, d = like_state.queues[stream].shape
+    out["queue"] = ((d, k), "f")
+    out["queue_ptr"] = ((1,), "i")
+  return out
+
+
+def read_one_stream(found: Mapping[str, np.ndarray], config, kind: str, base,
+                    fresh_queues: Mapping[str, jax.Array]) -> tuple[dict[str, Any], dict[str, int]]:
+  """``(state fields, num_batches_tracked)`` of a checked one-stream ``state_dict`` (numpy
+  values, numbered naming) shaped like the state ``base`` (shapes suffice): ``encoder`` (the
+  query encoder's params), ``batch_stats``, ``key_params``, ``key_batch_stats``, ``queues``,
+  ``queue_ptr``. A ``linear`` checkpoint's key encoder is a copy of the query encoder, its
+  queues ``fresh_queues``, pointer 0."""
+  query = read_encoder(found, config, QUERY, base.params["encoder"])
+  stats = read_encoder(found, config, QUERY, base.batch_stats)
+  counts = read_batch_counts(found, config, QUERY, base.batch_stats)
+  (stream,) = base.queues
+  if kind == "pretrain":
+    key_params = read_encoder(found, config, KEY, base.key_params)
+    key_stats = read_encoder(found, config, KEY, base.key_batch_stats)
+    counts.update(read_batch_counts(found, config, KEY, base.key_batch_stats))
+    queues = {stream: queue_from_torch(found["queue"])}
+    ptr = int(found["queue_ptr"].reshape(-1)[0])
+    if not 0 <= ptr < int(config.moco.queue_size):
+      raise TorchImportError(f"queue_ptr = {ptr}; expected a position in [0, {config.moco.queue_size})")
+  else:
+    key_params, key_stats = jax.tree.map(jnp.array, query), jax.tree.map(jnp.array, stats)
+    queues, ptr = dict(fresh_queues), 0
+  fields = {"encoder": query, "batch_stats": stats, "key_params": key_params, "key_batch_stats": key_stats,
+            "queues": queues, "queue_ptr": jnp.asarray(ptr, jnp.int32)}
+  return fields, counts
+
+
+def write_one_stream(out: dict[str, Any], config, state, kind: str, batch_counts: Mapping[str, int],
+                     naming: str) -> None:
+  """Adds a one-stream MoCo state's torch tensors to ``out`` in the reference's order:
+  ``encoder_q.*`` and, for ``pretrain``, ``encoder_k.*``, ``queue`` ``(D, K)``, ``queue_ptr``
+  (edge importances in ``naming``; ``num_batches_tracked`` from ``batch_counts``, else the
+  step count)."""
+  step = int(np.asarray(jax.device_get(state.step)))
+  write_encoder(out, config, QUERY, state.params["encoder"], state.batch_stats, batch_counts, step, naming)
+  if kind == "pretrain":
+    write_encoder(out, config, KEY, state.key_params, state.key_batch_stats, batch_counts, step, naming)
+    (stream,) = state.queues
+    out["queue"] = queue_to_torch(state.queues[stream])
+    out["queue_ptr"] = pointer_to_torch(state.queue_ptr)
+
+
+def resolve_one_stream_config(state_dict: Mapping[str, Any], config, *, method: str, default: str,
+                              default_dsta: str, stream: str):
+  """The pretraining config of ``method`` a one-stream checkpoint is imported under:
+  ``default`` (``default_dsta`` for a DSTA-Net encoder, the GRU's name set for a GRU) with
+  what the shapes tell (``infer_sizes``), or the given ``config`` (a spec or ConfigDict:
+  checked on conversion, not adjusted; refused when it is another method's). Its ``stream``
+  is the checkpoint's; a ``linear`` checkpoint gets ``model.mlp = False`` and
+  ``model.embed_dim`` = its classifier's output size."""
+  state_dict = with_numbered_edge_importance(state_dict)
+  name = encoder_name(state_dict)
+  infer = config is None
+  if infer:
+    if name is None:
+      raise TorchImportError("the state_dict has no encoder_q of a known architecture (no encoder_q.st_gcn_networks.*, "
+                             f"encoder_q.graph_layers.* or encoder_q.encoder.gru.* keys); expected a {method} checkpoint")
+    config = load_config(default_dsta if name == "dsta" else default, default)
+    if name == "gru":
+      config.model.name = "gru"
+  else:
+    config = load_config(config, default)
+  if str(config.get("method", "cmd")) != method.lower():
+    raise TorchImportError(f"the config is a {config.get('method', 'cmd')!r} config; expected a {method} pretraining "
+                           f"config (method {method.lower()}), e.g. {default}")
+  if infer:
+    infer_sizes(state_dict, config, name)
+  config.stream = stream
+  if one_stream_kind(state_dict) == "linear":
+    out = shape_of(state_dict, f"{QUERY}.fc.weight")
+    config.model.mlp = False
+    if out is not None and len(out) == 2:
+      config.model.embed_dim = int(out[0])
+  return config
+
+
+# ----------------------------------------------------------------------------------------
 # What the shapes tell
 # ----------------------------------------------------------------------------------------
 
@@ -288,10 +429,10 @@ def streams_in_name(path: str | os.PathLike) -> tuple[str, ...]:
   return tuple(s for s in STREAMS if s in tokens)
 
 
-def stream_in_run_config(path: str | os.PathLike) -> tuple[str | None, str]:
-  """``(stream or None, the config's path)``: the top-level ``stream`` of the
-  ``config.yaml`` beside the checkpoint file (None: no such file, or no ``stream`` in it).
-  A config that is not YAML, or names another stream, is an error naming it."""
+def read_run_config(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
+  """``(arguments or None, the config's path)``: the ``config.yaml`` beside the checkpoint
+  file, as torchlight's ``IO.save_arg`` writes it (None: no such file, or not a mapping).
+  A config that is not YAML is an error naming it."""
   config_path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), RUN_CONFIG)
   if not os.path.isfile(config_path):
     return None, config_path
@@ -301,10 +442,30 @@ def stream_in_run_config(path: str | os.PathLike) -> tuple[str | None, str]:
   except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     raise TorchImportError(f"{config_path} (beside {os.fspath(path)}) is not readable YAML ({first}); expected the "
-                           "reference run's config.yaml, whose top-level 'stream' names the checkpoint's stream") from None
-  stream = args.get("stream") if isinstance(args, dict) else None
+                           "reference run's config.yaml (torchlight's record of the run's arguments)") from None
+  return (args if isinstance(args, dict) else None), config_path
+
+
+def stream_in_run_config(path: str | os.PathLike) -> tuple[str | None, str]:
+  """``(stream or None, the config's path)``: the top-level ``stream`` of the
+  ``config.yaml`` beside the checkpoint file (None: no such file, or no ``stream`` in it).
+  A config that is not YAML, or names another stream, is an error naming it."""
+  args, config_path = read_run_config(path)
+  stream = args.get("stream") if args is not None else None
   if stream is None:
     return None, config_path
   if stream not in STREAMS:
     raise TorchImportError(f"{config_path}: stream: {stream!r}; expected one of {', '.join(STREAMS)}")
   return str(stream), config_path
+
+
+def model_class_in_run_config(path: str | os.PathLike) -> tuple[str | None, str]:
+  """``(class name lower-cased or None, the config's path)``: the class of the top-level
+  ``model`` of the ``config.yaml`` beside the checkpoint file (the reference's model, e.g.
+  ``net.aimclr.AimCLR`` -> ``aimclr``, ``net.skeletonclr.SkeletonCLR`` -> ``skeletonclr``,
+  ``net.crossclr_3views.CrosSCLR`` -> ``crossclr``); None when there is no such file or key."""
+  args, config_path = read_run_config(path)
+  model = args.get("model") if args is not None else None
+  if not isinstance(model, str) or not model.strip():
+    return None, config_path
+  return model.strip().rsplit(".", 1)[-1].lower(), config_path
