@@ -34,19 +34,37 @@ RELEASED_JOINT = {"ntu60_xsub": 77.30}
 HICLR_FUSION_WEIGHTS = "joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4"
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name = arg or "synthetic"
-  base, dsta, dataset, benchmark = split_name(name, "configs/linear_hiclr.py")
+def torchlight_linear(name: str, method: str, config_file: str) -> ml_collections.ConfigDict:
+  """The torchlight family's linear evaluation (HiCLR's, CrosSCLR's and AimCLR's processors
+  share it: lr 3.0, 100 epochs, step after 80, batch 128, ``drop_last``, no augmentation,
+  ``weights_init`` on the new fc; HiCLR's PKU-MMD II: 200 epochs, set by its get_config), CPU-sized for ``synthetic`` / ``msr_action3d``, for a
+  ``method`` pretraining of the encoder ``pretrain_<method>.py:<name>`` trains; unlocked."""
+  base, dsta, dataset, benchmark = split_name(name, config_file)
   c = linear.base_config(name, "linear", dataset, benchmark)
-  c.expected_method = "hiclr"
-  c.expected_encoder = encoder_name(name, "configs/linear_hiclr.py")  # the encoder pretrain_hiclr.py:<name> trains
-  c.name = f"linear_hiclr_{name}"
+  c.expected_method = method
+  c.expected_encoder = encoder_name(name, config_file)  # the encoder pretrain_<method>.py:<name> trains
+  c.name = f"linear_{method}_{name}"
   linear.add_training(c, lr=3.0, num_epochs=100, milestones=(30, 80) if dsta else (80,))
   c.batch_size = 128
   c.drop_last = True                 # processor/processor.py's train loader: drop_last=True
   c.eval_batch_size = 128
   c.head_init = "normal_0.02"
   c.augment.train_view = "none"
+  if base in CPU_SIZED:
+    c.num_epochs = 30
+    c.optimizer.milestones = (24,)
+    c.batch_size = 64
+    c.deviations = ("CPU-sized schedule: 30 epochs, lr x0.1 after 24, batch 64 (reference: 100, after 80, 128)",)
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  name = arg or "synthetic"
+  base, dsta, dataset, _ = split_name(name, "configs/linear_hiclr.py")
+  c = torchlight_linear(name, "hiclr", "configs/linear_hiclr.py")
+  if dataset == "pku_mmd2":          # HiCLR's PKU-MMD II linear configs
+    c.num_epochs = 200
+    c.optimizer.milestones = (160,)
   c.fusion_weights = HICLR_FUSION_WEIGHTS
   reference = (REFERENCE_LINEAR_DSTA if dsta else REFERENCE_LINEAR).get(base)
   if reference:
@@ -54,13 +72,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reference_note = ("paper, linear evaluation, " + ("transformer" if dsta else "three-stream ST-GCN")
                         + (f"; the released joint checkpoint: {RELEASED_JOINT[base]}" if base in RELEASED_JOINT
                            and not dsta else ""))
-  if dataset == "pku_mmd2":
-    c.num_epochs = 200
-    c.optimizer.milestones = (160,)
-  if base in CPU_SIZED:
-    c.num_epochs = 30
-    c.optimizer.milestones = (24,)
-    c.batch_size = 64
-    c.deviations = ("CPU-sized schedule: 30 epochs, lr x0.1 after 24, batch 64 (reference: 100, after 80, 128)",)
   c.lock()
   return c

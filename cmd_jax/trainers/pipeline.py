@@ -6,6 +6,10 @@ or is skipped on a rerun as that trainer does; the combined results go to
 ``<workdir>/results.json`` and a printed table. A method that pretrains one stream per run
 (HiCLR) sets ``config.pretrain_streams = "joint,motion,bone"``: one pretraining per stream,
 in ``pretrain_<stream>/``, and the protocols read all of them (``init_from`` lists them).
+The table has a row per stream and the three-stream fusion, and, where the linear config
+asks for them, CrosSCLR's mean-logit probe (``joint_probe``) and HiCLR's / AimCLR's
+weighted logit ensemble (``fusion_weights``; each stream at its best test evaluation, so
+only in the best-of-evaluations column).
 The pipeline holds the lock of its workdir (``cmd_jax.workdir_lock``), each stage that of its own.
 """
 
@@ -19,6 +23,7 @@ import jax
 import ml_collections
 
 from cmd_jax import trainers, workdir_lock
+from cmd_jax.protocols import heads
 
 
 def _stage_config(config: ml_collections.ConfigDict, init_from: str, random_init: bool) -> ml_collections.ConfigDict:
@@ -37,6 +42,12 @@ def _rows(stage: str, results: dict[str, Any]) -> list[tuple[str, str, float | N
   fusion = results.get("three_stream")
   if fusion:
     rows.append((stage, "three-stream", fusion.get("final_top1"), fusion.get("best_of_evals_top1")))
+  probe = results.get(heads.MEAN_LOGIT_PROBE)
+  if probe:
+    rows.append((stage, "mean-logit probe", probe.get("final_top1"), probe.get("best_of_evals_top1")))
+  ensemble = results.get("weighted_logit_fusion")
+  if ensemble:  # each stream at its best test evaluation: a best-of-evaluations number only
+    rows.append((stage, "logit ensemble", None, ensemble.get("best_of_sets_top1")))
   return rows
 
 
