@@ -12,6 +12,11 @@ Multi-process runs (TPU pods, GPU clusters) start one process per host with
 ``--coordinator_address=HOST:PORT --num_processes=P --process_id=I`` (on TPU pods and
 SLURM, ``jax.distributed.initialize()`` finds these itself: pass ``--distributed``). On CPU,
 collectives use gloo.
+
+Exit status: 0 when the run is complete; 1 with one ``launch.py: ...`` line for a bad setup,
+missing data, a workdir in use by another run or a full disk; 128 + the signal number (143
+for SIGTERM, 130 for SIGINT) when a signal stopped the run cleanly (pretraining: after a
+checkpoint of the step it stopped at; rerun the same command to continue).
 """
 
 from __future__ import annotations
@@ -57,7 +62,10 @@ def main(argv) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   _init_distributed()
+  import jax  # pylint: disable=import-outside-toplevel
+  from cmd_jax.disk_full import DiskFullError  # pylint: disable=import-outside-toplevel
   from cmd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cmd_jax.preemption import RunStopped  # pylint: disable=import-outside-toplevel
   from cmd_jax.trainers import get_trainer  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
@@ -65,7 +73,17 @@ def main(argv) -> None:
   try:
     trainer = get_trainer(config.trainer)
     trainer(config, workdir)
-  except (ConfigError, FileNotFoundError) as err:  # bad setup or missing data: one line, no traceback
+  except RunStopped as err:  # SIGTERM/SIGINT: a clean stop, said in one line (process 0)
+    if jax.process_index() == 0:
+      print(f"launch.py: {err}", file=sys.stderr, flush=True)
+    sys.exit(err.exit_status)
+  except KeyboardInterrupt as err:  # a second signal: at once, without the stop's checkpoint
+    if _DEBUG.value:
+      raise
+    print(f"launch.py: {workdir}: stopped at once ({err or 'KeyboardInterrupt'}); the checkpoints and results "
+          "written before are intact: run the same command again", file=sys.stderr, flush=True)
+    sys.exit(130)
+  except (ConfigError, FileNotFoundError, DiskFullError) as err:  # bad setup, missing data, full disk: one line
     if _DEBUG.value:
       raise
     sys.exit(f"launch.py: {err}")

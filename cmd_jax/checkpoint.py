@@ -3,8 +3,12 @@
 ``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (the train-state pytree),
 ``data`` (the input iterator's state, a small dict identical on every process because the
 global batch sequence does not depend on the process count) and ``meta`` (config name,
-epoch, ...). Orbax writes a step under a temporary name and commits it atomically; only
-the last ``keep`` steps are kept. Restoring places every leaf replicated on the mesh;
+epoch, ...). Orbax writes a step under a temporary name (``<step>.orbax-checkpoint-tmp*``) and commits
+it by a rename, so a step folder (digits only) is complete; a write that failed or was
+killed leaves only the temporary folder, which no listing here counts, which the run
+holding the workdir removes when it opens it (``writer=True``: orbax's
+``cleanup_tmp_directories``) and which ``remove_unfinished`` removes after a failed save.
+Only the last ``keep`` steps are kept. Restoring places every leaf replicated on the mesh;
 ``restore_newest_readable`` falls back past damaged checkpoints.
 """
 
@@ -20,6 +24,9 @@ from etils import epath
 
 from cmd_jax import sharding as sharding_lib
 from cmd_jax.errors import ConfigError
+
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a step folder orbax has not committed
 
 
 class CheckpointError(ConfigError):
@@ -44,13 +51,28 @@ def stored_state_tree(step_dir: str) -> Any:
   return ocp.StandardCheckpointHandler().metadata(epath.Path(os.path.join(step_dir, "state"))).tree
 
 
+def remove_unfinished(workdir: str | os.PathLike) -> list[str]:
+  """Removes the temporary folders of saves under ``<workdir>/checkpoints`` that did not
+  finish (process 0; only the run holding the workdir may); returns their names."""
+  ckpt_dir = os.path.join(os.fspath(workdir), "checkpoints")
+  if jax.process_index() != 0 or not os.path.isdir(ckpt_dir):
+    return []
+  names = sorted(d for d in os.listdir(ckpt_dir) if TMP_MARK in d)
+  for name in names:
+    shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+  return names
+
+
 class Checkpointer:
   """Saves and restores ``(state, data_state, meta)`` under ``<workdir>/checkpoints``."""
 
-  def __init__(self, workdir: str | os.PathLike, keep: int = 3):
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, writer: bool = False):
+    """``writer``: the run that holds the workdir (its lock): removes the temporary folders of
+    unfinished saves. A reader must not (they may be a running pretraining's save)."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                             cleanup_tmp_directories=writer),
         item_names=("state", "data", "meta"))
 
   def latest_step(self) -> int | None:
@@ -136,6 +158,11 @@ class Checkpointer:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices("cmd_jax.checkpoint.set_aside")
     self.manager.reload()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax's check of JAX's preemption sync point at ``step`` (False with no ``jax.distributed``
+    or with its preemption service off); ``save`` makes the same check."""
+    return bool(self.manager.reached_preemption(step))
 
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -9,6 +9,7 @@ without the field (an old ``config.json``) or with ``""`` means ``"standard"``, 
 where a caller resolves ``""`` to a pretraining's variant (``with_variant``). The
 synthetic set is built on first use, in the variant asked for, when ``prepare_synthetic``
 is set, so the default configs run with no download and no separate preparation step.
+``class_names`` gives the action names of the classes a data config reads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 
 import jax
 
-from cmd_jax import input_pipeline
+from cmd_jax import action_names, input_pipeline
 from cmd_jax.layouts import SkeletonLayout, get_layout
 from cmd_jax.npy_source import NpySource
 
@@ -86,7 +87,8 @@ def ensure_prepared(data_config) -> None:
     import data_prep  # pylint: disable=import-outside-toplevel
     what = "" if variant == "standard" else f" ({variant} variant)"
     print(f"The synthetic dataset{what} is not in {data_config.data_dir}: building it (about 10 s)")
-    data_prep.build_dataset("synthetic", os.fspath(data_config.data_dir), variant=variant, progress=False)
+    data_prep.build_dataset("synthetic", os.fspath(data_config.data_dir), variant=variant, progress=False,
+                            lock_wait=600.0)  # another run building it: wait, then find it built
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("synthetic dataset prepared")
@@ -105,3 +107,24 @@ def open_split(data_config, split: str):
     return source
   return input_pipeline.tfds_source(os.fspath(data_config.data_dir), data_config.dataset,
                                     tfds_config_name(data_config), split)
+
+
+def class_names(data_config, source=None, num_classes: int | None = None) -> list[str] | None:
+  """The action names of the classes, index = label, for plots and per-class tables.
+
+  The names stored with the data (a TFDS source's ``info.features["label"].names``) when it
+  has real ones; else those of ``config.data.dataset`` (``cmd_jax.action_names``: npy
+  folders, and TFDS configs built before names were stored); else None. With
+  ``num_classes`` (the class count a protocol trains with), names of another count are
+  not the classes' names: the indices ``"0", "1", ...`` are returned instead.
+  """
+  stored = None
+  info = getattr(source, "info", None)
+  try:
+    stored = list(info.features["label"].names)
+  except (AttributeError, KeyError, TypeError):
+    pass
+  names = action_names.names_or_default(stored, getattr(data_config, "dataset", None))
+  if num_classes is not None and (names is None or len(names) != int(num_classes)):
+    return [str(i) for i in range(int(num_classes))]
+  return None if names is None else list(names)

@@ -1,5 +1,8 @@
 """Metric writing: JSON lines (``<workdir>/metrics.jsonl``) and TensorBoard events, process 0 only.
 
+A writer opening a ``metrics.jsonl`` whose last line was cut short (a full disk, a kill)
+removes that partial line before appending.
+
 Every record is ``{"step": int, "split": str, <name>: float, ...}``; TensorBoard gets one
 scalar per name under ``<split>/<name>``. tensorboardX is used (clu's writers import
 TensorFlow).
@@ -31,6 +34,7 @@ class MetricWriter:
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      _drop_partial_line(self.path)
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -50,6 +54,31 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _drop_partial_line(path: str) -> None:
+  """Cuts a last line without its newline (a write that a full disk or a kill cut short), so
+  that the records appended next start on a line of their own."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return
+    end = size
+    while end > 0:
+      start = max(0, end - 65536)
+      f.seek(start)
+      chunk = f.read(end - start)
+      newline = chunk.rfind(b"\n")
+      if newline >= 0:
+        f.truncate(start + newline + 1)
+        return
+      end = start
+    f.truncate(0)
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:

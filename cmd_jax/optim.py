@@ -14,6 +14,13 @@ learning rate is set once per epoch:
   the rest the schedule above. HiCLR's fine-tuning counts its milestones with ``>=`` on
   1-based epochs, so its steps at 30 and 55 are 0-based milestones 29 and 54 here.
 
+``clip_grad_norm = c > 0`` is PyTorch's ``clip_grad_norm_(parameters, c, norm_type=2)`` called
+before ``optimizer.step()`` (AimCLR's semi-supervised processor: ``c = 2``): every gradient is
+multiplied by ``min(1, c / (||g|| + 1e-6))``, ``||g||`` the L2 norm over all the gradients
+this optimizer updates. SGD's coupled weight decay is added inside ``step()``, so AFTER the
+clipping: ``clip_grad_norm(c)`` then ``add_decayed_weights`` then ``sgd``. ``0`` (the
+default) clips nothing.
+
 ``nesterov = True`` is PyTorch's Nesterov momentum (``optax.sgd(nesterov=True)`` is the
 same update). ``frozen`` names modules (e.g. DSTA-Net's ``proj``, the reference's
 ``fix_conv1``) whose parameters get no update and no weight decay.
@@ -56,14 +63,32 @@ def lr_schedule(config, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array
   return schedule
 
 
+def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+  """PyTorch's ``clip_grad_norm_(parameters, max_norm, norm_type=2)``: every gradient times
+  ``min(1, max_norm / (||g|| + 1e-6))``, ``||g||`` the L2 norm of all the gradients together
+  (``optax.clip_by_global_norm`` without PyTorch's ``1e-6``)."""
+
+  def clip(updates, params=None):
+    del params
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(updates)))
+    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates)
+
+  return optax.stateless(clip)
+
+
 def make_optimizer(config, steps_per_epoch: int, frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
-  """PyTorch SGD(momentum, dampening 0, weight_decay, nesterov) = add_decayed_weights then sgd;
-  every parameter below a module named in ``frozen`` (anywhere in its path) is left unchanged
-  (no update, no decay)."""
+  """PyTorch SGD(momentum, dampening 0, weight_decay, nesterov) = add_decayed_weights then sgd,
+  after ``clip_grad_norm`` when ``config.optimizer.clip_grad_norm > 0``; every parameter below
+  a module named in ``frozen`` (anywhere in its path) is left unchanged (no update, no decay,
+  not in the clipped norm)."""
   opt = config.optimizer
   tx = optax.chain(optax.add_decayed_weights(float(opt.weight_decay)),
                    optax.sgd(lr_schedule(config, steps_per_epoch), momentum=float(opt.momentum),
                              nesterov=bool(opt.get("nesterov", False))))
+  max_norm = float(opt.get("clip_grad_norm", 0.0))
+  if max_norm > 0:
+    tx = optax.chain(clip_grad_norm(max_norm), tx)
   if not frozen:
     return tx
   frozen = tuple(frozen)
@@ -84,3 +109,7 @@ def validate(config) -> None:
     raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; {_EXPECTED}")
   if int(opt.get("warmup_epochs", 0)) < 0:
     raise ValueError(f"config.optimizer.warmup_epochs={opt.warmup_epochs} must be >= 0")
+  max_norm = opt.get("clip_grad_norm", 0.0)
+  if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not 0 <= max_norm < float("inf"):
+    raise ValueError(f"config.optimizer.clip_grad_norm={max_norm!r}: expected a finite gradient norm >= 0 "
+                     "(0: no clipping; AimCLR's semi-supervised fine-tuning: 2)")

@@ -9,8 +9,9 @@ Nesterov momentum 0.9, weight decay 1e-4, batch 64, 70 epochs, linear warmup ove
 lr x0.1 at epochs 30 and 55, no augmentation, dropout 0.5. DSTA-Net (``<name>_dsta``): weight
 decay 5e-4, batch 128, 80 epochs, steps at 35 and 55, the basic view (temporal crop with
 mirrored padding, shear 0.5) for training, no attention dropout, the input projection
-``proj`` frozen (the reference's ``fix_conv1``). Evaluated every 5 epochs: the last epoch's
-accuracy and the reference's best of the evaluations.
+``proj`` frozen (the reference's ``fix_conv1``). Each epoch is ``N // B`` full batches (the
+reference's train loader drops the last partial batch: ``drop_last``). Evaluated every 5
+epochs: the last epoch's accuracy and the reference's best of the evaluations.
 
 The reference counts epochs from 1 and its fine-tuning steps with ``epoch >= step``, so its
 steps 30/55 are the 0-based milestones 29/54 here (``cmd_jax.optim``).
@@ -39,6 +40,7 @@ def add_hiclr_finetuning(c: ml_collections.ConfigDict, *, dsta: bool, label_rati
   c.optimizer.weight_decay = 5e-4 if dsta else 1e-4
   c.optimizer.warmup_epochs = 5
   c.head_init = "default"
+  c.drop_last = True                 # processor/processor.py's train loader: drop_last=True
   c.augment.train_view = "crop_shear" if dsta else "none"
   if dsta:
     c.encoder_dropout = 0.0

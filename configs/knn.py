@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = arg or "synthetic"
   linear.check_name(name, linear.DATASETS, "configs/knn.py")
   c = linear.base_config(name, "knn", *linear.DATASETS[name])
+  c.knn_k = 1                        # 1: the nearest neighbour; k > 1: SimSiam's weighted kNN (AimCLR's: 200)
+  c.knn_temperature = 0.1            # the weighted kNN's votes exp(similarity / temperature)
   if name in REFERENCE_KNN:
     c.reference_top1 = REFERENCE_KNN[name]
     c.reference_note = "paper, kNN (k=1), joint stream: from memory, unverified (docs/references.md#cmd-numbers)"

@@ -74,6 +74,10 @@ def base_config(name: str, trainer: str, dataset: str, benchmark: str) -> ml_col
   # Three-stream ensembles besides the softmax mean: HiCLR's weighted sums of raw logits,
   # e.g. "joint=0.5,bone=0.5,motion=0.5;joint=0.6,bone=0.6,motion=0.4" (the better set on the test set)
   c.fusion_weights = ""
+  if trainer == "linear":
+    # CrosSCLR's multi-stream linear evaluation (its "3s" number), beside the per-stream heads:
+    # one head per stream trained jointly on the mean of their logits (needs 2+ streams).
+    c.joint_probe = False
   c.expected_method = "cmd" if trainer != "knn" else ""  # these settings are CMD's; "" accepts any pretraining
   c.expected_encoder = ""            # "": any encoder
   c.eval_batch_size = 256            # feature extraction batch (a multiple of the device count)
@@ -98,7 +102,9 @@ def add_training(c: ml_collections.ConfigDict, *, lr: float, num_epochs: int = 8
   c.optimizer.gamma = 0.1
   c.optimizer.nesterov = False
   c.optimizer.warmup_epochs = 0      # linear warmup of the first epochs (HiCLR's fine-tuning: 5)
+  c.optimizer.clip_grad_norm = 0.0   # > 0: clip the gradients' global L2 norm first (AimCLR's semi: 2); 0: off
   c.batch_size = 64
+  c.drop_last = False                # True: drop each epoch's last partial batch (HiCLR/CrosSCLR/AimCLR loaders)
   c.num_epochs = num_epochs
   c.eval_every_epochs = 5            # test-set evaluations (the reference reports the best of them)
 

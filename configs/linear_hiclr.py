@@ -6,7 +6,8 @@ The pretrained query encoder frozen and in eval mode (BatchNorm running statisti
 dropout), a new ``Linear(256, classes)`` initialised as HiCLR's ``weights_init`` does
 (``N(0, 0.02)``, bias 0), SGD lr 3.0, momentum 0.9, no weight decay, batch 128, 100 epochs,
 lr x0.1 after epoch 80 (the transformer: after 30 and 80), no augmentation (the stored
-50-frame clips), evaluated every 5 epochs and after the last. ``final_top1`` is the last
+50-frame clips), each epoch ``N // 128`` full batches (the reference's train loader drops the
+last partial batch: ``drop_last``), evaluated every 5 epochs and after the last. ``final_top1`` is the last
 epoch's accuracy; ``best_of_evals_top1`` is the reference's number (the best evaluation on
 the test set).
 
@@ -42,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.name = f"linear_hiclr_{name}"
   linear.add_training(c, lr=3.0, num_epochs=100, milestones=(30, 80) if dsta else (80,))
   c.batch_size = 128
+  c.drop_last = True                 # processor/processor.py's train loader: drop_last=True
   c.eval_batch_size = 128
   c.head_init = "normal_0.02"
   c.augment.train_view = "none"

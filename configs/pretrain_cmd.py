@@ -21,7 +21,7 @@ The CPU-sized configs (synthetic, msr_action3d) deviate on purpose, each deviati
 ``config.deviations``: smaller model, queue and top-k (a queue must be smaller than the
 training set), a short schedule, key momentum 0.99 and milder spatial augmentation (with
 the reference's strength the small model stays at chance on instance discrimination in a
-CPU-sized run; measured on MSR Action3D, see README).
+CPU-sized run; measured on MSR Action3D, see docs/cmd.md#cmd-at-cpu-size).
 Single-modality MoCo: ``--config.modalities=joint --config.cmd.weight=0``.
 
 Speed options (bench/RESULTS.md): ``model.stack_modalities``, ``model.input_projection``,

@@ -26,8 +26,9 @@ per run, as the reference); ``--config.model.name=gru`` pairs HiCLR with CMD's G
 Any field can be overridden (``--config.optimizer.lr=0.05``); a mistyped field or an
 impossible setup is a one-line error before anything is compiled. Deviations from the
 reference are listed in ``config.deviations`` (the NTU/PKU configs: none beyond the
-project-wide ones, see README); the kNN monitor (``config.evaluator``) is this project's
-addition: the reference evaluates nothing during pretraining.
+project-wide ones, see docs/runs.md#deviations-every-method-shares); the kNN monitor
+(``config.evaluator``) is this project's addition: the reference evaluates nothing during
+pretraining.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.milestones = (1250,)
     c.hiclr.mining_epoch = 750
   if base in CPU_SIZED:
-    # Measured on the synthetic set (README, "Pretraining HiCLR"): with the release's settings
+    # Measured on the synthetic set (docs/hiclr.md#hiclr-at-cpu-size): with the release's settings
     # a CPU-sized run collapses (InfoNCE stays at ln(queue + 1), kNN falls below random
     # init), as the original PyTorch code does on the same data; these deviations make it learn.
     if c.model.name == "gru":         # ST-GCN's XLA:CPU step is 7 s at batch 32 (h16): too slow for minutes

@@ -40,6 +40,7 @@ def add_finetuning(c: ml_collections.ConfigDict, *, label_ratio: float, seeds) -
   c.sampling = "global"              # "global" (CMD's), "stratified" (per class) or "class_balanced" (HiCLR's)
   c.epoch_length = "subset"          # "subset", or "full": an epoch is as long as the whole training split (HiCLR's)
   c.seeds = tuple(seeds)             # one fine-tuning run (and subset) per seed
+  c.finetune_mode = "train"          # "train" (BN batch statistics, dropout on) or "eval" (AimCLR's model.eval())
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

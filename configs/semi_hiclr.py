@@ -7,7 +7,8 @@ Fine-tuning (``configs/finetune_hiclr.py``'s optimizer and view) on a class-bala
 subset: ``round(label_ratio * class count)`` samples of every class, drawn with each seed
 (the reference draws one subset with Python's ``random`` seeded 0; several seeds here give a
 mean and standard deviation). As the reference's feeder, an epoch is as long as the whole
-training split (the subset is revisited about ``1 / label_ratio`` times per epoch). ST-GCN:
+training split (the subset is revisited about ``1 / label_ratio`` times per epoch), in ``N // B``
+full batches (the reference's train loader drops the last partial batch). ST-GCN:
 10% labels, lr 0.1, Nesterov, weight decay 1e-4, warmup 5 epochs, lr x0.1 at epochs 20 and 40
 (0-based milestones 19 and 39), 60 epochs, batch 64, evaluated every 3 epochs. DSTA-Net
 (``<name>_dsta``): weight decay 5e-4, steps at 15 and 25, 50 epochs, batch 128.

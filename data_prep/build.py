@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from cmd_jax import disk_full, workdir_lock
 from data_prep import convert, datasets
 
 VARIANT_CHOICES = (*datasets.VARIANTS, "all")
@@ -141,8 +142,15 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
                   benchmarks: Sequence[str] | None = None, variant: str = "standard",
                   options: Mapping[str, Any] | None = None, workers: int | None = None,
                   progress: bool = True, keep_cache: bool = False,
-                  log: Callable[[str], None] | None = print) -> BuildSummary:
+                  log: Callable[[str], None] | None = print, lock_wait: float = 0.0) -> BuildSummary:
   """Converts ``dataset`` into TFDS ArrayRecord configs under ``out`` (a TFDS data_dir).
+
+  The build holds the lock of ``<out>/<dataset>`` (``cmd_jax.workdir_lock``): a build of the
+  same dataset into the same ``out`` is refused in one line (``lock_wait`` seconds: waited
+  for instead), builds of other datasets into it go on side by side (each writes only its
+  ``<out>/<dataset>/`` and ``<out>/.cache/<dataset>/``). A full disk raises ``DiskFullError``
+  in one line after removing the unfinished files; the finished chunks and configs stay and
+  the same command continues once space is freed.
 
   Args:
     dataset: a name of ``data_prep.datasets.DATASET_NAMES``.
@@ -163,8 +171,9 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
   Raises:
     ValueError: an unknown dataset, benchmark or variant, or an empty split.
     FileNotFoundError: a missing raw folder, missing list or no samples.
+    WorkdirLocked: another build of this dataset writes into ``out``.
+    DiskFullError: no space left (or the quota exceeded).
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from data_prep.builders import load_builder_class  # pylint: disable=import-outside-toplevel
 
   say = log or (lambda _line: None)
@@ -184,6 +193,34 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
   builder_cls = load_builder_class(spec.name)
   if not progress:
     _quiet_tfds()
+  with workdir_lock.WorkdirLock(out / spec.name, f"python -m data_prep build {spec.name}", wait_seconds=lock_wait):
+    try:
+      return _build(spec, out, raw_dir, benchmarks, variants, options, record, builder_cls, workers, progress,
+                    keep_cache, say)
+    except Exception as err:  # pylint: disable=broad-except
+      if disk_full.errno_of(err) is None:
+        raise
+      _remove_unfinished(out, spec.name, variants, benchmarks)
+      raise disk_full.reported(err, out / spec.name, (
+          "the unfinished files were removed, the finished conversion chunks and benchmarks are kept: free space "
+          "(or raise the quota) and run the same command again to continue")) from None
+
+
+def _remove_unfinished(out: Path, dataset: str, variants: Sequence[str], benchmarks: Sequence[str]) -> None:
+  """Removes what an interrupted build leaves: temporary cache chunks, TFDS's ``incomplete.*`` folders."""
+  for v in variants:
+    for stale in convert.cache_folder(out / ".cache", dataset, v).glob("*.tmp.*"):
+      stale.unlink()
+    for b in benchmarks:
+      for stale in (out / dataset / datasets.config_name(b, v)).glob("incomplete.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build(spec, out: Path, raw_dir, benchmarks, variants, options, record, builder_cls, workers, progress,
+           keep_cache, say) -> BuildSummary:
+  """``build_dataset``'s conversions and TFDS configs, with the dataset's lock held."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   manual = None if raw_dir is None else str(raw_dir)
   summary = BuildSummary(spec.name, out, {}, [], {})
   for v in variants:
@@ -208,7 +245,7 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
       else:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
                                      file_format="array_record")
-        (folder / INPUTS_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        _write_text_atomically(folder / INPUTS_FILE, json.dumps(record, indent=2))
       splits = builder.info.splits
       summary.configs[config] = {"train": splits["train"].num_examples, "val": splits["val"].num_examples}
       if config not in summary.already_built:
@@ -224,6 +261,12 @@ def build_dataset(dataset: str, out: str | os.PathLike, *, raw: str | os.PathLik
   return summary
 
 
+def _write_text_atomically(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
+
+
 def export_npy(dataset: str, benchmark: str, out: str | os.PathLike, *, raw: str | os.PathLike | None = None,
                fmt: str = "cmd", options: Mapping[str, Any] | None = None, workers: int | None = None,
                progress: bool = True, keep_cache: bool = False,
@@ -235,6 +278,11 @@ def export_npy(dataset: str, benchmark: str, out: str | os.PathLike, *, raw: str
   ``frame50`` conversion); see ``data_prep.npy_export``. The conversion cache is
   ``<out>/.cmd_jax_cache/<dataset>/<variant>/``. Returns the sample count per part and the
   conversion summary.
+
+  The export holds the lock of ``out`` (``cmd_jax.workdir_lock``; one benchmark's export per
+  folder, so the whole folder): a second export into it is refused in one line. A full disk
+  raises ``DiskFullError`` in one line after removing the partial files; the same command
+  continues once space is freed.
   """
   from data_prep import npy_export  # pylint: disable=import-outside-toplevel
 
@@ -247,8 +295,26 @@ def export_npy(dataset: str, benchmark: str, out: str | os.PathLike, *, raw: str
     say(f"note: {spec.name} is generated; --raw is ignored")
   raw_dir = check_raw(spec, raw)
   datasets.check_options(spec, options)
-  npy_export.check_provenance(out, spec.name, benchmark, fmt)  # before anything is written
-  cache_dir = convert.cache_folder(Path(out) / ".cmd_jax_cache", spec.name, variant)
+  with workdir_lock.WorkdirLock(out, f"python -m data_prep export-npy {spec.name} --benchmark {benchmark}"):
+    npy_export.check_provenance(out, spec.name, benchmark, fmt)  # before anything is written
+    cache_dir = convert.cache_folder(Path(out) / ".cmd_jax_cache", spec.name, variant)
+    try:
+      return _export(spec, benchmark, out, raw_dir, fmt, variant, cache_dir, options, workers, progress, keep_cache,
+                     say)
+    except Exception as err:  # pylint: disable=broad-except
+      if disk_full.errno_of(err) is None:
+        raise
+      for stale in [*Path(out).glob("*.partial"), *Path(cache_dir).glob("*.tmp.*")]:
+        stale.unlink()
+      raise disk_full.reported(err, out, (
+          "the partial files were removed, the parts already exported are kept: free space (or raise the quota) and "
+          "run the same command again to continue")) from None
+
+
+def _export(spec, benchmark, out, raw_dir, fmt, variant, cache_dir, options, workers, progress, keep_cache, say):
+  """``export_npy`` with the output folder's lock held."""
+  from data_prep import npy_export  # pylint: disable=import-outside-toplevel
+
   had_cache = Path(cache_dir).exists()
   cache = convert.prepare(spec, raw_dir, cache_dir, options, workers, progress=progress, variant=variant)
   try:

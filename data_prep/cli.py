@@ -13,6 +13,12 @@ Both conversions parse and normalise in parallel (--workers, default all cores),
 progress, and resume after an interruption: finished chunks of the conversion cache and
 finished benchmarks are not redone, and nothing incomplete is left where a finished
 dataset would be. Bad files are skipped and listed in a summary at the end.
+
+Each command holds the lock of the folder it writes (build: ``<out>/<dataset>``; export-npy:
+``--out``): a second command into it is refused in one line naming the first. Exit status: 0;
+2 with one ``error: ...`` line (a bad input, a folder in use, a full disk: the line names
+the folder); 128 + the signal number when SIGTERM/SIGINT stopped it (143, 130; the finished
+parts are kept and the same command continues).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import argparse
 import os
 import sys
 
+from cmd_jax import preemption
+from cmd_jax.disk_full import DiskFullError
 from data_prep import datasets
 
 
@@ -146,10 +154,14 @@ def cmd_list(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    return {"build": cmd_build, "export-npy": cmd_export, "list": cmd_list}[args.command](args)
-  except (FileNotFoundError, ValueError) as err:
+    with preemption.interrupted_by_signals():
+      return {"build": cmd_build, "export-npy": cmd_export, "list": cmd_list}[args.command](args)
+  except (FileNotFoundError, ValueError, DiskFullError) as err:  # a bad input, a folder in use, a full disk
     print(f"error: {err}", file=sys.stderr)
     return 2
+  except preemption.RunStopped as err:
+    print(f"error: {err}; the finished parts are kept: run the same command again to continue", file=sys.stderr)
+    return err.exit_status
 
 
 if __name__ == "__main__":

@@ -170,6 +170,14 @@ class Cache:
     return Summary(self.spec.name, len(self.samples), converted, skipped, all_zero, self.variant)
 
 
+def _stored_fingerprint(manifest: Path) -> str | None:
+  """The fingerprint a cache's manifest records (None if the file is damaged: the cache is redone)."""
+  try:
+    return json.loads(manifest.read_text()).get("fingerprint")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
 def prepare(spec: DatasetSpec, raw_dir: str | os.PathLike | None, cache_dir: str | os.PathLike,
             options: Mapping[str, Any] | None = None, workers: int | None = None,
             progress: bool = True, variant: str = "standard") -> Cache:
@@ -206,13 +214,15 @@ def prepare(spec: DatasetSpec, raw_dir: str | os.PathLike | None, cache_dir: str
   folder = Path(cache_dir)
   fingerprint = _fingerprint(spec, samples, options, variant)
   manifest = folder / _MANIFEST
-  if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
+  if manifest.exists() and _stored_fingerprint(manifest) != fingerprint:
     print(f"{spec.name}: the cache in {folder} was made from other inputs; converting again")
     shutil.rmtree(folder)
   folder.mkdir(parents=True, exist_ok=True)
   if not manifest.exists():
-    manifest.write_text(json.dumps({"dataset": spec.name, "variant": variant, "fingerprint": fingerprint,
-                                    "samples": len(samples)}))
+    tmp = folder / (_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"dataset": spec.name, "variant": variant, "fingerprint": fingerprint,
+                               "samples": len(samples)}))
+    os.replace(tmp, manifest)
   for stale in folder.glob("*.tmp.*"):
     stale.unlink()
 

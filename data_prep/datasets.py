@@ -1,6 +1,6 @@
 """The dataset registry: what each convertible dataset is, how its samples are listed and loaded.
 
-A dataset is a ``DatasetSpec``: its skeleton layout, class count and benchmarks, a
+A dataset is a ``DatasetSpec`` (``data_prep.spec``): its skeleton layout, class names and benchmarks, a
 ``list_samples(raw_dir, options)`` that lists every sample with its label and the
 benchmarks it trains in, and a ``load(sample)`` that returns the sample's raw joint
 coordinates ``(3, T, V, M)`` (before padding and normalisation). The converter
@@ -17,7 +17,7 @@ Every dataset converts in two *variants*:
 * ``frame50``: HiCLR's conversion, 50 frames (``data_prep.frame50``), bodies in file
   order; the TFDS configs are ``<benchmark>_frame50``. NTU files are read with the first
   two bodies of each frame (``ntu.read_xyz(..., selection="file_order")``) and PKU-MMD II
-  instances are cut as HiCLR's scripts cut them (``load_pku_hiclr``); MSR Action3D and the
+  instances are cut as HiCLR's scripts cut them (``data_prep.pku.load_hiclr``); MSR Action3D and the
   synthetic set load as in ``standard`` (their readers already keep the bodies in order).
   As in ``standard``, an NTU file longer than 300 frames (none is expected) keeps its first
   300 (HiCLR's converter would fail on it).
@@ -27,71 +27,20 @@ Every dataset converts in two *variants*:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from cmd_jax.layouts import NTU25, SkeletonLayout
-from data_prep import ntu
+from cmd_jax import action_names
+from cmd_jax.layouts import NTU25
+from data_prep import msr, ntu, pku, synthetic
 from data_prep.errors import DataFormatError
+from data_prep.spec import MAX_FRAMES, DatasetSpec, Sample
 
-MAX_FRAMES = 300  # T of every stored sample, as in the reference
 VARIANTS = ("standard", "frame50")
 VARIANT_FRAMES = {"standard": MAX_FRAMES, "frame50": 50}  # T of the stored samples of each variant
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-  """One sample of a dataset, before loading.
-
-  Attributes:
-    name: the reference's sample name (``S001C001P001R001A001.skeleton``,
-      ``<video>.txt_<row>``, ...), unique within the dataset.
-    label: 0-based class.
-    train: the benchmarks in which this sample is a training sample; in every other
-      benchmark of the dataset it is a val (test) sample.
-    source: whatever the spec's ``load`` needs (picklable: a path, a row, a seed).
-  """
-  name: str
-  label: int
-  train: frozenset[str]
-  source: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """A convertible dataset.
-
-  Attributes:
-    name: CLI name, also the TFDS dataset name.
-    layout: the skeleton layout of every sample.
-    num_classes: labels are in [0, num_classes).
-    benchmarks: benchmark names (TFDS builder configs).
-    list_samples: ``(raw_dir or None, options) -> [Sample]``, sorted by name; raises
-      ``FileNotFoundError``/``DataFormatError`` for a missing raw directory or bad split
-      files. ``options`` holds dataset-specific CLI options (e.g. ``missing_list``).
-    load: ``Sample -> float (3, T, V, M)`` raw coordinates; raises ``DataFormatError``.
-    drop_all_zero: whether samples whose coordinates are all zero are skipped (and
-      reported) rather than kept as all-zero inputs.
-    needs_raw: False for generated datasets.
-    description: one line for --help.
-    option_keys: the ``options`` keys ``list_samples`` reads (any other is an error).
-  """
-  name: str
-  layout: SkeletonLayout
-  num_classes: int
-  benchmarks: tuple[str, ...]
-  list_samples: Callable[[Path | None, Mapping[str, Any]], list[Sample]]
-  load: Callable[[Sample], np.ndarray]
-  drop_all_zero: bool = False
-  needs_raw: bool = True
-  description: str = ""
-  option_keys: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,32 +104,22 @@ def load_ntu_file_order(sample: Sample) -> np.ndarray:
 
 
 NTU60 = DatasetSpec(
-    name="ntu60", layout=NTU25, num_classes=60, benchmarks=("xsub", "xview"),
+    name="ntu60", layout=NTU25, class_names=action_names.NTU60, benchmarks=("xsub", "xview"),
     list_samples=_ntu_lister("ntu60", 17, ("xsub", "xview")), load=load_ntu, option_keys=("missing_list",),
     description="NTU RGB+D 60: the .skeleton files of setups S001-S017 in --raw")
 NTU120 = DatasetSpec(
-    name="ntu120", layout=NTU25, num_classes=120, benchmarks=("xsub", "xset"),
+    name="ntu120", layout=NTU25, class_names=action_names.NTU120, benchmarks=("xsub", "xset"),
     list_samples=_ntu_lister("ntu120", 32, ("xsub", "xset")), load=load_ntu, option_keys=("missing_list",),
     description="NTU RGB+D 120: the .skeleton files of setups S001-S032 in --raw")
 
-# Specs defined in their reader modules, imported on first use.
-_SPEC_MODULES = {
-    "pku_mmd2": ("data_prep.pku", "SPEC"),
-    "msr_action3d": ("data_prep.msr", "SPEC"),
-    "synthetic": ("data_prep.synthetic", "SPEC"),
-}
-DATASET_NAMES = ("ntu60", "ntu120", "pku_mmd2", "msr_action3d", "synthetic")
+SPECS = {"ntu60": NTU60, "ntu120": NTU120, "pku_mmd2": pku.SPEC, "msr_action3d": msr.SPEC, "synthetic": synthetic.SPEC}
+DATASET_NAMES = tuple(SPECS)
 
 
 def get_spec(name: str) -> DatasetSpec:
-  if name == "ntu60":
-    return NTU60
-  if name == "ntu120":
-    return NTU120
-  if name in _SPEC_MODULES:
-    module, attr = _SPEC_MODULES[name]
-    return getattr(importlib.import_module(module), attr)
-  raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+  if name not in SPECS:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+  return SPECS[name]
 
 
 def check_options(spec: DatasetSpec, options: Mapping[str, Any] | None) -> None:
@@ -220,43 +159,7 @@ def parse_config_name(name: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------
 # The frame50 variant's readers
 
-@functools.lru_cache(maxsize=2)
-def _pku_skeleton(path: str, mtime_ns: int, size: int) -> np.ndarray:
-  from data_prep import pku  # pylint: disable=import-outside-toplevel  (pku imports this module)
-  data = pku.read_skeleton(path)
-  data.flags.writeable = False
-  return data
-
-
-def load_pku_hiclr(sample: Sample) -> np.ndarray:
-  """A PKU-MMD II instance as HiCLR's scripts cut and read it: float64 ``(3, T, 25, 2)``, T <= 300.
-
-  HiCLR writes each label row (class, start, end, ...) as an NTU-style file of the video's
-  frames ``start - 1 .. end - 1`` (the 1-based, inclusive ``[start, end]``; CMD's reader
-  takes ``[start, end)`` instead), with body 2 only in the frames where the sum of its 75
-  values is non-zero, and its reader keeps the centre 300 frames of a longer clip (from
-  ``(T - 300) // 2``). A row with start 0 makes its script write a file that its reader
-  cannot parse; it is reported (``DataFormatError``) and skipped.
-  """
-  from data_prep import pku  # pylint: disable=import-outside-toplevel
-  src = sample.source
-  if src.start < 1:
-    raise DataFormatError(src.label_file, f"start frame {src.start}: HiCLR cuts frames start-1..end-1 (1-based "
-                          "labels), so start must be >= 1 (its script writes an unreadable clip for start 0)",
-                          src.line)
-  stat = os.stat(src.skeleton)
-  seq = _pku_skeleton(src.skeleton, stat.st_mtime_ns, stat.st_size)
-  pku.check_instance(src.label_file, src.line, src.start - 1, src.end, seq.shape[1])
-  clip = np.array(seq[:, src.start - 1:src.end])  # (3, T, 25, 2)
-  second = clip[..., 1].transpose(1, 2, 0).reshape(clip.shape[1], -1)  # [T, 75] in file order
-  clip[:, second.sum(axis=1) == 0, :, 1] = 0.0
-  if clip.shape[1] > MAX_FRAMES:
-    start = (clip.shape[1] - MAX_FRAMES) // 2
-    clip = clip[:, start:start + MAX_FRAMES]
-  return clip
-
-
-_FRAME50_LOADERS = {"ntu60": load_ntu_file_order, "ntu120": load_ntu_file_order, "pku_mmd2": load_pku_hiclr}
+_FRAME50_LOADERS = {"ntu60": load_ntu_file_order, "ntu120": load_ntu_file_order, "pku_mmd2": pku.load_hiclr}
 
 
 def load(spec: DatasetSpec, sample: Sample, variant: str = "standard") -> np.ndarray:

@@ -3,7 +3,7 @@
 HiCLR (AAAI 2023) trains on clips converted in two steps: its NTU/PKU converter stores the
 first two bodies of each frame *in file order* zero-padded to 300 frames (float32; the
 readers are ``data_prep.ntu.read_xyz(..., selection="file_order")`` and, for PKU-MMD II,
-``data_prep.datasets.load_pku_hiclr``), then its ``NTUMotionProcessor`` (``data_type=
+``data_prep.pku.load_hiclr``), then its ``NTUMotionProcessor`` (``data_type=
 'relative'``, ``t_length=50``, ``y_rotation=True``, ``sampling='resize'``) makes every clip
 exactly 50 frames long. This module owns that second step:
 

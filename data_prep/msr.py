@@ -10,7 +10,7 @@ joints per frame, frames concatenated; ``c`` is a tracking confidence and is dro
   is ``cmd_jax.layouts.MSR20`` (established from the recordings in tests/test_msr.py: y up,
   the person faces the camera, the right side has the larger x, as in NTU's camera space).
 * Sample name: the file stem without the suffix, e.g. ``a01_s01_e01`` (the dataset's own
-  sequence id); label = action - 1 (20 classes).
+  sequence id); label = action - 1 (20 classes, named in ``cmd_jax.action_names.MSR_ACTION3D``).
 * Benchmark ``xsub`` (the standard protocol): odd subjects train, even subjects test.
 * ``a13_s09_e02`` is all zeros (a defect of the release). The reader loads it like any other
   file; ``SPEC.drop_all_zero`` is True, so the converter skips it and reports it.
@@ -26,13 +26,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cmd_jax import action_names
 from cmd_jax.layouts import MSR20
-from data_prep.datasets import DatasetSpec, Sample
+from data_prep.spec import DatasetSpec, Sample
 from data_prep.errors import DataFormatError
 from data_prep.numeric_text import read_number_table
 
 NUM_JOINTS = 20
-NUM_ACTIONS = 20
+NUM_ACTIONS = len(action_names.MSR_ACTION3D)  # 20
 SUFFIX = "_skeleton3D.txt"
 BENCHMARKS = ("xsub",)
 
@@ -111,6 +112,6 @@ def load(sample: Sample) -> np.ndarray:
 
 
 SPEC = DatasetSpec(
-    name="msr_action3d", layout=MSR20, num_classes=NUM_ACTIONS, benchmarks=BENCHMARKS,
+    name="msr_action3d", layout=MSR20, class_names=action_names.MSR_ACTION3D, benchmarks=BENCHMARKS,
     list_samples=list_samples, load=load, drop_all_zero=True,
     description="MSR Action3D: the aAA_sSS_eEE_skeleton3D.txt files (real-world coordinates) in --raw")

@@ -18,9 +18,11 @@ in one of two formats:
 which its training never reads; they are not written.)
 
 Samples are in name order (the references use ``os.listdir`` order, which is arbitrary).
-Each file is written under a temporary name and renamed when complete; the data file is
-renamed last, so a part is complete exactly when its data file (``_data_joint.npy``,
-``_position.npy``) exists, and a rerun skips complete parts.
+Each file is written under a temporary name (``.partial``; the data file is allocated in
+full before it is filled, so a full disk is an error there and not a SIGBUS of the memory
+map) and renamed when complete; the data file is renamed last, so a part is complete exactly
+when its data file (``_data_joint.npy``, ``_position.npy``) exists, and a rerun skips
+complete parts.
 ``cmd_jax.npy_source.NpySource`` reads both formats back.
 
 ``export.json`` records the dataset, benchmark, format and variant; an export into a folder
@@ -110,7 +112,8 @@ def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike, fmt: str = 
                          f"{len(index[part])} of {cache.spec.name} {benchmark} ({part}); nothing was written: "
                          "export into another --out folder, or delete that one")
   out.mkdir(parents=True, exist_ok=True)
-  (out / PROVENANCE).write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+  (out / (PROVENANCE + ".tmp")).write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+  os.replace(out / (PROVENANCE + ".tmp"), out / PROVENANCE)  # never a cut record a rerun would refuse
   counts = {}
   for part, train in PARTS:
     paths = part_paths(out, part, fmt)
@@ -123,6 +126,7 @@ def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike, fmt: str = 
     v, m = cache.spec.layout.num_joints, cache.spec.layout.num_persons
     tmp = {k: p.with_name(p.name + ".partial") for k, p in paths.items()}
     data = open_memmap(tmp["data"], mode="w+", dtype=np.float32, shape=(n, 3, cache.frames, v, m))
+    _reserve(tmp["data"])
     frames = np.zeros(n, np.int64)
     labels, sample_names = [], []
     for i, record in enumerate(cache.iter_split(benchmark, train)):
@@ -142,6 +146,17 @@ def export(cache: Cache, benchmark: str, out_dir: str | os.PathLike, fmt: str = 
     os.replace(tmp["data"], paths["data"])
     counts[part] = n
   return counts
+
+
+def _reserve(path: Path) -> None:
+  """Allocates the whole (sparse) memory-mapped file now: a full disk is then an ``OSError``
+  here, not a SIGBUS when a page of the mapping is first written."""
+  if hasattr(os, "posix_fallocate"):
+    with open(path, "r+b") as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None  # the error names the file
 
 
 def _part_index(cache: Cache, names: set[str]):

@@ -1,5 +1,8 @@
 """PKU-MMD phase 2 (PKU-MMD II): skeleton and label readers, split lists, and the dataset spec.
 
+``load`` is CMD's reading of an instance (the ``standard`` conversion), ``load_hiclr``
+HiCLR's (the ``frame50`` conversion, ``data_prep.datasets.load``).
+
 Follows the reference's ``data_gen/pku_gendata.py`` (docs/references.md#cmd-pku-mmd-ii-conversion,
 #cmd-quirks item 11).
 
@@ -24,7 +27,8 @@ Samples and their semantics, as in the reference unless marked otherwise:
   ``(3, end - start, 25, 2)`` with the bodies in file order (no energy sorting; an absent
   second body is zeros);
 * label = class - 1 as an *integer* (deliberate deviation: the reference keeps the float64
-  from ``np.loadtxt``); the class must be an integer in 1..51;
+  from ``np.loadtxt``); the class must be an integer in 1..51 (PKU-MMD's action list,
+  named in ``cmd_jax.action_names.PKU_MMD2``);
 * zero-length instances (start == end) stay in the listing but their ``load`` raises a
   ``DataFormatError``, so the converter skips them and reports them (the reference would
   keep an empty clip, on which its temporal crop crashes);
@@ -46,14 +50,15 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from cmd_jax import action_names
 from cmd_jax.layouts import NTU25
-from data_prep.datasets import DatasetSpec, Sample
+from data_prep.spec import MAX_FRAMES, DatasetSpec, Sample
 from data_prep.errors import DataFormatError
 from data_prep.numeric_text import read_number_table
 
 NUM_JOINTS = 25
 NUM_BODIES = 2
-NUM_CLASSES = 51
+NUM_CLASSES = len(action_names.PKU_MMD2)  # 51
 BENCHMARKS = ("xsub", "xview")
 SPLIT_FILES = {"xsub": "cross_subject_v2.txt", "xview": "cross_view_v2.txt"}
 SKELETON_DIRS = ("skeleton", "Skeleton_v2")
@@ -241,7 +246,34 @@ def load(sample: Sample) -> np.ndarray:
   return np.array(seq[:, src.start:src.end])
 
 
+def load_hiclr(sample: Sample) -> np.ndarray:
+  """A PKU-MMD II instance as HiCLR's scripts cut and read it: float64 ``(3, T, 25, 2)``, T <= 300.
+
+  HiCLR writes each label row (class, start, end, ...) as an NTU-style file of the video's
+  frames ``start - 1 .. end - 1`` (the 1-based, inclusive ``[start, end]``; CMD's reader
+  takes ``[start, end)`` instead), with body 2 only in the frames where the sum of its 75
+  values is non-zero, and its reader keeps the centre 300 frames of a longer clip (from
+  ``(T - 300) // 2``). A row with start 0 makes its script write a file that its reader
+  cannot parse; it is reported (``DataFormatError``) and skipped.
+  """
+  src = sample.source
+  if src.start < 1:
+    raise DataFormatError(src.label_file, f"start frame {src.start}: HiCLR cuts frames start-1..end-1 (1-based "
+                          "labels), so start must be >= 1 (its script writes an unreadable clip for start 0)",
+                          src.line)
+  stat = os.stat(src.skeleton)
+  seq = _cached_skeleton(src.skeleton, stat.st_mtime_ns, stat.st_size)
+  check_instance(src.label_file, src.line, src.start - 1, src.end, seq.shape[1])
+  clip = np.array(seq[:, src.start - 1:src.end])  # (3, T, 25, 2)
+  second = clip[..., 1].transpose(1, 2, 0).reshape(clip.shape[1], -1)  # [T, 75] in file order
+  clip[:, second.sum(axis=1) == 0, :, 1] = 0.0
+  if clip.shape[1] > MAX_FRAMES:
+    start = (clip.shape[1] - MAX_FRAMES) // 2
+    clip = clip[:, start:start + MAX_FRAMES]
+  return clip
+
+
 SPEC = DatasetSpec(
-    name="pku_mmd2", layout=NTU25, num_classes=NUM_CLASSES, benchmarks=BENCHMARKS,
+    name="pku_mmd2", layout=NTU25, class_names=action_names.PKU_MMD2, benchmarks=BENCHMARKS,
     list_samples=list_samples, load=load, drop_all_zero=False, option_keys=("skeleton_dir", "label_dir", "split_dir"),
     description="PKU-MMD II: <raw>/skeleton/*.txt, <raw>/label/*.txt, <raw>/cross_{subject,view}_v2.txt")

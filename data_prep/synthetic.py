@@ -44,23 +44,12 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from cmd_jax import action_names
 from cmd_jax.layouts import NTU25
-from data_prep.datasets import DatasetSpec, Sample
+from data_prep.spec import DatasetSpec, Sample
 
-CLASS_NAMES = (
-    "wave right hand",       # A001
-    "wave left hand",        # A002
-    "raise both arms",       # A003
-    "punch forward",         # A004
-    "kick forward",          # A005
-    "squat",                 # A006
-    "jump",                  # A007
-    "bow",                   # A008
-    "clap",                  # A009
-    "handshake",             # A010, two persons
-    "push other person",     # A011, two persons
-    "hug",                   # A012, two persons
-)
+# The class names, label by label (A001 = label 0); the motions are made by _class_motion.
+CLASS_NAMES = action_names.SYNTHETIC
 NUM_CLASSES = len(CLASS_NAMES)
 TWO_PERSON_LABELS = frozenset((9, 10, 11))
 
@@ -651,7 +640,7 @@ def load(sample: Sample) -> np.ndarray:
 
 
 SPEC = DatasetSpec(
-    name="synthetic", layout=NTU25, num_classes=NUM_CLASSES, benchmarks=BENCHMARKS,
+    name="synthetic", layout=NTU25, class_names=CLASS_NAMES, benchmarks=BENCHMARKS,
     list_samples=list_samples, load=load, needs_raw=False, drop_all_zero=False,
     option_keys=("synthetic_seed", "synthetic_subjects", "synthetic_repetitions"),
     description=(f"generated NTU-25 clips, {NUM_CLASSES} actions x subjects x 3 cameras x "

@@ -23,6 +23,12 @@ all compared across the two meshes (``{mesh}/metrics``,
 input lies within rounding distance of 0 can take a different side on the two meshes and
 move a gradient by percents (tests/test_hiclr_parity.py measures it), which would hide any
 real difference behind a loose bound.
+
+``python -m tests.distributed_worker crossclr_sharded_step OUT.npz``: the same for a tiny
+CrosSCLR config (CMD's GRU, small, three streams in one run; one step per epoch, cross-view
+training from the second step on), in float64: the shared view draw, the six encoders' BN
+batches, the momentum rule of each phase, the cross-view loss (its top-k over the queue) and
+the enqueue at the shared pointer, compared across the two meshes.
 """
 
 from __future__ import annotations
@@ -63,6 +69,19 @@ def tiny_hiclr_config():
   config.batch_size = BATCH
   config.moco.queue_size = 64
   config.hiclr.mining_epoch = 1
+  return config
+
+
+def tiny_crossclr_config():
+  from configs import pretrain_crossclr  # pylint: disable=import-outside-toplevel
+
+  config = pretrain_crossclr.get_config("synthetic")
+  config.model.name, config.model.init = "gru", "default"  # as tiny_hiclr_config
+  config.model.hidden_size, config.model.num_layers = 8, 1
+  config.model.embed_dim = 8
+  config.batch_size = BATCH
+  config.moco.queue_size = 64
+  config.crossclr.cross_epoch = 1
   return config
 
 
@@ -132,7 +151,8 @@ def sharded_step(out_path: str) -> None:
   np.savez(out_path, **out)
 
 
-def hiclr_sharded_step(out_path: str) -> None:
+def _float64_sharded_steps(config, out_path: str) -> None:
+  """A config's steps on 1 and 8 devices in float64 (module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from cmd_jax import data, sharding  # pylint: disable=import-outside-toplevel
@@ -143,7 +163,6 @@ def hiclr_sharded_step(out_path: str) -> None:
   jax.config.update("jax_enable_x64", True)
   to64 = lambda tree: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
       lambda a: np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a), tree)
-  config = tiny_hiclr_config()
   layout = data.layout_of(config.data)
   host_batches = [to64(b) for b in batches(frames=50)]
   out: dict[str, np.ndarray] = {}
@@ -164,8 +183,17 @@ def hiclr_sharded_step(out_path: str) -> None:
   np.savez(out_path, **out)
 
 
+def hiclr_sharded_step(out_path: str) -> None:
+  _float64_sharded_steps(tiny_hiclr_config(), out_path)
+
+
+def crossclr_sharded_step(out_path: str) -> None:
+  _float64_sharded_steps(tiny_crossclr_config(), out_path)
+
+
 if __name__ == "__main__":
-  modes = {"sharded_step": sharded_step, "hiclr_sharded_step": hiclr_sharded_step}
+  modes = {"sharded_step": sharded_step, "hiclr_sharded_step": hiclr_sharded_step,
+           "crossclr_sharded_step": crossclr_sharded_step}
   if len(sys.argv) != 3 or sys.argv[1] not in modes:
-    raise SystemExit("usage: python -m tests.distributed_worker {sharded_step|hiclr_sharded_step} OUT.npz")
+    raise SystemExit(f"usage: python -m tests.distributed_worker {{{'|'.join(modes)}}} OUT.npz")
   modes[sys.argv[1]](sys.argv[2])

@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import types
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cmd_jax import input_pipeline
+from cmd_jax import action_names, data, input_pipeline
 from cmd_jax.npy_source import NpySource
 from data_prep import cli, convert, datasets
+from data_prep.build import build_dataset
 from data_prep.builders import load_builder_class
 from data_prep.errors import DataFormatError
 from data_prep.preprocess import pre_normalization
-from tests.conftest import folder_digest
+from tests.conftest import TINY_SYNTHETIC, build_tiny_synthetic, folder_digest
 
 tfds.disable_progress_bar()
 
@@ -57,6 +59,9 @@ def _build(dataset, out, raw, options, benchmark):
 
 def _check_read_back(dataset, out, expected, benchmarks):
   for benchmark in benchmarks:
+    # The label feature carries the dataset's action names, read back from the built folder.
+    names = input_pipeline.tfds_source(str(out), dataset, benchmark, "train").info.features["label"].names
+    assert tuple(names) == action_names.action_names(dataset)
     source = tfds.data_source(f"{dataset}/{benchmark}", data_dir=str(out), try_gcs=False)
     for split, train in (("train", True), ("val", False)):
       names = {n for n, e in expected.items() if (benchmark in e[3]) == train}
@@ -151,6 +156,35 @@ def test_synthetic_builder(tmp_path):
   for benchmark in spec.benchmarks:
     _build("synthetic", tmp_path / "data", None, options, benchmark)
   _check_read_back("synthetic", tmp_path / "data", _expected(spec, None, options), spec.benchmarks)
+
+
+def test_class_names_round_trip_and_builds_without_names(tmp_path):
+  """The names are stored beside the shards (label.labels.txt) and read back as
+  info.features["label"].names; features.json keeps only the count, as builds made before the
+  names were stored have it. Such a build (the names file removed) still loads, counts as
+  built, and cmd_jax.data.class_names gives it the dataset's names."""
+  out = tmp_path / "data"
+  build_tiny_synthetic(out)
+  folder = input_pipeline.find_version_dir(out, "synthetic", "xsub")
+  config = types.SimpleNamespace(dataset="synthetic")
+  source = input_pipeline.tfds_source(out, "synthetic", "xsub", "val")
+  assert tuple(source.info.features["label"].names) == action_names.SYNTHETIC
+  assert data.class_names(config, source) == list(action_names.SYNTHETIC)
+  assert (folder / "label.labels.txt").read_text().split("\n")[:2] == ["wave right hand", "wave left hand"]
+  features = json.loads((folder / "features.json").read_text())
+  assert features["featuresDict"]["features"]["label"]["classLabel"] == {"numClasses": "12"}
+  first = source[0]
+
+  (folder / "label.labels.txt").unlink()
+  old = input_pipeline.tfds_source(out, "synthetic", "xsub", "val")
+  assert list(old.info.features["label"].names) == [str(i) for i in range(12)]
+  assert old.info.features["label"].num_classes == 12
+  np.testing.assert_array_equal(old[0]["skeleton"], first["skeleton"])
+  assert old[0]["label"] == first["label"]
+  assert data.class_names(config, old) == list(action_names.SYNTHETIC)
+  summary = build_dataset("synthetic", out, options=TINY_SYNTHETIC, benchmarks=["xsub"], progress=False, log=None)
+  assert summary.already_built == ["xsub"]
+  assert not (folder / "label.labels.txt").exists()
 
 
 def test_empty_split_is_an_immediate_error(tmp_path, ntu_dir):

@@ -14,6 +14,9 @@ What a pod or a cluster changes, and how each part is checked here on one CPU ma
   assembles the global array. ``test_two_processes_equal_one_process`` runs exactly that
   with two processes on this machine (coordinator on 127.0.0.1, gloo collectives on CPU):
   training, the online kNN monitor and the orbax checkpoint all run multi-process.
+  ``test_sigterm_to_one_process_stops_both_at_the_same_step`` sends SIGTERM to one of the
+  two processes during start-up: JAX's preemption sync point stops both after the same
+  step, with one checkpoint, and the rerun ends in the uninterrupted run's state.
 - **data**: ``test_global_batches_do_not_depend_on_process_count`` checks on the host
   that any process count reads the same global batches, each process reading only its
   rows, and that a data-iterator state saved with one process count resumes with another.
@@ -237,7 +240,21 @@ def _restore(workdir: Path):
   return step, _flat(state), data_state, meta
 
 
-def test_two_processes_equal_one_process(tmp_path, synthetic_data_dir):
+def _two_processes(workdir: Path, data_dir: Path) -> list[list[str]]:
+  port = free_port()
+  return [_launch(workdir, data_dir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={i}") for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, synthetic_data_dir) -> Path:
+  """``launch.py`` as two processes, uninterrupted (4 steps)."""
+  two = tmp_path_factory.mktemp("two_processes") / "run"
+  run_processes(_two_processes(two, synthetic_data_dir), two.parent / "logs_two", timeout=240)
+  return two
+
+
+def test_two_processes_equal_one_process(tmp_path, synthetic_data_dir, two_process_run):
   """``launch.py`` as one process, then as two processes, gives the same run.
 
   How this maps to a real pod or cluster: each of the two subprocesses here stands for one
@@ -255,11 +272,8 @@ def test_two_processes_equal_one_process(tmp_path, synthetic_data_dir):
   lr, kNN top-1 after every epoch), the final checkpoint's every leaf, its data-iterator
   state and metadata; and that the second run really had a 2-device, 2-process mesh.
   """
-  one, two = tmp_path / "one_process", tmp_path / "two_processes"
+  one, two = tmp_path / "one_process", two_process_run
   run_processes([_launch(one, synthetic_data_dir)], tmp_path / "logs_one", timeout=200)
-  port = free_port()
-  run_processes([_launch(two, synthetic_data_dir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                         f"--process_id={i}") for i in range(2)], tmp_path / "logs_two", timeout=240)
 
   # The two-process run was one 2-device mesh over both processes (orbax records the sharding).
   step, state_one, data_one, meta_one = _restore(one)
@@ -288,6 +302,51 @@ def test_two_processes_equal_one_process(tmp_path, synthetic_data_dir):
   assert step_two == step == 4
   assert data_two == data_one and meta_two == meta_one
   assert_states_close(state_two, state_one)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, synthetic_data_dir, two_process_run):
+  """SIGTERM to process 1 alone, once process 0 has printed its encoders (before either has
+  compiled its step): JAX's preemption service catches it in process 1 and the sync point is
+  step 1 (every process's counter is at the workdir's newest step, 0, when the notice is
+  handled). Both processes finish step 1, write its checkpoint together (each its part) and
+  exit with 143; process 0 says so in one line. The same two commands again continue from
+  step 1 and end in the uninterrupted two-process run's state, every leaf bit for bit (the
+  same reductions in the same order)."""
+  workdir = tmp_path / "stopped"
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  try:
+    for cmd, log in zip(_two_processes(workdir, synthetic_data_dir), logs):
+      with open(log, "w", encoding="utf-8") as f:
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=dict(_env(), PYTHONUNBUFFERED="1"), stdout=f,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.monotonic() + 240
+    while "parameters" not in logs[0].read_text(errors="replace"):
+      assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, _tail(logs[0])
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=240) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+  said = [[line for line in re.split(r"[\r\n]", log.read_text(errors="replace")) if line.startswith("launch.py:")]
+          for log in logs]
+  assert codes == [143, 143], (codes, _tail(logs[0]), _tail(logs[1]))
+  assert len(said[0]) == 1 and said[1] == [], said
+  assert said[0][0] == (f"launch.py: {workdir}: stopped by the preemption sync point of all processes (a process got "
+                        f"SIGTERM or SIGINT) after step 1 of 4; {workdir}/checkpoints/1 holds it (train state and data "
+                        "position): run the same command again to continue from there"), said[0]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+  assert sorted(os.listdir(workdir / "checkpoints" / "1" / "state" / "array_metadatas")) == ["process_0", "process_1"]
+  assert not (workdir / ".cmd_jax.lock").exists()
+  run_processes(_two_processes(workdir, synthetic_data_dir), tmp_path / "logs_rerun", timeout=240)
+  step, state, data_state, _ = _restore(workdir)
+  step_ref, state_ref, data_ref, _ = _restore(two_process_run)
+  assert step == step_ref == 4 and data_state == data_ref
+  for name in sorted(state_ref):
+    np.testing.assert_array_equal(state[name], state_ref[name], err_msg=name)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for the downstream protocols (cmd_jax.trainers.downstream) against independent computations.
+"""Tests for the downstream protocols (cmd_jax.protocols) against independent computations.
 
 Follows docs/references.md#cmd-downstream-protocols, #cmd-downstream-crops,
 #cmd-downstream-views, #cmd-labelled-subsets and #cmd-quirks items 5-7. A tiny model (hidden 8, one
@@ -18,13 +18,21 @@ with an evaluation after each. What is checked, each against a computation made 
   fine-tuned model's saved predictions equal its eval-mode forward; BN statistics move;
 - bad input: a missing/empty init_from, an incompatible checkpoint (layout, hidden size,
   modality), a ratio outside (0, 1], a class with no example: clear errors before any data
-  is read.
+  is read;
+- the contrastive family's options (section 6): ``drop_last`` (the torchlight loaders: N // B
+  batches, the lr schedule counting them; composed with full-length epochs), CrosSCLR's
+  mean-logit probe (one step against numpy, the per-stream heads untouched; a run's entry,
+  files and table), AimCLR's eval-mode fine-tuning (one step against numpy, running statistics
+  unchanged), its semi-supervised settings together (class-balanced subset, subset-length
+  epochs, drop_last, eval mode, gradient clipping), SimSiam's weighted kNN against numpy, the
+  configs' values and their one-line errors.
 
 Speed: a persistent compilation cache for this module (as tests/test_cmd_pretrain.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -38,9 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmd_jax import augment, data, metrics as metrics_lib, modalities, pretrained, sharding
+from cmd_jax import action_names, augment, data, metrics as metrics_lib, modalities, pretrained, sharding
 from cmd_jax.errors import ConfigError
-from cmd_jax.trainers import pretrain as cmd_pretrain, downstream, get_trainer
+from cmd_jax.protocols import batches as batches_lib, common, heads as heads_lib, subsets, training
+from cmd_jax.protocols import finetune as finetune_protocol, knn as knn_protocol, linear as linear_protocol
+from cmd_jax.trainers import pretrain as cmd_pretrain, get_trainer
 from cmd_jax import optim
 from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
 from tests.test_pretrained import make_workdir, set_fields, tiny_pretrain_config
@@ -83,6 +93,11 @@ def tiny_config(protocol: str, init_from: str, data_dir: str, name: str = "synth
   return set_fields(config, {**base, **overrides})
 
 
+def run_protocol(config, workdir):
+  """The trainer ``config.trainer`` names (``cmd_jax.trainers.TRAINERS``), as ``launch.py`` runs it."""
+  return get_trainer(config.trainer)(config, workdir)
+
+
 def load_split(data_dir: str, split: str):
   source = data.open_split(tiny_config("knn", "", data_dir).data, split)
   records = [source[i] for i in range(len(source))]
@@ -121,7 +136,7 @@ def leaves(tree):
 def linear_run(pretrain_dir, tiny_data, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("linear"))
   config = tiny_config("linear", pretrain_dir, tiny_data, streams="joint,motion,bone")
-  return workdir, downstream.train_and_evaluate(config, workdir)
+  return workdir, run_protocol(config, workdir)
 
 
 def test_linear_changes_only_the_classifier(linear_run, pretrain_dir):
@@ -180,7 +195,7 @@ def test_three_stream_fusion_is_the_mean_of_the_softmax_probabilities(linear_run
   assert results["three_stream"]["final_top1"] == pytest.approx(np.mean(np.argmax(fused, -1) == labels))
   # The fusion is not the mean of the logits' argmax: check the function on a case where they differ.
   logits = {"a": np.array([[0.0, 3.0, 0.0]]), "b": np.array([[2.0, 0.0, 0.0]]), "c": np.array([[2.0, 0.0, 0.0]])}
-  np.testing.assert_allclose(downstream.fused_probabilities(logits),
+  np.testing.assert_allclose(heads_lib.fused_probabilities(logits),
                              np.mean([np_softmax(v) for v in logits.values()], axis=0))
 
 
@@ -209,6 +224,29 @@ def test_linear_results_json_and_metrics(linear_run, pretrain_dir):
   assert all(np.isfinite(r["loss_joint"]) for r in train)
 
 
+def numpy_per_class(labels, predictions, num_classes):
+  """Per class c: the test samples of class c, how many are predicted c, their ratio (None without samples)."""
+  out = []
+  for c in range(num_classes):
+    members = np.asarray(labels) == c
+    count, correct = int(members.sum()), int(np.sum(np.asarray(predictions)[members] == c))
+    out.append({"class": c, "count": count, "correct": correct, "accuracy": correct / count if count else None})
+  return out
+
+
+def test_linear_stores_and_prints_per_class_accuracy_with_action_names(linear_run):
+  """results.json names the classes (the synthetic set's motions) and holds, per stream and for
+  the fusion, the per-class accuracy of the final predictions (recounted here from the saved
+  predictions files)."""
+  workdir, results = linear_run
+  assert results["class_names"] == list(action_names.SYNTHETIC)
+  for name in (*STREAMS, "three_stream"):
+    entry = results["streams"][name] if name in STREAMS else results[name]
+    with np.load(os.path.join(workdir, f"predictions_{name}.npz")) as z:
+      assert entry["per_class"] == numpy_per_class(z["labels"], z["predictions"], NUM_CLASSES), name
+      assert np.mean(z["predictions"] == z["labels"]) == pytest.approx(entry["final_top1"], abs=1e-12)
+
+
 def test_linear_head_steps_equal_numpy_sgd_with_momentum(pretrain_dir):
   """Two steps of the jitted linear step vs numpy: features of the step's crop (drawn here
   from fold_in(rng, step)), softmax cross-entropy gradient, PyTorch SGD with momentum."""
@@ -219,13 +257,13 @@ def test_linear_head_steps_equal_numpy_sgd_with_momentum(pretrain_dir):
   batch = {"skeleton": rng.normal(size=(n, 3, 300, 25, 2)).astype(np.float32),
            "num_frames": rng.integers(10, 301, n).astype(np.int32),
            "label": rng.integers(0, NUM_CLASSES, n).astype(np.int32)}
-  tx = downstream.make_optimizer(config, steps_per_epoch=100)
-  heads = {"joint": downstream.init_head(jax.random.PRNGKey(1), NUM_CLASSES, 16)}
+  tx = optim.make_optimizer(config, steps_per_epoch=100)
+  heads = {"joint": heads_lib.init_head(jax.random.PRNGKey(1), NUM_CLASSES, 16)}
   heads["joint"]["bias"] = jnp.asarray(rng.normal(size=NUM_CLASSES).astype(np.float32) * 0.1)
-  state = downstream.DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={},
+  state = training.DownstreamState(step=jnp.zeros((), jnp.int32), params=heads, batch_stats={},
                                      opt_state=tx.init(heads), rng=jax.random.PRNGKey(7))
   view = {"mode": "crop_resize", "out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
-  step = jax.jit(lambda s, f, b: downstream.linear_train_step(
+  step = jax.jit(lambda s, f, b: linear_protocol.train_step(
       s, f, b, model=pre.model(), layout=pre.layout, streams=("joint",), tx=tx,
       schedule=optim.lr_schedule(config, 100), view=view))
   frozen = {"joint": pre.variables("joint")}
@@ -272,11 +310,11 @@ def test_epoch_batches_are_a_drop_last_false_loader():
   source = _FakeSource(10)
 
   def epoch(seed, e):
-    batches = downstream.epoch_batches(source, batch_size=4, seed=seed, epoch=e, mesh=mesh)
+    batches = batches_lib.epoch_batches(source, batch_size=4, seed=seed, epoch=e, mesh=mesh)
     return [np.asarray(b["label"]) for b in batches]
 
   first = epoch(0, 1)
-  assert [len(b) for b in first] == [4, 4, 2] and downstream.steps_per_epoch(10, 4) == 3
+  assert [len(b) for b in first] == [4, 4, 2] and batches_lib.steps_per_epoch(10, 4) == 3
   assert sorted(np.concatenate(first).tolist()) == list(range(10))
   assert [b.tolist() for b in epoch(0, 1)] == [b.tolist() for b in first]
   assert np.concatenate(epoch(0, 2)).tolist() != np.concatenate(first).tolist()
@@ -287,9 +325,9 @@ def test_epoch_batches_are_a_drop_last_false_loader():
 # 2. kNN retrieval.
 
 
-def test_knn_equals_brute_force_numpy_1nn(pretrain_dir, tiny_data, tmp_path):
+def test_knn_equals_brute_force_numpy_1nn(pretrain_dir, tiny_data, tmp_path, capsys):
   workdir = str(tmp_path / "knn")
-  results = downstream.train_and_evaluate(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone"),
+  results = run_protocol(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone"),
                                           workdir)
   pre = pretrained.load_pretrained(pretrain_dir)
   train = load_split(tiny_data, "train")
@@ -310,6 +348,12 @@ def test_knn_equals_brute_force_numpy_1nn(pretrain_dir, tiny_data, tmp_path):
   assert results["protocol"] == "knn" and results["num_train"] == 36
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     assert json.load(f)["three_stream"]["method"].startswith("1-NN by the mean of the per-stream cosine")
+  assert results["class_names"] == list(action_names.SYNTHETIC)
+  assert results["three_stream"]["per_class"] == numpy_per_class(test[2], fused, NUM_CLASSES)
+  assert results["streams"]["joint"]["per_class"] == numpy_per_class(
+      test[2], train[2][np.argmax(sims["joint"], axis=1)], NUM_CLASSES)
+  printed = capsys.readouterr().out
+  assert "knn: per-class top-1" in printed and action_names.SYNTHETIC[0] in printed
 
 
 def test_a_finished_run_is_skipped_and_a_changed_one_recomputed(pretrain_dir, tiny_data, tmp_path, monkeypatch,
@@ -322,30 +366,30 @@ def test_a_finished_run_is_skipped_and_a_changed_one_recomputed(pretrain_dir, ti
   shutil.copytree(pretrain_dir, pre_dir)
   config = tiny_config("knn", str(pre_dir), tiny_data, streams="joint")
   workdir = str(tmp_path / "knn")
-  first = downstream.train_and_evaluate(config, workdir)
+  first = run_protocol(config, workdir)
   assert first["inputs"]["init_from_steps"] == {str(pre_dir): 4}
-  real_run_knn = downstream.run_knn
+  real_run_knn = knn_protocol.run
 
   def trapped(*args, **kwargs):
     raise AssertionError("recomputed a finished run")
-  monkeypatch.setattr(downstream, "run_knn", trapped)
+  monkeypatch.setattr(knn_protocol, "run", trapped)
   capsys.readouterr()
-  assert downstream.train_and_evaluate(config, workdir) == first
+  assert run_protocol(config, workdir) == first
   assert "already done with this config and pretraining" in capsys.readouterr().out
 
   calls = []
-  monkeypatch.setattr(downstream, "run_knn", lambda *a, **k: calls.append(1) or real_run_knn(*a, **k))
-  downstream.train_and_evaluate(set_fields(config, {"eval_batch_size": 6}), workdir)  # another config
+  monkeypatch.setattr(knn_protocol, "run", lambda *a, **k: calls.append(1) or real_run_knn(*a, **k))
+  run_protocol(set_fields(config, {"eval_batch_size": 6}), workdir)  # another config
   assert len(calls) == 1
   os.rename(pre_dir / "checkpoints" / "4", pre_dir / "checkpoints" / "5")  # a newer pretraining step
-  downstream.train_and_evaluate(config, workdir)
+  run_protocol(config, workdir)
   assert len(calls) == 2
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     stored = json.load(f)
   del stored["inputs"]  # as a run killed before its last write leaves it
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(stored, f)
-  downstream.train_and_evaluate(config, workdir)
+  run_protocol(config, workdir)
   assert len(calls) == 3
 
 
@@ -356,45 +400,45 @@ def test_a_finished_run_is_skipped_and_a_changed_one_recomputed(pretrain_dir, ti
 def test_same_seed_same_subset_other_seed_other_subset():
   labels = np.repeat(np.arange(10), 50)
   for sampling in ("global", "stratified"):
-    a = downstream.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10)
-    assert np.array_equal(a, downstream.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10))
-    assert not np.array_equal(a, downstream.labelled_subset(labels, 0.1, seed=4, sampling=sampling, num_classes=10))
+    a = subsets.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10)
+    assert np.array_equal(a, subsets.labelled_subset(labels, 0.1, seed=3, sampling=sampling, num_classes=10))
+    assert not np.array_equal(a, subsets.labelled_subset(labels, 0.1, seed=4, sampling=sampling, num_classes=10))
     assert len(np.unique(a)) == len(a) and a.min() >= 0 and a.max() < 500
 
 
 @pytest.mark.parametrize("n,ratio", [(500, 0.1), (503, 0.01), (7, 0.5), (40, 1.0), (1000, 0.013)])
 def test_global_subset_size_is_int_n_times_ratio(n, ratio):
   labels = np.arange(n) % 7
-  assert len(downstream.labelled_subset(labels, ratio, seed=0)) == int(n * ratio)
+  assert len(subsets.labelled_subset(labels, ratio, seed=0)) == int(n * ratio)
   if ratio == 1.0:
-    assert downstream.labelled_subset(labels, ratio, seed=0).tolist() == list(range(n))
+    assert subsets.labelled_subset(labels, ratio, seed=0).tolist() == list(range(n))
 
 
 def test_stratified_subset_has_every_class():
   rng = np.random.default_rng(0)
   labels = np.concatenate([np.full(k, c) for c, k in enumerate([200, 3, 57, 1, 90])])
   rng.shuffle(labels)
-  subset = downstream.labelled_subset(labels, 0.05, seed=1, sampling="stratified", num_classes=5)
+  subset = subsets.labelled_subset(labels, 0.05, seed=1, sampling="stratified", num_classes=5)
   counts = np.bincount(labels[subset], minlength=5)
   assert counts.tolist() == [10, 1, 2, 1, 4]  # max(1, int(n_c * 0.05))
   # The global sample at this ratio misses classes for some seed (why stratification exists).
-  assert any(len(np.unique(labels[downstream.labelled_subset(labels, 0.05, seed=s)])) < 5 for s in range(10))
+  assert any(len(np.unique(labels[subsets.labelled_subset(labels, 0.05, seed=s)])) < 5 for s in range(10))
 
 
 @pytest.mark.parametrize("ratio", [0, 0.0, 1.5, -0.1, float("nan")])
 def test_ratio_outside_zero_one_is_an_error(ratio):
   with pytest.raises(ConfigError, match=r"expected a fraction of the training labels in \(0, 1\]"):
-    downstream.labelled_subset(np.arange(10), ratio, seed=0)
+    subsets.labelled_subset(np.arange(10), ratio, seed=0)
 
 
 def test_stratified_class_without_example_is_named():
   labels = np.array([0, 0, 1, 1, 2, 4, 4])
   with pytest.raises(ConfigError, match=r"class 3 has no example in the training split.*each of the 5 classes"):
-    downstream.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=5)
+    subsets.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=5)
   with pytest.raises(ConfigError, match=r"class 3 has no example .*\(nor classes 5, 6\)"):
-    downstream.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=7)
+    subsets.labelled_subset(labels, 0.5, seed=0, sampling="stratified", num_classes=7)
   with pytest.raises(ConfigError, match="keeps int"):
-    downstream.labelled_subset(labels, 0.1, seed=0)  # int(7 * 0.1) = 0
+    subsets.labelled_subset(labels, 0.1, seed=0)  # int(7 * 0.1) = 0
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +446,7 @@ def semi_run(pretrain_dir, tiny_data, tmp_path_factory):
   """Half of the labels (18 clips: a batch of 12 and a partial batch of 6 per epoch), 2 seeds."""
   workdir = str(tmp_path_factory.mktemp("semi"))
   config = tiny_config("semi", pretrain_dir, tiny_data, label_ratio=0.5, seeds=(0, 1))
-  return workdir, downstream.train_and_evaluate(config, workdir)
+  return workdir, run_protocol(config, workdir)
 
 
 def test_semi_reports_every_seed_with_mean_and_std(semi_run):
@@ -458,18 +502,18 @@ def test_transfer_fine_tunes_on_all_target_labels(pretrain_dir, tiny_data, tmp_p
 def test_init_from_missing_or_empty(tmp_path):
   nowhere = str(tmp_path / "no_data")
   with pytest.raises(ConfigError, match="config.init_from is empty: pass --config.init_from="):
-    downstream.train_and_evaluate(tiny_config("linear", "", nowhere), str(tmp_path / "w"))
+    run_protocol(tiny_config("linear", "", nowhere), str(tmp_path / "w"))
   with pytest.raises(FileNotFoundError, match="does not exist; expected a pretraining workdir"):
-    downstream.train_and_evaluate(tiny_config("knn", str(tmp_path / "nothing"), nowhere), str(tmp_path / "w"))
+    run_protocol(tiny_config("knn", str(tmp_path / "nothing"), nowhere), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
   with pytest.raises(ConfigError, match="is the pretraining workdir"):
-    downstream.train_and_evaluate(tiny_config("knn", str(tmp_path), nowhere), str(tmp_path))
+    run_protocol(tiny_config("knn", str(tmp_path), nowhere), str(tmp_path))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.5])
 def test_semi_ratio_outside_zero_one(tmp_path, ratio):
   with pytest.raises(ConfigError, match=r"config.label_ratio=.*expected a fraction"):
-    downstream.train_and_evaluate(tiny_config("semi", str(tmp_path), str(tmp_path), label_ratio=ratio),
+    run_protocol(tiny_config("semi", str(tmp_path), str(tmp_path), label_ratio=ratio),
                                   str(tmp_path / "w"))
 
 
@@ -478,7 +522,7 @@ def test_incompatible_checkpoints(pretrain_dir, tmp_path):
   a stream that was not pretrained: ConfigError naming what was found and expected."""
   nowhere = str(tmp_path / "no_data")  # never opened: the checks come first
   with pytest.raises(ConfigError, match=r"layout ntu25.*'msr_action3d' has layout msr20"):
-    downstream.train_and_evaluate(tiny_config("linear", pretrain_dir, nowhere, name="msr_action3d"),
+    run_protocol(tiny_config("linear", pretrain_dir, nowhere, name="msr_action3d"),
                                   str(tmp_path / "a"))
   edited = tmp_path / "edited"
   shutil.copytree(pretrain_dir, edited)
@@ -487,13 +531,13 @@ def test_incompatible_checkpoints(pretrain_dir, tmp_path):
   raw["model"]["hidden_size"] = 12
   (edited / "config.json").write_text(json.dumps(raw))
   with pytest.raises(ConfigError, match=r"found modalities joint, motion, bone, hidden size 8.*hidden size 12"):
-    downstream.train_and_evaluate(tiny_config("knn", str(edited), nowhere), str(tmp_path / "b"))
+    run_protocol(tiny_config("knn", str(edited), nowhere), str(tmp_path / "b"))
   joint_only = str(tmp_path / "joint_only")
   make_workdir(joint_only, steps=(1,), modalities="joint")
   with pytest.raises(ConfigError, match="asks for bone, but init_from=.* pretrained only joint"):
-    downstream.train_and_evaluate(tiny_config("semi", joint_only, nowhere, streams="joint,bone"), str(tmp_path / "c"))
+    run_protocol(tiny_config("semi", joint_only, nowhere, streams="joint,bone"), str(tmp_path / "c"))
   with pytest.raises(ConfigError, match="config.streams='joint,hand'"):
-    downstream.train_and_evaluate(tiny_config("linear", joint_only, nowhere, streams="joint,hand"), str(tmp_path / "d"))
+    run_protocol(tiny_config("linear", joint_only, nowhere, streams="joint,hand"), str(tmp_path / "d"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +550,7 @@ def test_incompatible_checkpoints(pretrain_dir, tmp_path):
 def test_every_config_loads_and_is_locked(module, names):
   for name in names:
     c = module.get_config(name)
-    assert c.trainer in downstream.PROTOCOLS and c.init_from == "" and c.streams == "joint"
+    assert c.trainer in common.PROTOCOLS and c.init_from == "" and c.streams == "joint"
     with pytest.raises(AttributeError):
       c.optimizer_lr = 1.0  # a mistyped field
     if c.trainer != "knn":
@@ -550,3 +594,251 @@ def test_launch_runs_a_protocol_and_its_errors(pretrain_dir, tiny_data, tmp_path
   assert "1-NN top-1" in out["good"][0]
   with open(tmp_path / "good" / "results.json", encoding="utf-8") as f:
     assert json.load(f)["streams"]["joint"]["final_top1"] >= 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The contrastive family's options: drop_last, the mean-logit probe, eval-mode fine-tuning,
+#    gradient clipping, weighted kNN.
+
+
+def test_epoch_batches_with_drop_last_are_a_drop_last_true_loader():
+  """N // B = 2 batches of 4 out of 10 records: 8 distinct records of a fresh permutation each
+  epoch. The step counts are torch's ``len(DataLoader(...))``: HiCLR's 720-clip linear
+  evaluation at batch 128 runs 5 steps per epoch with drop_last, 6 without. A subset read
+  as a full-length epoch (HiCLR's semi-supervised feeder) composes: N // B batches of the
+  whole split's length, every record a subset entry."""
+  mesh = sharding.make_mesh()
+  epochs = [[np.asarray(b["label"]) for b in batches_lib.epoch_batches(_FakeSource(10), batch_size=4, seed=0, epoch=e,
+                                                                       mesh=mesh, drop_last=True)] for e in (1, 2)]
+  for batches in epochs:
+    labels = np.concatenate(batches)
+    assert [len(b) for b in batches] == [4, 4] and len(np.unique(labels)) == 8 and labels.max() < 10
+  assert np.concatenate(epochs[0]).tolist() != np.concatenate(epochs[1]).tolist()
+  torch = pytest.importorskip("torch")
+  for n, b in ((10, 4), (720, 128), (36, 12)):
+    for drop_last in (True, False):
+      loader = torch.utils.data.DataLoader(range(n), batch_size=b, shuffle=True, drop_last=drop_last)
+      assert batches_lib.steps_per_epoch(n, b, drop_last) == len(loader)
+  assert batches_lib.steps_per_epoch(720, 128, True) == 5 and batches_lib.steps_per_epoch(720, 128) == 6
+  subset = subsets.SubsetSource(_FakeSource(10), np.array([7, 2, 5]), length=10)
+  full = [np.asarray(b["label"]) for b in batches_lib.epoch_batches(subset, batch_size=4, seed=0, epoch=1, mesh=mesh,
+                                                                    drop_last=True)]
+  assert [len(b) for b in full] == [4, 4] and set(np.concatenate(full).tolist()) <= {2, 5, 7}
+  with pytest.raises(ConfigError, match="config.batch_size=4 with config.drop_last=True leaves an epoch of 3 records"):
+    batches_lib.steps_per_epoch(3, 4, True)
+
+
+def _random_batch(seed, n=7):
+  rng = np.random.default_rng(seed)
+  return {"skeleton": rng.normal(size=(n, 3, 300, 25, 2)).astype(np.float32),
+          "num_frames": rng.integers(10, 301, n).astype(np.int32),
+          "label": rng.integers(0, NUM_CLASSES, n).astype(np.int32)}
+
+
+CROP_VIEW = {"mode": "crop_resize", "out_len": FRAMES, "min_len": FRAMES, "ratio_range": (0.5, 1.0)}
+
+
+def _step_features(pre, stream, key, batch):
+  """The frozen encoder's eval-mode features (float64) of the crop a step draws from ``key``."""
+  clip = augment.downstream_train_view(key, jnp.asarray(batch["skeleton"]), jnp.asarray(batch["num_frames"]),
+                                       (0.5, 1.0), FRAMES, FRAMES)
+  x = modalities.flatten(modalities.modality(clip, stream, pre.layout))
+  return np.asarray(pre.model().apply(pre.variables(stream), x, train=False), np.float64)
+
+
+def test_mean_logit_probe_step_equals_numpy_and_leaves_the_stream_heads_alone(pretrain_dir):
+  """CrosSCLR's view 'all': z = (f_j W_j^T + b_j + f_m W_m^T + b_m) / 2, one cross-entropy on z:
+  dL/dW_s = (softmax(z) - y)^T f_s / (2 n) (numpy). The per-stream heads of the same step equal
+  those of a step without the probe (disjoint parameters and optimizers)."""
+  pre = pretrained.load_pretrained(pretrain_dir)
+  config = tiny_config("linear", pretrain_dir, "unused")
+  lr, n, streams = 0.1, 7, ("joint", "motion")
+  batch = _random_batch(3, n)
+  rng = np.random.default_rng(11)
+
+  def head(seed):
+    h = heads_lib.init_head(jax.random.PRNGKey(seed), NUM_CLASSES, 16)
+    return dict(h, bias=jnp.asarray(rng.normal(size=NUM_CLASSES).astype(np.float32) * 0.1))
+
+  stream_heads = {m: head(i) for i, m in enumerate(streams)}
+  probe = {m: head(10 + i) for i, m in enumerate(streams)}
+
+  def run_step(params, joint_probe):
+    tx = training.stream_optimizer(config, 100, list(params))
+    state = training.DownstreamState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                                     opt_state=tx.init(params), rng=jax.random.PRNGKey(7))
+    step = jax.jit(functools.partial(linear_protocol.train_step, model=pre.model(), layout=pre.layout,
+                                     streams=streams, tx=tx, schedule=optim.lr_schedule(config, 100), view=CROP_VIEW,
+                                     joint_probe=joint_probe))
+    return step(state, {m: pre.variables(m) for m in streams}, batch)
+
+  with_probe, metrics = run_step(dict(stream_heads, mean_logit_probe=probe), True)
+  without, _ = run_step(dict(stream_heads), False)
+  for m in streams:  # the same float operations on the stream heads: within a few u of 0.01-sized weights
+    for k in ("weight", "bias"):
+      np.testing.assert_allclose(with_probe.params[m][k], without.params[m][k], rtol=1e-6, atol=1e-9)
+  feats = {m: _step_features(pre, m, jax.random.fold_in(jax.random.PRNGKey(7), 0), batch) for m in streams}
+  w = {m: np.asarray(probe[m]["weight"], np.float64) for m in streams}
+  b = {m: np.asarray(probe[m]["bias"], np.float64) for m in streams}
+  z = sum(feats[m] @ w[m].T + b[m] for m in streams) / 2
+  p = np_softmax(z)
+  onehot = np.eye(NUM_CLASSES)[batch["label"]]
+  assert float(metrics["loss_mean_logit_probe"]) == pytest.approx(-np.mean(np.log(p[np.arange(n), batch["label"]])),
+                                                                  rel=1e-5)
+  for m in streams:
+    got = with_probe.params["mean_logit_probe"][m]
+    # Entries near 0 carry lr (0.1) times a few u of the O(1) gradient terms, ~2e-8: atol 1e-7.
+    np.testing.assert_allclose(got["weight"], w[m] - lr * (p - onehot).T @ feats[m] / (2 * n), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["bias"], b[m] - lr * np.mean(p - onehot, axis=0) / 2, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_with_the_mean_logit_probe(pretrain_dir, tiny_data, tmp_path, capsys):
+  """The probe's entry (final, best, epoch, curve, note), its heads file, its saved predictions:
+  the arg-max of the mean of its heads' logits on the saved test features (numpy)."""
+  workdir = str(tmp_path / "probe")
+  results = run_protocol(tiny_config("linear", pretrain_dir, tiny_data, streams="joint,motion", joint_probe=True),
+                         workdir)
+  entry = results["mean_logit_probe"]
+  assert [p["epoch"] for p in entry["curve"]] == [1, 2] and entry["final_top1"] == entry["curve"][-1]["top1"]
+  assert entry["best_of_evals_top1"] == max(p["top1"] for p in entry["curve"]) and "CrosSCLR" in entry["note"]
+  assert entry["streams"] == ["joint", "motion"] and "fusion" in results
+  assert sorted(read_msgpack(os.path.join(workdir, "heads.msgpack"))) == ["joint", "motion"]
+  probe = read_msgpack(os.path.join(workdir, entry["heads"]))
+  z = 0.0
+  for m in ("joint", "motion"):
+    with np.load(os.path.join(workdir, f"features_{m}.npz")) as f:
+      feats, labels = f["features"].astype(np.float64), f["labels"]
+    z = z + (feats @ probe[m]["weight"].astype(np.float64).T + probe[m]["bias"]) / 2
+  assert entry["final_top1"] == pytest.approx(np.mean(np.argmax(z, -1) == labels))
+  with np.load(os.path.join(workdir, "predictions_mean_logit_probe.npz")) as f:
+    np.testing.assert_allclose(f["probabilities"], np_softmax(z), atol=1e-5)  # in [0, 1]: ~170 u
+  assert "mean_logit_probe" in capsys.readouterr().out
+  assert [r["top1_mean_logit_probe"] for r in metrics_lib.read_metrics(workdir, "eval")] == pytest.approx(
+      [p["top1"] for p in entry["curve"]])
+
+
+def test_finetune_step_in_eval_mode_keeps_the_running_statistics(pretrain_dir):
+  """AimCLR's model.eval() fine-tuning: the loss is the cross-entropy of the eval-mode forward
+  (numpy: the encoder's eval-mode features of the step's crop and the head), the head moves by
+  lr times its numpy gradient, the BN running statistics stay bit-identical. A train-mode step
+  (batch statistics) moves the head elsewhere."""
+  pre = pretrained.load_pretrained(pretrain_dir)
+  config = tiny_config("semi", pretrain_dir, "unused")
+  lr, n = float(config.optimizer.lr), 7
+  batch = _random_batch(4, n)
+  head = heads_lib.init_head(jax.random.PRNGKey(2), NUM_CLASSES, 16)
+  head["bias"] = jnp.asarray(np.random.default_rng(5).normal(size=NUM_CLASSES).astype(np.float32) * 0.1)
+  params = {"joint": dict(pre.params["joint"], fc=head)}
+  tx = training.stream_optimizer(config, 100, ["joint"])
+  state = training.DownstreamState(step=jnp.zeros((), jnp.int32), params=params,
+                                   batch_stats={"joint": pre.batch_stats["joint"]}, opt_state=tx.init(params),
+                                   rng=jax.random.PRNGKey(7))
+
+  def step(mode):
+    return jax.jit(functools.partial(finetune_protocol.train_step, model=pre.model(num_outputs=NUM_CLASSES),
+                                     layout=pre.layout, streams=("joint",), tx=tx,
+                                     schedule=optim.lr_schedule(config, 100), view=CROP_VIEW, mode=mode))(state, batch)
+
+  evaluated, metrics = step("eval")
+  feats = _step_features(pre, "joint", jax.random.fold_in(state.rng, 0), batch)
+  w, b = np.asarray(head["weight"], np.float64), np.asarray(head["bias"], np.float64)
+  p = np_softmax(feats @ w.T + b)
+  onehot = np.eye(NUM_CLASSES)[batch["label"]]
+  assert float(metrics["loss_joint"]) == pytest.approx(-np.mean(np.log(p[np.arange(n), batch["label"]])), rel=1e-5)
+  want_w = w - lr * (p - onehot).T @ feats / n
+  # lr 0.01 times a few u of the O(1) gradient terms near 0: ~2e-9; atol 1e-8.
+  np.testing.assert_allclose(evaluated.params["joint"]["fc"]["weight"], want_w, rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(evaluated.params["joint"]["fc"]["bias"], b - lr * np.mean(p - onehot, axis=0),
+                             rtol=1e-5, atol=1e-8)
+  got, start = leaves(evaluated.batch_stats), leaves({"joint": pre.batch_stats["joint"]})
+  assert sorted(got) == sorted(start) and all(np.array_equal(got[k], start[k]) for k in start)
+  trained, _ = step("train")
+  assert not np.allclose(trained.params["joint"]["fc"]["weight"], want_w, rtol=1e-3, atol=0)
+  assert not np.array_equal(leaves(trained.batch_stats)["joint/input_norm/mean"],
+                            start["joint/input_norm/mean"])
+
+
+def test_aimclr_semi_settings_together(pretrain_dir, tiny_data, tmp_path):
+  """AimCLR's semi-supervised processor on the tiny set: Feeder_semi's class-balanced subset
+  (round(0.5 * 3) = 2 of each class's 3 clips: 24) as the epoch (its __len__ is the subset's),
+  drop_last: 24 // 10 = 2 steps per epoch (3 without), the lr schedule counting 2 (lr x0.1 from
+  epoch 2), model.eval(): BN running statistics unchanged while the encoder trains, gradients
+  clipped to norm 2."""
+  config = tiny_config("semi", pretrain_dir, tiny_data, label_ratio=0.5, sampling="class_balanced",
+                       epoch_length="subset", drop_last=True, finetune_mode="eval", batch_size=10, seeds=(0,),
+                       **{"optimizer.clip_grad_norm": 2.0})
+  workdir = str(tmp_path / "semi")
+  results = run_protocol(config, workdir)
+  assert results["num_labelled"] == 24 and results["labelled_per_class"]["0"] == [2] * NUM_CLASSES
+  train = metrics_lib.read_metrics(workdir, "train")
+  assert [r["step"] for r in train] == [2, 4]
+  assert [r["lr"] for r in train] == pytest.approx([0.01, 0.001])
+  pre = pretrained.load_pretrained(pretrain_dir)
+  model = read_msgpack(os.path.join(workdir, "model.msgpack"))["joint"]
+  got, start = leaves(model["batch_stats"]), leaves(pre.batch_stats["joint"])
+  assert sorted(got) == sorted(start) and all(np.array_equal(got[k], start[k]) for k in start)
+  got, start = leaves(model["params"]), leaves(pre.params["joint"])
+  assert all(not np.array_equal(got[k], start[k]) for k in start)
+
+
+def _weighted_votes(sims, bank_labels, k, temperature=0.1):
+  """SimSiam's knn_predict from the cosine similarities ``sims [queries, bank]`` (numpy, float64)."""
+  top = np.argsort(-sims, axis=1)[:, :k]
+  weights = np.exp(np.take_along_axis(sims, top, axis=1) / temperature)
+  return np.stack([np.sum(weights * (bank_labels[top] == c), axis=1) for c in range(NUM_CLASSES)], axis=1)
+
+
+def test_weighted_knn_equals_numpy_simsiam_votes(pretrain_dir, tiny_data, tmp_path):
+  """k = 5, temperature 0.1: per stream SimSiam's votes on the centre-crop features; the fusion
+  votes with the mean of the three streams' cosine similarities (numpy)."""
+  workdir = str(tmp_path / "knn5")
+  results = run_protocol(tiny_config("knn", pretrain_dir, tiny_data, streams="joint,motion,bone", knn_k=5), workdir)
+  pre = pretrained.load_pretrained(pretrain_dir)
+  train, test = load_split(tiny_data, "train"), load_split(tiny_data, "val")
+  sims = {}
+  for m in STREAMS:
+    bank = centre_crop_features(pre, m, *train[:2]).astype(np.float64)
+    queries = centre_crop_features(pre, m, *test[:2]).astype(np.float64)
+    sims[m] = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+    votes = _weighted_votes(sims[m], train[2], 5)
+    with np.load(os.path.join(workdir, f"predictions_{m}.npz")) as z:
+      np.testing.assert_array_equal(z["predictions"], np.argmax(votes, axis=1))
+      # votes exp(s / 0.1) of float32 similarities (a few u of O(1) values): rtol 1e-4.
+      np.testing.assert_allclose(z["probabilities"], votes / votes.sum(1, keepdims=True), rtol=1e-4, atol=1e-7)
+    assert results["streams"][m]["final_top1"] == pytest.approx(np.mean(np.argmax(votes, 1) == test[2]), abs=1e-12)
+  fused = _weighted_votes(np.mean([sims[m] for m in STREAMS], axis=0), train[2], 5)
+  assert results["three_stream"]["final_top1"] == pytest.approx(np.mean(np.argmax(fused, 1) == test[2]), abs=1e-12)
+  assert (results["knn_k"], results["knn_temperature"]) == (5, 0.1)
+
+
+def test_drop_last_follows_each_reference():
+  """The torchlight family (HiCLR's linear, fine-tuning and semi-supervised configs) drops the
+  last partial batch; CMD's loaders keep it. Every new option is off by default."""
+  from configs import finetune_hiclr, linear_hiclr, semi_hiclr  # pylint: disable=import-outside-toplevel
+  for module in (linear_hiclr, finetune_hiclr, semi_hiclr):
+    for name in ("ntu60_xsub", "ntu60_xsub_dsta", "synthetic"):
+      assert module.get_config(name).drop_last is True
+  for module in (linear_config, semi_config):
+    c = module.get_config("ntu60_xsub")
+    assert c.drop_last is False and c.optimizer.clip_grad_norm == 0.0
+  assert linear_config.get_config("ntu60_xsub").joint_probe is False
+  assert semi_config.get_config("ntu60_xsub").finetune_mode == "train"
+  knn = knn_config.get_config("ntu60_xsub")
+  assert (knn.knn_k, knn.knn_temperature) == (1, 0.1)
+
+
+@pytest.mark.parametrize("protocol,overrides,match", [
+    ("linear", {"optimizer.clip_grad_norm": -1.0}, r"config.optimizer.clip_grad_norm=-1.0: expected a finite"),
+    ("linear", {"joint_probe": True}, r"config.joint_probe=True .*streams='joint': expected the linear protocol "
+                                      r"and 2\+ streams"),
+    ("semi", {"finetune_mode": "test"}, r"config.finetune_mode='test': expected 'train'"),
+    ("knn", {"knn_k": 0}, r"config.knn_k=0: expected a neighbour count >= 1"),
+    ("knn", {"knn_temperature": 0.0}, r"config.knn_temperature=0.0: expected a finite temperature > 0"),
+])
+def test_family_options_errors(tmp_path, protocol, overrides, match):
+  """One-line ConfigErrors naming the field, before any data or checkpoint is read."""
+  nowhere = str(tmp_path / "nothing")
+  with pytest.raises(ConfigError, match=match) as err:
+    run_protocol(tiny_config(protocol, nowhere, nowhere, **overrides), str(tmp_path / "w"))
+  assert "\n" not in str(err.value)

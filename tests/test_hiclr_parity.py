@@ -7,7 +7,7 @@ processor's loss and SGD step; the JAX side is the project's own
 ``cmd_jax.trainers.pretrain.train_step`` with ``config.method = "hiclr"``.
 
 Same weights: the JAX state from ``create_train_state`` is exported by
-``cmd_jax.torch_hiclr.state_to_state_dict`` and loaded STRICTLY into the torch model, which
+``cmd_jax.interop.hiclr.state_to_state_dict`` and loaded STRICTLY into the torch model, which
 must then hold the very same tensors as a second torch model filled through the renaming
 rule (written here, ``renamed``, and checked equal to ``cmd_jax.models.torch_key``; queue
 transposed; the graph ``A`` built by the torch encoder itself). Same inputs: the random
@@ -59,8 +59,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cmd_jax import data, models, optim, torch_hiclr  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax import data, models, optim  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop import hiclr as hiclr_format  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods import hiclr  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.methods.common import mining  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods.hiclr import losses as hiclr_losses  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods.hiclr import views as hiclr_views  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.models import graph  # noqa: E402  pylint: disable=wrong-import-position
@@ -186,7 +188,7 @@ def fill_by_renaming(model: TorchHiCLRStep, state, config) -> None:
 def torch_model(state, config, layout) -> TorchHiCLRStep:
   """The exported state loaded strictly; the same tensors as the renaming route."""
   model = new_torch_model(layout)
-  model.load_state_dict(torch_hiclr.state_to_state_dict(state, config), strict=True)
+  model.load_state_dict(hiclr_format.state_to_state_dict(state, config), strict=True)
   independent = new_torch_model(layout)
   fill_by_renaming(independent, state, config)
   got, want = model.state_dict(), independent.state_dict()
@@ -520,7 +522,7 @@ def test_mined_positive_set_with_hand_made_similarities():
   l0 = np.array([[0.1, 0.2, 0.9, 0.0, 0.3], [0.8, 0.1, 0.0, 0.2, 0.3], [0.0, 0.7, 0.1, 0.2, 0.3]], np.float32)
   l1 = np.array([[0.0, 0.1, 0.8, 0.3, 0.2], [0.1, 0.2, 0.0, 0.9, 0.3], [0.1, 0.6, 0.0, 0.2, 0.3]], np.float32)
   l2 = np.array([[0.3, 0.0, 0.7, 0.1, 0.2], [0.0, 0.1, 0.2, 0.3, 0.6], [0.2, 0.0, 0.1, 0.9, 0.3]], np.float32)
-  got = np.asarray(hiclr_losses.mining_positives((jnp.asarray(l0), jnp.asarray(l1), jnp.asarray(l2)), 1))
+  got = np.asarray(mining.mining_positives((jnp.asarray(l0), jnp.asarray(l1), jnp.asarray(l2)), 1))
   want = np.zeros((3, 6), bool)
   want[:, 0] = True                               # the key
   want[0, 1 + 2] = True                           # 2, 2, 2
@@ -528,7 +530,7 @@ def test_mined_positive_set_with_hand_made_similarities():
   want[2, [1 + 1, 1 + 3]] = True                  # 1, 1, 3
   np.testing.assert_array_equal(got, want)
   assert want.sum(1).tolist() == [2, 4, 3]
-  got2 = np.asarray(hiclr_losses.mining_positives((jnp.asarray(l0), jnp.asarray(l1), jnp.asarray(l2)), 2))
+  got2 = np.asarray(mining.mining_positives((jnp.asarray(l0), jnp.asarray(l1), jnp.asarray(l2)), 2))
   want2 = np.zeros((3, 6), bool)
   want2[:, 0] = True
   for l_neg in (l0, l1, l2):
@@ -539,7 +541,7 @@ def test_mined_positive_set_with_hand_made_similarities():
   logits = np.random.default_rng(3).normal(size=(3, 6)).astype(np.float32) * 5
   lp = np_log_softmax(logits)
   print()
-  close(hiclr_losses.multi_positive_nce(jnp.asarray(logits), jnp.asarray(want)),
+  close(mining.multi_positive_nce(jnp.asarray(logits), jnp.asarray(want)),
         np.mean(-(lp * want).sum(1) / want.sum(1)), "multi-positive NCE")
 
 

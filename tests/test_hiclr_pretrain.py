@@ -26,7 +26,7 @@ import pytest
 import data_prep
 from cmd_jax import checkpoint, data, pretrained
 from cmd_jax.errors import ConfigError
-from cmd_jax.trainers import downstream, pretrain
+from cmd_jax.trainers import get_trainer, pretrain
 from configs import knn as knn_config, linear as linear_config, linear_hiclr, pretrain_hiclr
 from tests import distributed_worker
 from tests.test_distributed import run_processes
@@ -231,7 +231,7 @@ def test_eight_devices_give_the_same_steps_as_one(hiclr_sharded_run):
 def imported(frame50_data, tmp_path_factory):
   """HiCLR checkpoints as the reference saves them (one per stream), imported under the tiny config."""
   torch = pytest.importorskip("torch")
-  from cmd_jax import torch_import  # pylint: disable=import-outside-toplevel
+  from cmd_jax.interop import convert  # pylint: disable=import-outside-toplevel
   from tests.test_torch_hiclr import TorchHiCLR, randomise, stgcn_encoder  # pylint: disable=import-outside-toplevel
 
   tmp = tmp_path_factory.mktemp("hiclr_imported")
@@ -246,7 +246,7 @@ def imported(frame50_data, tmp_path_factory):
     state_dict["queue_ptr"] = torch.tensor([12])  # a multiple of the batch, as the reference's always is
     torch.save(state_dict, tmp / f"{stream}.pt")
     workdirs[stream] = str(tmp / stream)
-    torch_import.import_checkpoint(tmp / f"{stream}.pt", workdirs[stream], config, epoch=2)
+    convert.import_checkpoint(tmp / f"{stream}.pt", workdirs[stream], config, epoch=2)
   return workdirs
 
 
@@ -264,7 +264,7 @@ def test_protocols_take_imported_and_merged_workdirs(imported, frame50_data, tmp
   c = knn_config.get_config("synthetic")
   with c.unlocked():
     c.init_from, c.streams, c.data.data_dir, c.eval_batch_size, c.plots = both, "joint,motion", frame50_data, 12, False
-  results = downstream.train_and_evaluate(c, tmp_path / "knn")
+  results = get_trainer(c.trainer)(c, tmp_path / "knn")
   assert set(results["streams"]) == {"joint", "motion"} and "fusion" in results
   assert results["data_variant"] == "frame50" and results["pretrain_method"] == "hiclr"
 
@@ -274,7 +274,7 @@ def test_protocols_take_imported_and_merged_workdirs(imported, frame50_data, tmp
     c.num_epochs, c.eval_every_epochs, c.batch_size, c.eval_batch_size = 2, 1, 12, 12
     c.expected_encoder = "stgcn"
     c.fusion_weights = "joint=0.6,motion=0.4;joint=0.5,motion=0.5"
-  results = downstream.train_and_evaluate(c, tmp_path / "linear")
+  results = get_trainer(c.trainer)(c, tmp_path / "linear")
   weighted = results["weighted_logit_fusion"]
   assert len(weighted["sets"]) == 2 and weighted["best_of_sets_top1"] == max(s["top1"] for s in weighted["sets"])
 
@@ -290,10 +290,10 @@ def test_protocol_settings_of_another_method_or_encoder_refuse_the_workdir(impor
     c.init_from, c.streams, c.data.data_dir = imported["motion"], "motion", frame50_data
   with pytest.raises(ConfigError, match=r"is a 'hiclr' pretraining \(method\).*settings for 'cmd'.*"
                                         r"--config.expected_method="):
-    downstream.train_and_evaluate(c, tmp_path / "cmd_linear")
+    get_trainer(c.trainer)(c, tmp_path / "cmd_linear")
   c = linear_hiclr.get_config("synthetic_dsta")
   with c.unlocked():
     c.init_from, c.streams, c.data.data_dir = imported["motion"], "motion", frame50_data
   with pytest.raises(ConfigError, match=r"is a 'stgcn' pretraining \(encoder\).*settings for 'dsta'"):
-    downstream.train_and_evaluate(c, tmp_path / "dsta_linear")
+    get_trainer(c.trainer)(c, tmp_path / "dsta_linear")
   assert not (tmp_path / "cmd_linear" / "results.json").exists()

@@ -1,4 +1,4 @@
-"""Tests for cmd_jax.methods.hiclr.views against the per-sample numpy feeder (tests/hiclr_feeder_reference.py).
+"""Tests for cmd_jax.methods.common.views and cmd_jax.methods.hiclr.views against the per-sample numpy feeder (tests/hiclr_feeder_reference.py).
 
 Formula by formula with fixed parameters (the same numbers fed to both implementations),
 then the random draws' distributions (bounds of 5 standard errors of the sample size), the
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cmd_jax.layouts import MSR20, NTU25, SkeletonLayout
-from cmd_jax.methods.hiclr import views
+from cmd_jax.methods.common import views
+from cmd_jax.methods.hiclr import views as hiclr_views
 from tests import hiclr_feeder_reference as ref
 
 T, V, M = 50, 25, 2
@@ -221,7 +222,7 @@ def test_views_equal_the_reference_chain_with_the_same_numbers(aug_method):
 @pytest.fixture(scope="module")
 def many_params():
   n = 20000
-  params = jax.jit(lambda k: views.hiclr_view_params(k, (n, 3, T, 1, 1), aug_method="12456"))(jax.random.key(7))
+  params = jax.jit(lambda k: hiclr_views.hiclr_view_params(k, (n, 3, T, 1, 1), aug_method="12456"))(jax.random.key(7))
   return n, [jax.tree.map(np.asarray, p) for p in params]
 
 
@@ -308,7 +309,7 @@ def test_noise_is_applied_to_half_of_the_samples_with_std_001(noise_rng):
   layout = SkeletonLayout(name="tiny", joint_names=("a", "b", "left_c", "right_c"),
                           bone_pairs=((0, 0), (1, 0), (2, 1), (3, 1)), num_persons=1,
                           center_joint=0, zaxis=(0, 1), xaxis=(2, 3))
-  _, _, q1, q2 = jax.jit(lambda k: views.hiclr_views(k, x, layout=layout, temporal_padding_ratio=0,
+  _, _, q1, q2 = jax.jit(lambda k: hiclr_views.hiclr_views(k, x, layout=layout, temporal_padding_ratio=0,
                                                      shear_amplitude=0.0, aug_method="3",
                                                      noise_rng=noise_rng))(jax.random.key(5))
   for view in (q1, q2):
@@ -330,7 +331,7 @@ def test_views_match_the_numpy_feeder_in_distribution():
   clip[..., 1] = 0.0
   rng = np.random.default_rng(0)
   ref_views = [ref.feeder_views(clip, rng) for _ in range(n)]
-  jax_views = jax.jit(lambda k, x: views.hiclr_views(k, x, layout=NTU25))(
+  jax_views = jax.jit(lambda k, x: hiclr_views.hiclr_views(k, x, layout=NTU25))(
       jax.random.key(3), jnp.broadcast_to(jnp.asarray(clip), (n,) + clip.shape))
   for i in range(4):
     a = np.stack([v[i] for v in ref_views]).astype(np.float64)
@@ -346,27 +347,27 @@ def test_views_match_the_numpy_feeder_in_distribution():
 # ----------------------------------------------------------------------------------------
 
 def test_joint_mask_two_distinct_joints_per_frame_uniformly():
-  masks = np.asarray(jax.vmap(lambda k: views.joint_mask(k, T, V, 0.1))(jax.random.split(jax.random.key(2), 200)))
+  masks = np.asarray(jax.vmap(lambda k: hiclr_views.joint_mask(k, T, V, 0.1))(jax.random.split(jax.random.key(2), 200)))
   assert masks.shape == (200, T, V) and masks.dtype == bool
   assert np.all(masks.sum(-1) == 2)
   per_joint = masks.sum(axis=(0, 1))
   trials = 200 * T
   assert all(_binomial_ok(int(c), trials, 2 / V) for c in per_joint), per_joint
-  assert views.num_masked_joints(25, 0.1) == 2 and views.num_masked_joints(20, 0.1) == 2
+  assert hiclr_views.num_masked_joints(25, 0.1) == 2 and hiclr_views.num_masked_joints(20, 0.1) == 2
   assert np.all(ref.joint_mask(np.random.default_rng(0), T, V, 0.1).sum(-1) == 2)
 
 
 def test_apply_joint_mask_replaces_and_passes_gradients_to_mask_param():
   x = jnp.asarray(_clips(3))
-  mask = views.joint_mask(jax.random.key(4), T, V)
-  out = np.asarray(views.apply_joint_mask(x, mask, jnp.asarray([0.25])))
+  mask = hiclr_views.joint_mask(jax.random.key(4), T, V)
+  out = np.asarray(hiclr_views.apply_joint_mask(x, mask, jnp.asarray([0.25])))
   m = np.asarray(mask)
   np.testing.assert_array_equal(out, ref.apply_joint_mask(np.asarray(x), m, 0.25))
   assert np.all(out[:, :, m] == 0.25)  # shared by every sample, channel and person
   np.testing.assert_array_equal(out[:, :, ~m], np.asarray(x)[:, :, ~m])
 
   def loss(param, xx):
-    return 3.0 * jnp.sum(views.apply_joint_mask(xx, mask, param))
+    return 3.0 * jnp.sum(hiclr_views.apply_joint_mask(xx, mask, param))
 
   g_param, g_x = jax.grad(loss, argnums=(0, 1))(jnp.zeros((1,), jnp.float32), x)
   count = 3 * 3 * M * int(m.sum())  # samples x channels x persons x masked (frame, joint)s
@@ -392,7 +393,7 @@ def _np_adain(x: np.ndarray, shift: int, axes, eps: float = 1e-5) -> np.ndarray:
 @pytest.mark.parametrize("dims,axes", [("TV", (2, 3)), ("V", (3,))])
 def test_adain_statistics(dims, axes):
   x = _clips(5, seed=6) * np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 3, 1, 1, 1) + 0.5
-  out = np.asarray(views.skele_adain_with(jnp.asarray(x), 2, dims=dims))
+  out = np.asarray(hiclr_views.skele_adain_with(jnp.asarray(x), 2, dims=dims))
   np.testing.assert_allclose(out, _np_adain(x, 2, axes), rtol=1e-4, atol=1e-4)
   if dims == "TV":  # the result carries the style sample's statistics, person by person
     style = x[(np.arange(5) + 2) % 5]
@@ -402,18 +403,18 @@ def test_adain_statistics(dims, axes):
 
 
 def test_adain_shift_range_and_option():
-  shifts = np.asarray(jax.vmap(lambda k: views.adain_shift(k, 5))(jax.random.split(jax.random.key(0), 400)))
+  shifts = np.asarray(jax.vmap(lambda k: hiclr_views.adain_shift(k, 5))(jax.random.split(jax.random.key(0), 400)))
   assert set(shifts.tolist()) == {1, 2, 3}
   with pytest.raises(ValueError, match="at least 3"):
-    views.adain_shift(jax.random.key(0), 2)
+    hiclr_views.adain_shift(jax.random.key(0), 2)
   x = jnp.asarray(_clips(4))
-  base, with_adain = jax.jit(lambda k, xx: (views.hiclr_views(k, xx, layout=NTU25),
-                                            views.hiclr_views(k, xx, layout=NTU25, adain=True)))(jax.random.key(1), x)
+  base, with_adain = jax.jit(lambda k, xx: (hiclr_views.hiclr_views(k, xx, layout=NTU25),
+                                            hiclr_views.hiclr_views(k, xx, layout=NTU25, adain=True)))(jax.random.key(1), x)
   for i in range(3):
     np.testing.assert_array_equal(np.asarray(base[i]), np.asarray(with_adain[i]))
   assert not np.allclose(np.asarray(base[3]), np.asarray(with_adain[3]))
   with pytest.raises(ValueError, match="adain"):
-    views.hiclr_views(jax.random.key(1), x, layout=NTU25, adain="q3")
+    hiclr_views.hiclr_views(jax.random.key(1), x, layout=NTU25, adain="q3")
 
 
 # ----------------------------------------------------------------------------------------
@@ -423,7 +424,7 @@ def test_adain_shift_range_and_option():
 @pytest.mark.parametrize("layout", [NTU25, MSR20], ids=lambda l: l.name)
 def test_jit_shapes_and_layouts(layout):
   x = jnp.asarray(_clips(6, v=layout.num_joints, m=layout.num_persons))
-  fn = jax.jit(lambda k, xx: views.hiclr_views(k, xx, layout=layout, adain="both"))
+  fn = jax.jit(lambda k, xx: hiclr_views.hiclr_views(k, xx, layout=layout, adain="both"))
   out = fn(jax.random.key(0), x)
   assert len(out) == 4
   for view in out:
@@ -439,11 +440,11 @@ def test_jit_shapes_and_layouts(layout):
 
 def test_bad_inputs():
   with pytest.raises(ValueError, match="joints"):
-    views.hiclr_views(jax.random.key(0), jnp.zeros((2, 3, T, 20, 1)), layout=NTU25)
+    hiclr_views.hiclr_views(jax.random.key(0), jnp.zeros((2, 3, T, 20, 1)), layout=NTU25)
   with pytest.raises(ValueError, match="C=3"):
-    views.hiclr_views(jax.random.key(0), jnp.zeros((2, 2, T, V, 2)), layout=NTU25)
+    hiclr_views.hiclr_views(jax.random.key(0), jnp.zeros((2, 2, T, V, 2)), layout=NTU25)
   with pytest.raises(ValueError, match="noise_rng"):
-    views.hiclr_view_params(jax.random.key(0), (2, 3, T, V, 2), noise_rng="philox")
+    hiclr_views.hiclr_view_params(jax.random.key(0), (2, 3, T, V, 2), noise_rng="philox")
 
 
 def test_reference_feeder_views_shapes():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cmd_jax import action_names, data
 from cmd_jax.npy_source import NpySource
 from data_prep.errors import DataFormatError
 
@@ -225,3 +227,12 @@ def test_unreadable_npy(tmp_path):
 def test_any_frame_count_when_max_frames_is_none(tmp_path):
   _rewrite(tmp_path, data=np.ones((6, 3, 64, 25, 2), np.float32))
   assert NpySource(tmp_path, "train", max_frames=None)[0]["skeleton"].shape == (3, 64, 25, 2)
+
+
+def test_class_names_come_from_the_dataset_name(ntu_folder):
+  """An npy folder holds no names: cmd_jax.data.class_names takes the config's dataset's."""
+  folder, _ = ntu_folder
+  source = NpySource(folder, "train")
+  config = types.SimpleNamespace(dataset="ntu60", source="npy", npy_folder=str(folder))
+  names = data.class_names(config, source, num_classes=60)
+  assert names == list(action_names.NTU60) and names[0] == "drink water"

@@ -19,7 +19,7 @@ the benchmarks) is written from that text, not copied from the reference reposit
   0.1, six terms, then the enqueue.
 
 Both sides get the SAME weights: the JAX state is exported by the converter
-(``cmd_jax.torch_import.state_to_state_dict``) and loaded strictly into the torch model, and
+(``cmd_jax.interop.cmd.state_to_state_dict``) and loaded strictly into the torch model, and
 checked equal to an independent copy through the documented name mapping
 (``tests.test_encoder._flax_name``; queues transposed),
 and the SAME inputs: the random augmentation is bypassed by feeding fixed views (the JAX
@@ -66,7 +66,7 @@ from cmd_jax.layouts import NTU25  # noqa: E402  pylint: disable=wrong-import-po
 from cmd_jax.models.gru import GRUEncoder as Encoder  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.trainers import pretrain as cp  # noqa: E402  pylint: disable=wrong-import-position
 from configs import pretrain_cmd  # noqa: E402  pylint: disable=wrong-import-position
-from cmd_jax import torch_import  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop import cmd as cmd_format  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax import optim  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods import cmd as cmd_method  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.methods.cmd import losses as cmd_losses  # noqa: E402  pylint: disable=wrong-import-position
@@ -359,10 +359,10 @@ def setup():
 
 def torch_model(state, config) -> TorchCMD:
   """A TorchCMD holding the JAX state's weights, exported by the converter
-  (``cmd_jax.torch_import.state_to_state_dict``, strict load), as a user's checkpoint would
+  (``cmd_jax.interop.cmd.state_to_state_dict``, strict load), as a user's checkpoint would
   be; the independent name mapping (``load_cmd``) must give the very same tensors."""
   model = TorchCMD(H, L, D, K, EMA_M, MOCO_T, TOPK, TEACHER_T, STUDENT_T)
-  model.load_state_dict(torch_import.state_to_state_dict(state, config), strict=True)
+  model.load_state_dict(cmd_format.state_to_state_dict(state, config), strict=True)
   by_mapping = TorchCMD(H, L, D, K, EMA_M, MOCO_T, TOPK, TEACHER_T, STUDENT_T)
   load_cmd(by_mapping, state)
   for (name, a), (_, b) in zip(model.state_dict().items(), by_mapping.state_dict().items()):

@@ -1,19 +1,21 @@
 """Tests for cmd_jax.plots: the confusion matrix against hand-worked counts, and the PNGs it writes.
 
 The plots themselves are checked as files: a PNG signature, read back with
-``matplotlib.image.imread`` to an RGBA image of a plausible size that is not blank. The
+``matplotlib.image.imread`` to an RGBA image of a plausible size that is not blank; the
+class names on them as the texts of the figure objects (tick labels, legend, key). The
 numbers behind them are checked against hand-worked examples and sklearn.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from cmd_jax import plots
+from cmd_jax import action_names, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -122,3 +124,105 @@ def test_plot_workdir(tmp_path):
     plots.plot_workdir(tmp_path)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     plots.plot_workdir(tmp_path / "nope")
+
+
+def _texts(artists) -> list[str]:
+  return [a.get_text() for a in artists]
+
+
+def _key_lines(fig) -> list[str]:
+  """The lines of the names key: the texts of the figure's hidden-frame axes."""
+  (key,) = [ax for ax in fig.axes if not ax.axison]
+  return "\n".join(_texts(key.texts)).split("\n")
+
+
+def test_confusion_matrix_ticks_name_the_classes():
+  labels, predictions = [0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 0]
+  fig = plots.confusion_matrix_figure(labels, predictions, 3, class_names=["wave", "kick", "clap"])
+  assert _texts(fig.axes[0].get_xticklabels()) == ["0 wave", "1 kick", "2 clap"]
+  assert _texts(fig.axes[0].get_yticklabels()) == ["0 wave", "1 kick", "2 clap"]
+  fig = plots.confusion_matrix_figure(labels, predictions, 3)
+  assert _texts(fig.axes[0].get_yticklabels()) == ["0", "1", "2"]
+
+  # 60 classes: label and name on every tick, names longer than 24 characters cut with an ellipsis
+  y = np.arange(60)
+  fig = plots.confusion_matrix_figure(y, y, 60, class_names=action_names.NTU60)
+  ticks = _texts(fig.axes[0].get_yticklabels())
+  assert ticks[0] == "0 drink water" and ticks[57] == "57 handshaking"
+  assert ticks[59] == "59 walking apart from each\u2026"  # "walking apart from each other" has 29
+  assert len(fig.axes) == 2  # the matrix and its colour bar: no key
+
+  # 120 classes: labels on the ticks, every name in a key under the matrix (cut at 44 characters)
+  y = np.arange(120)
+  fig = plots.confusion_matrix_figure(y, y, 120, class_names=action_names.NTU120)
+  assert _texts(fig.axes[0].get_xticklabels()) == [str(c) for c in range(120)]
+  key = _key_lines(fig)
+  assert len(key) == 120 and key[0] == "0 drink water" and key[59] == "59 walking apart from each other"
+  assert key[119] == "119 finger-guessing game (playing rock-paper-sc\u2026"
+
+
+def _first_two_columns(features, seed=0, normalize=True):
+  """A stand-in for the t-SNE map where only the labelling is tested (t-SNE takes seconds)."""
+  del seed, normalize
+  return np.asarray(features, np.float32)[:, :2]
+
+
+def test_tsne_legend_and_key_name_the_classes(monkeypatch, tmp_path):
+  monkeypatch.setattr(plots, "tsne_embedding", _first_two_columns)
+  feats, labels = clusters()
+  fig = plots.tsne_figure(feats, labels, class_names=["wave", "kick", "clap"])
+  assert _texts(fig.axes[0].get_legend().get_texts()) == ["0 wave", "1 kick", "2 clap"]
+  # beyond 20 classes: no legend, each cluster labelled, the names in a key
+  feats, labels = clusters(n_per_class=4, num_classes=25, seed=1)
+  fig = plots.tsne_figure(feats, labels, class_names=[f"action {c}" for c in range(25)])
+  ax = fig.axes[0]
+  assert ax.get_legend() is None
+  assert sorted(_texts(ax.texts), key=int) == [str(c) for c in range(25)]
+  assert _key_lines(fig) == [f"{c} action {c}" for c in range(25)]
+  assert_png(plots._save(fig, tmp_path / "key.png"))  # the figure with its key saves
+
+
+def test_plot_workdir_names_classes_from_results_json(tmp_path, monkeypatch, capsys):
+  figures = {}
+  save = plots._save
+
+  def keep(fig, path):
+    figures[os.path.basename(path)] = fig
+    return save(fig, path)
+
+  monkeypatch.setattr(plots, "_save", keep)
+  monkeypatch.setattr(plots, "tsne_embedding", _first_two_columns)
+  feats, labels = clusters(n_per_class=4)
+  np.savez(tmp_path / "features_joint.npz", features=feats, labels=labels)
+  np.savez(tmp_path / "predictions_joint.npz", labels=labels, predictions=labels)
+
+  def ticks():
+    return _texts(figures["confusion_joint.png"].axes[0].get_yticklabels())
+
+  def results(**fields):
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": "linear", **fields}))
+
+  # the class_names a protocol stored, found by the command line without arguments
+  results(dataset="msr_action3d", class_names=["wave", "kick", "clap"])
+  assert plots.main([str(tmp_path)]) == 0
+  assert ticks() == ["0 wave", "1 kick", "2 clap"]
+  assert _texts(figures["tsne_joint.png"].axes[0].get_legend().get_texts()) == ["0 wave", "1 kick", "2 clap"]
+  os.remove(tmp_path / "features_joint.npz")
+  # else the names of the dataset named there
+  results(dataset="msr_action3d")
+  plots.plot_workdir(tmp_path)
+  assert ticks() == ["0 high arm wave", "1 horizontal arm wave", "2 hammer"]
+  # names that do not cover the classes, an unknown dataset, no results.json: labels
+  results(dataset="msr_action3d", class_names=["wave"])
+  plots.plot_workdir(tmp_path)
+  assert ticks() == ["0", "1", "2"] and "3 classes but 1 names" in capsys.readouterr().err
+  results(dataset="kinetics")
+  plots.plot_workdir(tmp_path)
+  assert ticks() == ["0", "1", "2"]
+  os.remove(tmp_path / "results.json")
+  plots.plot_workdir(tmp_path)
+  assert ticks() == ["0", "1", "2"]
+  # names passed in win
+  results(dataset="msr_action3d")
+  plots.plot_workdir(tmp_path, class_names=["a", "b", "c"])
+  assert ticks() == ["0 a", "1 b", "2 c"]

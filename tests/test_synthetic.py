@@ -243,3 +243,173 @@ def test_survives_pre_normalization(one_per_class):
   assert (shoulders[:, 0] > 0.2).all()
   spine = out[:, :, 0, 1, 0] - out[:, :, 0, 0, 0]  # frame 0, spine_base -> spine_mid
   assert (spine[:, 2] > 0.8 * np.linalg.norm(spine, axis=1)).all()  # close to +z
+
+
+# ---------------------------------------------------------------------------------------
+# The class names say what is generated: each name's signature motion, measured on the
+# artefact-free clips (camera y is up within about 20 degrees), is strongest in the class of
+# that name among the classes with as many persons.
+
+_SPINE_BASE, _SPINE_MID, _HEAD, _SPINE_SHOULDER = 0, 1, 3, 20
+_ARM = {"r": (8, 9, 10, 11), "l": (4, 5, 6, 7)}  # shoulder, elbow, wrist, hand (NTU25)
+_R_HAND, _L_HAND, _R_ANKLE, _L_ANKLE = 11, 7, 18, 14
+TWO_PERSON_NAMES = {"handshake", "push other person", "hug other person"}
+
+
+def _body(x, person=0):
+  return x.transpose(3, 1, 2, 0)[person]  # [T, V, 3]
+
+
+def _degrees(a, b):
+  cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def _elbow(p, side):
+  """Interior elbow angle [T] (180: straight arm)."""
+  shoulder, elbow, wrist, _ = _ARM[side]
+  return _degrees(p[:, shoulder] - p[:, elbow], p[:, wrist] - p[:, elbow])
+
+
+def _elevation(p, side):
+  """Angle [T] of the shoulder -> wrist line from straight down (90: horizontal)."""
+  shoulder, _, wrist, _ = _ARM[side]
+  return _degrees(p[:, wrist] - p[:, shoulder], np.array([0.0, -1.0, 0.0]))
+
+
+def _swings(v, amp):
+  """How often ``v`` falls by more than ``amp`` from a peak and then rises by more than ``amp``."""
+  count, low, high, falling = 0, v[0], v[0], False
+  for a in v:
+    if falling:
+      low = min(low, a)
+      if a > low + amp:
+        falling, high, count = False, a, count + 1
+    else:
+      high = max(high, a)
+      if a < high - amp:
+        falling, low = True, a
+  return count
+
+
+def _rises(v, low, high):
+  """How often ``v`` goes from below ``low`` to above ``high``."""
+  count, below = 0, False
+  for a in v:
+    if a < low:
+      below = True
+    elif a > high and below:
+      count, below = count + 1, False
+  return count
+
+
+def _wave(x, side):
+  p = _body(x)
+  own, other = (_R_HAND, _L_HAND) if side == "r" else (_L_HAND, _R_HAND)
+  return p[:, own, 1].std() - p[:, other, 1].std()  # metres of up-down motion, this hand minus the other
+
+
+def _raise_both_arms(x):
+  p = _body(x)
+  straight = np.minimum(_elbow(p, "r"), _elbow(p, "l")) > 130
+  raised = np.minimum(_elevation(p, "r"), _elevation(p, "l")) > 60
+  return np.sum(straight & raised)  # frames with both arms straight and raised
+
+
+def _punch(x):
+  p = _body(x)
+  return sum(_rises(_elbow(p, side), 100, 140) for side in "rl")  # bent-to-straight elbow strikes
+
+
+def _kick_right(x):
+  p = _body(x)
+  return np.max(p[:, _R_ANKLE, 1] - p[:, _L_ANKLE, 1])  # right ankle above the left
+
+
+def _squat(x):
+  p = _body(x)
+  hips = p[:, _SPINE_BASE, 1] - np.minimum(p[:, _R_ANKLE, 1], p[:, _L_ANKLE, 1])
+  return 1.0 - hips.min() / np.median(hips)  # how far the hips come down towards the feet
+
+
+def _jump(x):
+  p = _body(x)
+  feet = np.minimum(p[:, _R_ANKLE, 1], p[:, _L_ANKLE, 1])
+  return feet.max() - np.median(feet)  # both feet off the floor
+
+
+def _bow(x):
+  p = _body(x)
+  return np.max(_degrees(p[:, _SPINE_SHOULDER] - p[:, _SPINE_BASE], np.array([0.0, 1.0, 0.0])))  # torso tilt
+
+
+def _clap(x):
+  """Swings of the hands' half distance along the shoulder line, less the swings of their
+  midpoint along it: both hands meeting and parting, not one hand moving sideways."""
+  p = _body(x)
+  axis = p[:, _ARM["r"][0]] - p[:, _ARM["l"][0]]
+  axis[:, 1] = 0.0
+  axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
+  right = ((p[:, _R_HAND] - p[:, _SPINE_SHOULDER]) * axis).sum(-1)
+  left = ((p[:, _L_HAND] - p[:, _SPINE_SHOULDER]) * axis).sum(-1)
+  return _swings((right - left) / 2, 0.04) - _swings((right + left) / 2, 0.04)
+
+
+def _handshake(x):
+  a, b = _body(x, 0), _body(x, 1)
+  left, right = (np.linalg.norm(a[:, hand] - b[:, hand], axis=-1) for hand in (_L_HAND, _R_HAND))
+  return np.max(left - right)  # the right hands meet, the left hands stay apart
+
+
+def _pushed_back(x):
+  a, b = _body(x, 0), _body(x, 1)
+  towards = a[:, _SPINE_BASE] - b[:, _SPINE_BASE]
+  towards[:, 1] = 0.0
+  towards /= np.linalg.norm(towards, axis=-1, keepdims=True)
+  spine = b[:, _SPINE_SHOULDER] - b[:, _SPINE_BASE]
+  return -np.min((spine * towards).sum(-1) / np.linalg.norm(spine, axis=-1))  # the other leans away
+
+
+def _hug(x):
+  a, b = _body(x, 0), _body(x, 1)
+  reach = (np.linalg.norm(a[:, _R_HAND] - b[:, _SPINE_MID], axis=-1)
+           + np.linalg.norm(a[:, _L_HAND] - b[:, _SPINE_MID], axis=-1)) / 2
+  return -reach.min()  # both hands at the other's back
+
+
+SIGNATURES = {
+    "wave right hand": lambda x: _wave(x, "r"),
+    "wave left hand": lambda x: _wave(x, "l"),
+    "raise both arms": _raise_both_arms,
+    "punch forward": _punch,
+    "kick forward (right leg)": _kick_right,
+    "squat": _squat,
+    "jump": _jump,
+    "bow": _bow,
+    "clap hands": _clap,
+    "handshake": _handshake,
+    "push other person": _pushed_back,
+    "hug other person": _hug,
+}
+
+
+def signature_means(seed: int, subjects: int = 12):
+  """``{name: {label: mean signature over clips}}`` over the labels with the name's number
+  of persons, and the set of labels whose clips have two persons."""
+  clips = [[generate(SyntheticSource(seed, 1 + s % 3, s, 1, label + 1), artefacts=False)
+            for s in range(1, subjects + 1)] for label in range(len(CLASS_NAMES))]
+  two = {label for label, group in enumerate(clips) if all(x[..., 1].any() for x in group)}
+  means = {}
+  for name, feature in SIGNATURES.items():
+    labels = [label for label in range(len(CLASS_NAMES)) if (label in two) == (name in TWO_PERSON_NAMES)]
+    means[name] = {label: float(np.mean([feature(x) for x in clips[label]])) for label in labels}
+  return means, two
+
+
+def test_names_describe_the_generated_motions():
+  assert set(SIGNATURES) == set(CLASS_NAMES)
+  means, two = signature_means(seed=0)
+  assert {CLASS_NAMES[label] for label in two} == TWO_PERSON_NAMES
+  assert two == set(synthetic.TWO_PERSON_LABELS)
+  for name, by_label in means.items():
+    assert max(by_label, key=by_label.get) == CLASS_NAMES.index(name), (name, by_label)

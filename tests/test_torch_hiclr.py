@@ -1,4 +1,4 @@
-"""HiCLR checkpoint import/export (``cmd_jax.torch_hiclr`` through ``cmd_jax.torch_import``).
+"""HiCLR checkpoint import/export (``cmd_jax.interop.hiclr`` through ``cmd_jax.interop.convert``).
 
 The checkpoints are built here as the HiCLR reference holds its state: a module with
 ``encoder_q`` and ``encoder_k`` (ST-GCN or DSTA-Net with the MLP head ``fc.0``/``fc.2``), the
@@ -20,13 +20,15 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 
-from cmd_jax import api, pretrained, torch_hiclr, torch_import  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax import api, pretrained  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.layouts import NTU25  # noqa: E402  pylint: disable=wrong-import-position
 from cmd_jax.models import dsta, graph  # noqa: E402  pylint: disable=wrong-import-position
-from cmd_jax.torch_import import TorchImportError  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop import cli, convert, hiclr, torchlight  # noqa: E402  pylint: disable=wrong-import-position
+from cmd_jax.interop.common import TorchImportError  # noqa: E402  pylint: disable=wrong-import-position
 from tests.torch_dsta import DSTANet  # noqa: E402  pylint: disable=wrong-import-position
 from tests.torch_stgcn import TorchSTGCN  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -87,7 +89,7 @@ def stgcn_import(tmp_path_factory):
   randomise(model, 1)
   path = save(model, tmp / "epoch300_model.pt")
   workdir = tmp / "workdir"
-  meta = torch_import.import_checkpoint(path, workdir)
+  meta = convert.import_checkpoint(path, workdir, stream="joint")
   return model, path, str(workdir), meta
 
 
@@ -115,7 +117,7 @@ def test_stgcn_checkpoint_round_trips_bit_identically(stgcn_import, tmp_path):
   assert (config.method, config.model.name, config.model.stgcn.hidden_channels, config.model.stgcn.hidden_dim,
           config.model.embed_dim, config.moco.queue_size) == ("hiclr", "stgcn", H, HIDDEN_DIM, D, K)
   out = tmp_path / "exported.pt"
-  torch_import.export_checkpoint(workdir, out)
+  convert.export_checkpoint(workdir, out)
   exported = torch.load(out, weights_only=True)
   assert_state_dicts_identical(exported, model.state_dict())
   fresh = TorchHiCLR(stgcn_encoder)
@@ -148,11 +150,11 @@ def test_dsta_checkpoint_round_trips_and_gives_the_reference_features(tmp_path):
   randomise(model, 4)
   path = save(model, tmp_path / "dsta.pt")
   workdir = tmp_path / "workdir"
-  meta = torch_import.import_checkpoint(path, workdir, epoch=12)
+  meta = convert.import_checkpoint(path, workdir, stream="joint", epoch=12)
   assert meta["torch_epoch"] == 12
   config = pretrained.read_pretrain_config(workdir)
   assert config.model.name == "dsta"
-  torch_import.export_checkpoint(workdir, tmp_path / "out.pt")
+  convert.export_checkpoint(workdir, tmp_path / "out.pt")
   assert_state_dicts_identical(torch.load(tmp_path / "out.pt", weights_only=True), model.state_dict())
   x = np.random.default_rng(5).normal(size=(2, 3, 50, 25, 2)).astype(np.float32)
   got = api.load_encoder(workdir, modality="joint").features(x, crop=None, preprocess=False)
@@ -169,11 +171,11 @@ def test_linear_evaluation_checkpoint(tmp_path):
   randomise(model, 7)
   path = save(model, tmp_path / "linear.pt")
   workdir = tmp_path / "workdir"
-  meta = torch_import.import_checkpoint(path, workdir)
+  meta = convert.import_checkpoint(path, workdir, stream="joint")
   assert (meta["method"], meta["kind"]) == ("hiclr", "linear")
   config = pretrained.read_pretrain_config(workdir)
   assert (config.model.mlp, config.model.embed_dim) == (False, 60)
-  torch_import.export_checkpoint(workdir, tmp_path / "out.pt")
+  convert.export_checkpoint(workdir, tmp_path / "out.pt")
   exported = torch.load(tmp_path / "out.pt", weights_only=True)
   assert_state_dicts_identical(exported, model.state_dict())  # encoder_q only, the classifier kept
   x = np.random.default_rng(8).normal(size=(3, 3, 50, 25, 2)).astype(np.float32)
@@ -184,6 +186,33 @@ def test_linear_evaluation_checkpoint(tmp_path):
   assert np.max(np.abs(got - want)) <= 1e-5 * float(np.max(np.abs(want)))
 
 
+def test_parameter_list_edge_importance_naming(stgcn_import):
+  """SkeletonCLR/CrosSCLR/AimCLR name ST-GCN's edge importances ``edge_importance.0..9`` (an
+  ``nn.ParameterList``) where HiCLR has ``edge_importance1..10``: a HiCLR state_dict in the
+  list naming converts to the same state, and exports in HiCLR's own naming; the list
+  naming is written when asked for (the other formats' export)."""
+  model, _, _, _ = stgcn_import
+  numbered = model.state_dict()
+  as_list = {}
+  for key, value in numbered.items():
+    prefix, sep, number = key.rpartition(".edge_importance")
+    as_list[f"{prefix}.edge_importance.{int(number) - 1}" if sep and number.isdigit() else key] = value
+  assert "encoder_q.edge_importance.9" in as_list and "encoder_k.edge_importance.0" in as_list
+  config = hiclr.resolve_config(as_list, stream="joint")
+  state, meta = hiclr.state_dict_to_state(as_list, config)
+  assert_state_dicts_identical(hiclr.state_to_state_dict(state, config, meta), numbered)
+
+  out = {}
+  torchlight.write_encoder(out, config, "encoder_q", state.params["encoder"], state.batch_stats, {}, 0,
+                           torchlight.PARAMETER_LIST)
+  assert sorted(k for k in out if "edge_importance" in k) == sorted(f"encoder_q.edge_importance.{i}" for i in range(10))
+  for i in range(10):
+    assert torch.equal(out[f"encoder_q.edge_importance.{i}"], numbered[f"encoder_q.edge_importance{i + 1}"])
+  both = dict(numbered, **{"encoder_q.edge_importance.0": numbered["encoder_q.edge_importance1"]})
+  with pytest.raises(TorchImportError, match="both namings"):
+    torchlight.with_numbered_edge_importance(both)
+
+
 def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_path):
   model, path, _, _ = stgcn_import
   sd = model.state_dict()
@@ -191,11 +220,11 @@ def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_pa
   shorter = dict(sd, **{"encoder_q.st_gcn_networks.3.tcn.2.weight": torch.zeros(H, H, 7, 1)})
   other_graph = dict(sd, **{"encoder_q.A": sd["encoder_q.A"] * 2})
   cases = [
-      (missing, {}, ["missing keys", "encoder_k.st_gcn_networks.3.tcn.2.weight"]),
-      (shorter, {}, ["shape mismatch", "encoder_q.st_gcn_networks.3.tcn.2.weight", "checkpoint (4, 4, 7, 1)",
-                     "expected (4, 4, 9, 1)"]),
-      (other_graph, {}, ["encoder_q.A", "constant differs"]),
-      (sd, {"config": "configs/pretrain_cmd.py:ntu60_xsub", "method": "hiclr"},
+      (missing, {"stream": "joint"}, ["missing keys", "encoder_k.st_gcn_networks.3.tcn.2.weight"]),
+      (shorter, {"stream": "joint"}, ["shape mismatch", "encoder_q.st_gcn_networks.3.tcn.2.weight",
+                                      "checkpoint (4, 4, 7, 1)", "expected (4, 4, 9, 1)"]),
+      (other_graph, {"stream": "joint"}, ["encoder_q.A", "constant differs"]),
+      (sd, {"config": "configs/pretrain_cmd.py:ntu60_xsub", "method": "hiclr", "stream": "joint"},
        ["expected a HiCLR pretraining config"]),
       (sd, {"hidden_size": 16}, ["CMD's GRU sizes"]),
   ]
@@ -204,22 +233,101 @@ def test_bad_checkpoints_are_clear_errors_and_write_nothing(stgcn_import, tmp_pa
     torch.save(state_dict, source)
     target = tmp_path / f"target{i}"
     with pytest.raises(TorchImportError) as err:
-      torch_import.import_checkpoint(source, target, **kwargs)
+      convert.import_checkpoint(source, target, **kwargs)
     for needle in needles:
       assert needle in str(err.value), (i, needle, str(err.value))
     assert not target.exists()
   assert not [p for p in os.listdir(tmp_path) if "importing" in p]
   # A CMD checkpoint is not taken for a HiCLR one, and the reverse.
-  assert torch_hiclr.is_hiclr(sd)
-  assert not torch_hiclr.is_hiclr({"encoder_q_motion.encoder.gru.weight_hh_l0": 0, "queue_motion": 0})
+  assert hiclr.detect(sd)
+  assert not hiclr.detect({"encoder_q_motion.encoder.gru.weight_hh_l0": 0, "queue_motion": 0})
 
 
 def test_cli_imports_and_exports(stgcn_import, tmp_path, capsys):
   model, path, _, _ = stgcn_import
-  assert torch_import.main([path, "--workdir", str(tmp_path / "w"), "--method", "hiclr"]) == 0
+  assert cli.main([path, "--workdir", str(tmp_path / "w"), "--method", "hiclr", "--stream", "joint"]) == 0
   assert "HICLR pretrain checkpoint, epoch 300" in capsys.readouterr().out
-  assert torch_import.main(["--export", str(tmp_path / "w"), str(tmp_path / "back.pt")]) == 0
+  assert cli.main(["--export", str(tmp_path / "w"), str(tmp_path / "back.pt")]) == 0
   assert_state_dicts_identical(torch.load(tmp_path / "back.pt", weights_only=True), model.state_dict())
-  assert torch_import.main([path, "--workdir", str(tmp_path / "w")]) == 1  # not empty: refused
+  assert cli.main([path, "--workdir", str(tmp_path / "w")]) == 1  # not empty: refused
   err = capsys.readouterr().err
   assert "already holds a complete import" in err and "--config.init_from=" in err
+
+
+# ---------------------------------------------------------------------------------------
+# The stream of a one-stream checkpoint
+
+
+def write_run_config(folder, **args) -> None:
+  """A ``config.yaml`` as torchlight's ``IO.save_arg`` writes it into a run's work_dir: a
+  comment line with the command, then every processor argument (``yaml.dump``, indent 4)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  arguments = {"base_lr": 0.1, "model_args": {"base_encoder": "net.st_gcn.Model", "feature_dim": 128},
+               "mining_epoch": 150, "work_dir": str(folder), **args}
+  with open(folder / "config.yaml", "w", encoding="utf-8") as f:
+    f.write("# command line: main.py pretrain_hiclr --config config/release/pretext_hiclr_xsub.yaml\n\n")
+    yaml.dump(arguments, f, default_flow_style=False, indent=4)
+
+
+def test_stream_from_the_file_name_or_the_run_config(tmp_path):
+  stream_of = convert.checkpoint_stream
+  assert stream_of(str(tmp_path / "ntu60_xsub_motion.pt"), None, "hiclr") == ("motion", "the file name")
+  assert stream_of(str(tmp_path / "pkup1cs-Bone.pth.tar"), None, "hiclr") == ("bone", "the file name")
+  assert stream_of(str(tmp_path / "joint.pt"), None, "hiclr") == ("joint", "the file name")
+  assert stream_of(str(tmp_path / "bones.pt"), "joint", "hiclr") == ("joint", "--stream")  # "bones" is no token
+  run = tmp_path / "work_dir" / "NTU60" / "xsub" / "motion"  # the folder names say nothing: only the config is read
+  write_run_config(run, stream="bone")
+  config_yaml = str(run / "config.yaml")
+  assert stream_of(str(run / "epoch300_model.pt"), None, "hiclr") == ("bone", config_yaml)
+  assert stream_of(str(run / "epoch300_model.pt"), "bone", "hiclr") == ("bone", "--stream")
+  assert stream_of(str(run / "xsub_bone.pt"), None, "hiclr") == ("bone", "the file name")  # both say bone
+  nested = tmp_path / "nested"  # a stream anywhere but at the top level is not the processor's --stream
+  write_run_config(nested, model_args={"stream": "motion"}, train_feeder_args={"stream": "motion"})
+  assert stream_of(str(nested / "epoch300_model.pt"), "joint", "hiclr") == ("joint", "--stream")
+
+
+def test_a_missing_or_contradicted_stream_is_a_one_line_error(stgcn_import, tmp_path, capsys):
+  model, _, _, _ = stgcn_import
+  cases = [  # (file name, the run config's stream or None, import arguments, what the error says)
+      ("epoch300_model.pt", None, {}, ["epoch300_model.pt: a HICLR checkpoint holds one stream and does not say "
+                                       "which", "give --stream joint|motion|bone"]),
+      ("xsub_joint_motion.pt", None, {}, ["its name names joint and motion", "give --stream"]),
+      ("ntu60_xsub_motion.pt", None, {"stream": "joint"}, ["--stream joint, but the file name says motion"]),
+      ("epoch300_model.pt", "bone", {"stream": "joint"}, ["--stream joint, but", "config.yaml says bone"]),
+      ("xsub_motion.pt", "bone", {}, ["the file name says motion but", "config.yaml says bone", "give --stream"]),
+      ("epoch300_model.pt", "rgb", {}, ["config.yaml: stream: 'rgb'; expected one of joint, motion, bone"]),
+  ]
+  for i, (name, configured, kwargs, needles) in enumerate(cases):
+    folder = tmp_path / f"case{i}"
+    folder.mkdir()
+    if configured is not None:
+      write_run_config(folder, stream=configured)
+    source = save(model, folder / name)
+    target = tmp_path / f"target{i}"
+    with pytest.raises(TorchImportError) as err:
+      convert.import_checkpoint(source, target, **kwargs)
+    assert "\n" not in str(err.value), str(err.value)
+    for needle in needles:
+      assert needle in str(err.value), (i, needle, str(err.value))
+    assert not target.exists()
+  assert cli.main([str(tmp_path / "case0" / "epoch300_model.pt"), "--workdir", str(tmp_path / "w")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--stream" in err and not (tmp_path / "w").exists()
+
+
+def test_an_imported_motion_checkpoint_gives_the_protocols_the_motion_stream(stgcn_import, tmp_path):
+  """A released one-stream file named after its stream (AimCLR's ``ntu60_xsub_motion.pt``):
+  the workdir records the stream, and the protocols' loader gives the motion encoder."""
+  model, _, _, _ = stgcn_import
+  path = save(model, tmp_path / "ntu60_xsub_motion.pt")
+  workdir = tmp_path / "workdir"
+  meta = convert.import_checkpoint(path, workdir)
+  assert (meta["stream"], meta["stream_from"]) == ("motion", "the file name")
+  config = pretrained.read_pretrain_config(workdir)
+  assert (config.stream, config.torch_import.stream, config.torch_import.stream_from) == (
+      "motion", "motion", "the file name")
+  loaded = pretrained.load_pretrained(workdir)
+  assert loaded.modalities == ("motion",)
+  want = model.state_dict()["encoder_q.st_gcn_networks.0.gcn.conv.weight"].numpy()
+  np.testing.assert_array_equal(np.asarray(loaded.params["motion"]["st_gcn_networks_0"]["gcn"]["conv"]["weight"]),
+                                want)

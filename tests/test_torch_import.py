@@ -1,4 +1,4 @@
-"""Tests for cmd_jax.torch_import (docs/references.md#cmd-pretraining-settings): reference checkpoints <-> workdirs.
+"""Tests for cmd_jax.interop (CMD's format, the command; docs/references.md#cmd-pretraining-settings): reference checkpoints <-> workdirs.
 
 The reference-format state_dicts are built here WITHOUT the converter: a small torch module
 tree named as the reference's ``MoCo``/``BIGRU`` (BatchNorm1d ``input_norm``, ``encoder.gru``
@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from cmd_jax import api, pretrained, torch_import
+from cmd_jax import api, pretrained
 from cmd_jax.errors import ConfigError
-from cmd_jax.torch_import import TorchImportError
+from cmd_jax.interop import cli, convert
+from cmd_jax.interop.common import TorchImportError
 
 H, LAYERS, F, K, D, CLASSES = 8, 2, 150, 16, 8, 5
 SUFFIX = {"joint": "", "motion": "_motion", "bone": "_bone"}
@@ -80,7 +81,7 @@ def imported(tmp_path_factory):
   sd = reference_state_dict()
   ckpt = save(root / "checkpoint_0007.pth.tar", sd)
   workdir = root / "w"
-  meta = torch_import.import_checkpoint(ckpt, workdir)
+  meta = convert.import_checkpoint(ckpt, workdir)
   return sd, workdir, meta, root
 
 
@@ -127,7 +128,7 @@ def test_every_array_lands_where_the_spec_says(imported):
 
 def test_round_trip_is_bit_identical(imported, tmp_path):
   sd, workdir, _, _ = imported
-  out = torch_import.export_checkpoint(workdir, tmp_path / "out.pth.tar")
+  out = convert.export_checkpoint(workdir, tmp_path / "out.pth.tar")
   loaded = torch.load(tmp_path / "out.pth.tar", weights_only=True)
   assert loaded["epoch"] == 7 and loaded["optimizer"] is None and out["epoch"] == 7
   back = loaded["state_dict"]
@@ -142,8 +143,8 @@ def test_round_trip_is_bit_identical(imported, tmp_path):
 def test_cli_import_and_export_with_module_prefix(tmp_path):
   sd = reference_state_dict(seed=1)
   ckpt = save(tmp_path / "ddp.pth.tar", {f"module.{k}": v for k, v in sd.items()}, epoch=3)
-  assert torch_import.main([str(ckpt), "--workdir", str(tmp_path / "w")]) == 0
-  assert torch_import.main(["--export", str(tmp_path / "w"), str(tmp_path / "out.pth.tar")]) == 0
+  assert cli.main([str(ckpt), "--workdir", str(tmp_path / "w")]) == 0
+  assert cli.main(["--export", str(tmp_path / "w"), str(tmp_path / "out.pth.tar")]) == 0
   back = torch.load(tmp_path / "out.pth.tar", weights_only=True)["state_dict"]
   assert set(back) == set(sd) and all(torch.equal(back[k], v) for k, v in sd.items())
 
@@ -165,7 +166,7 @@ def test_downstream_only_checkpoint(tmp_path):
   sd = reference_state_dict(pretrain=False, seed=2)
   assert not any(k.startswith(("encoder_k", "queue")) for k in sd)
   ckpt = save(tmp_path / "linear.pth.tar", sd, epoch=80)
-  meta = torch_import.import_checkpoint(ckpt, tmp_path / "w")
+  meta = convert.import_checkpoint(ckpt, tmp_path / "w")
   assert meta["kind"] == "downstream" and "copies" in meta["key_encoders"] and "fresh" in meta["queues"]
   config, _, state, _ = restore_state(tmp_path / "w")
   assert not config.model.mlp and config.model.embed_dim == CLASSES
@@ -175,7 +176,7 @@ def test_downstream_only_checkpoint(tmp_path):
   feats = api.load_encoder(tmp_path / "w").features(
       np.ones((2, 3, 10, 25, 2), np.float32), crop=None, preprocess=False)
   assert feats.shape == (2, 2 * H)
-  back = torch_import.export_checkpoint(tmp_path / "w", tmp_path / "back.pth.tar")["state_dict"]
+  back = convert.export_checkpoint(tmp_path / "w", tmp_path / "back.pth.tar")["state_dict"]
   assert set(back) == set(sd) and all(torch.equal(back[k], v) for k, v in sd.items())
 
 
@@ -217,7 +218,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
   for i, (path, kwargs, needles) in enumerate(_bad_inputs(tmp_path)):
     target = tmp_path / f"target{i}"
     with pytest.raises(TorchImportError) as err:
-      torch_import.import_checkpoint(path, target, **kwargs)
+      convert.import_checkpoint(path, target, **kwargs)
     for needle in needles:
       assert needle in str(err.value), (path.name, needle, str(err.value))
     assert not target.exists()
@@ -227,13 +228,21 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
 def test_cli_reports_an_error_and_an_existing_workdir_is_refused(tmp_path, capsys):
   bad = tmp_path / "x.pth.tar"
   bad.write_bytes(b"\x00\x01garbage")
-  assert torch_import.main([str(bad), "--workdir", str(tmp_path / "w")]) == 1
+  assert cli.main([str(bad), "--workdir", str(tmp_path / "w")]) == 1
   assert "not a readable torch checkpoint" in capsys.readouterr().err and not (tmp_path / "w").exists()
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("x")
   with pytest.raises(TorchImportError, match="not empty"):
-    torch_import.import_checkpoint(save(tmp_path / "ok.pth.tar", reference_state_dict()), tmp_path / "full")
+    convert.import_checkpoint(save(tmp_path / "ok.pth.tar", reference_state_dict()), tmp_path / "full")
   assert os.listdir(tmp_path / "full") == ["keep.txt"]
+
+
+def test_stream_is_refused_for_a_checkpoint_that_names_its_streams(tmp_path):
+  """CMD's keys name its three streams: --stream (meant for one-stream formats) is refused."""
+  path = save(tmp_path / "ntu60_xsub_motion.pth.tar", reference_state_dict())
+  with pytest.raises(TorchImportError, match="--stream is for one-stream checkpoints; a CMD checkpoint"):
+    convert.import_checkpoint(path, tmp_path / "w", stream="motion")
+  assert not (tmp_path / "w").exists()
 
 
 def test_pretraining_continues_from_an_imported_checkpoint(tmp_path):
@@ -256,13 +265,13 @@ def test_pretraining_continues_from_an_imported_checkpoint(tmp_path):
     config.num_epochs = 8  # 7 completed in PyTorch + 1 here
   sd = reference_state_dict(seed=3)
   # A pointer that is not a multiple of the batch (the enqueue writes whole batches): refused.
-  torch_import.import_checkpoint(save(tmp_path / "ptr4.pth.tar", sd, epoch=7), tmp_path / "w4", config)
+  convert.import_checkpoint(save(tmp_path / "ptr4.pth.tar", sd, epoch=7), tmp_path / "w4", config)
   with pytest.raises(ConfigError, match="the queue pointer 4 is not a multiple of config.batch_size=8"):
     cmd_pretrain.train_and_evaluate(config, tmp_path / "w4")
   for key in [k for k in sd if k.startswith("queue_ptr")]:  # the reference's pointers are multiples of its batch
     sd[key] = torch.tensor([8])
   workdir = tmp_path / "w"
-  torch_import.import_checkpoint(save(tmp_path / "checkpoint_0007.pth.tar", sd, epoch=7), workdir, config)
+  convert.import_checkpoint(save(tmp_path / "checkpoint_0007.pth.tar", sd, epoch=7), workdir, config)
   steps_per_epoch = 36 // 8  # the tiny synthetic xsub training split
   result = cmd_pretrain.train_and_evaluate(config, workdir)
   assert int(result.state.step) == 8 * steps_per_epoch

@@ -78,13 +78,22 @@ class TorchSTGCN(nn.Module):
     for i in range(len(plan)):
       self.register_parameter(f"edge_importance{i + 1}", nn.Parameter(torch.ones_like(a)))
 
-  def forward(self, x):
-    """``x (N, C, T, V, M)`` -> ``(feature (N, hidden_dim), head output)``."""
+  def feature_map(self, x):
+    """``x (N, C, T, V, M)`` -> the last block's output ``(N*M, hidden_dim, T', V)``."""
     n, c, t, v, m = x.shape
     y = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # channel v*C + c, row n*M + m
     y = self.data_bn(y)
     y = y.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
     for i, block in enumerate(self.st_gcn_networks):
       y = block(y, self.A * getattr(self, f"edge_importance{i + 1}"))
-    feat = y.mean(dim=(2, 3)).view(n, m, -1).mean(dim=1)
+    return y
+
+  def pool(self, y, n: int):
+    """A feature map ``(N*M, D, T', V)`` -> ``(feature (N, D), head output)``: mean over
+    ``(T', V)``, then over the persons, then ``fc``."""
+    feat = y.mean(dim=(2, 3)).view(n, y.shape[0] // n, -1).mean(dim=1)
     return feat, self.fc(feat)
+
+  def forward(self, x):
+    """``x (N, C, T, V, M)`` -> ``(feature (N, hidden_dim), head output)``."""
+    return self.pool(self.feature_map(x), x.shape[0])

@@ -7,6 +7,13 @@ both are L2-normalised and each query takes the label of its most cosine-similar
 feature (sklearn ``KNeighborsClassifier(n_neighbors=1, metric='cosine')``). Here the
 features are computed batch-sharded over the device mesh, and the neighbour search runs on
 the device in chunks of queries.
+
+``weighted_knn_votes`` is the weighted kNN of SimSiam's ``knn_monitor`` (``knn_predict``), which
+AimCLR's authors report kNN numbers with (their issue #5): the ``k`` most
+cosine-similar bank features of each query (L2-normalised both), each voting for its label
+with weight ``exp(similarity / temperature)`` (k = 200, temperature 0.1 there); the votes are
+summed per class and the arg-max is the prediction. With ``k = 1`` it predicts what
+``nearest_neighbours`` does.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ def make_feature_fn(model, layout: SkeletonLayout, modality: str, frames: int,
 
 
 def extract_features(feature_fn: Callable[..., jax.Array], variables: Any, source, *, batch_size: int,
-                     mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of every record of ``source``, in index order (host numpy)."""
+                     mesh: jax.sharding.Mesh,
+                     after_batch: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Features and labels of every record of ``source``, in index order (host numpy).
+  ``after_batch()`` runs after each batch (the protocols' check for a stop request)."""
   sharding.check_batch_divisible(batch_size, mesh, "evaluator batch size")
   rep = sharding.replicated(mesh)
   jitted = jax.jit(feature_fn, in_shardings=(rep, sharding.batch_sharding(mesh), sharding.batch_sharding(mesh)),
@@ -55,6 +64,8 @@ def extract_features(feature_fn: Callable[..., jax.Array], variables: Any, sourc
     valid = _gather_host(batch["valid"])
     feats.append(out[valid])
     labels.append(_gather_host(batch["label"])[valid])
+    if after_batch is not None:
+      after_batch()
   return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -85,6 +96,25 @@ def nearest_neighbours(bank: jax.Array, queries: jax.Array, chunk: int = 1024) -
     return jnp.argmax(jnp.matmul(q, bank.T, precision=jax.lax.Precision.HIGHEST), axis=-1)
 
   return jax.lax.map(one, padded).reshape(-1)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))
+def weighted_knn_votes(bank: jax.Array, bank_labels: jax.Array, queries: jax.Array, temperature: float, *,
+                       num_classes: int, k: int, chunk: int = 1024) -> jax.Array:
+  """``[Q, num_classes]`` class votes: per query, ``sum exp(cos / temperature)`` over its ``k`` most
+  cosine-similar bank rows of each class (SimSiam's ``knn_predict``; chunked over queries)."""
+  bank = l2_normalize(bank.astype(jnp.float32))
+  queries = l2_normalize(queries.astype(jnp.float32))
+  n = queries.shape[0]
+  pad = (-n) % chunk
+  padded = jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, queries.shape[-1])
+
+  def one(q):
+    similarity, index = jax.lax.top_k(jnp.matmul(q, bank.T, precision=jax.lax.Precision.HIGHEST), k)
+    onehot = jax.nn.one_hot(bank_labels[index], num_classes, dtype=jnp.float32)  # [chunk, k, C]
+    return jnp.sum(jnp.exp(similarity / temperature)[..., None] * onehot, axis=1)
+
+  return jax.lax.map(one, padded).reshape(-1, num_classes)[:n]
 
 
 def knn_accuracy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,

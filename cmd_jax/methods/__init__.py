@@ -1,11 +1,14 @@
 """Pretraining methods by name: ``config.method`` picks one, and it runs with any encoder.
 
-==========  ==========================  ===================================================
-name        package                     what
-==========  ==========================  ===================================================
-``cmd``     ``cmd_jax.methods.cmd``     CMD: per-modality MoCo + cross-modal mutual distillation
-``hiclr``   ``cmd_jax.methods.hiclr``   HiCLR: growing augmentations, hierarchical consistency
-==========  ==========================  ===================================================
+===============  ================================  ============================================
+name             package                           what
+===============  ================================  ============================================
+``cmd``          ``cmd_jax.methods.cmd``           CMD: per-modality MoCo + cross-modal mutual distillation
+``hiclr``        ``cmd_jax.methods.hiclr``         HiCLR: growing augmentations, hierarchical consistency
+``skeletonclr``  ``cmd_jax.methods.skeletonclr``   SkeletonCLR: MoCo v2 on one stream, crop + shear views
+``crossclr``     ``cmd_jax.methods.crossclr``      CrosSCLR: three streams in one run, cross-view mining
+``aimclr``       ``cmd_jax.methods.aimclr``        AimCLR: extreme views, EADM, D3M, nearest-neighbour mining
+===============  ================================  ============================================
 
 A method owns what makes it that method: its views, its losses, what its train state adds
 (key encoders, queues, learnable mask values) and its step pieces. The generic loop
@@ -32,6 +35,10 @@ step, checkpoints and resuming, metrics, the kNN monitor. A method package provi
   ``crop_ratio=None`` for the stored clip as it is.
 
 Adding a method = a package here with those names + an entry in ``METHODS`` + a config file.
+
+``create_train_state(config, layout, steps_per_epoch)`` is the method's fresh state with its
+optimizer (``cmd_jax.optim``): what the loop starts from, and the structure a checkpoint is
+restored into (``cmd_jax.pretrained``, ``cmd_jax.interop``).
 """
 
 from __future__ import annotations
@@ -39,9 +46,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from cmd_jax import optim
+
 METHODS = {
     "cmd": "cmd_jax.methods.cmd",
     "hiclr": "cmd_jax.methods.hiclr",
+    "skeletonclr": "cmd_jax.methods.skeletonclr",
+    "crossclr": "cmd_jax.methods.crossclr",
+    "aimclr": "cmd_jax.methods.aimclr",
 }
 # Trainer names of pretraining runs: "pretrain" (any method, config.method), and
 # "cmd_pretrain", what CMD runs were called before there was a choice (their config.json).
@@ -61,3 +73,9 @@ def get_method(name: str) -> ModuleType:
 
 def method_of(config) -> ModuleType:
   return get_method(method_name(config))
+
+
+def create_train_state(config, layout, steps_per_epoch: int):
+  """A fresh state of ``config.method`` (host arrays) with its optimizer's state for
+  ``steps_per_epoch`` (``cmd_jax.optim``), deterministic in ``config.seed``."""
+  return method_of(config).create_state(config, layout, optim.make_optimizer(config, steps_per_epoch))

@@ -18,9 +18,14 @@ Every encoder is a Flax module called as ``model.apply(variables, x, train=..., 
 - returns the pooled feature ``[N, feature_dim]`` when ``features_only`` or when built with
   ``num_outputs=None``, else the head's output ``[N, num_outputs]`` (``fc``, or the MLP
   ``fc_0 -> ReLU -> fc_2``, ``cmd_jax.models.common.head``).
+- ``map_transform`` (optional): a function of the encoder's last feature map (the map it
+  pools to its feature, channels last: ``[N*M, T', V, D]`` for ST-GCN and DSTA-Net,
+  ``[N, T, 1, 2H]`` for the GRU) returning an array of that shape; the call then returns the
+  pair ``(output, output of the transformed map)``, pooled alike and through the same head
+  (AimCLR's EADM; docs/architecture.md#the-encoder-interface).
 
 Every parameter is stored in PyTorch's layout under PyTorch's module names (``fc_0`` for
-``fc.0``), so reference checkpoints convert by renaming (``cmd_jax.torch_import``).
+``fc.0``), so reference checkpoints convert by renaming (``cmd_jax.interop``).
 
 Each encoder module provides ``default_config()`` (its fields of ``config.model``),
 ``validate(model_config, layout)`` (one-line errors before compiling),

@@ -25,6 +25,7 @@ ever transposed for conversion.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -500,6 +501,27 @@ def head(feature: Array, num_outputs: int, mlp: bool, *, init_scheme: str = "def
     h = nn.relu(h)
     return TorchLinear(num_outputs, last_weight_init, last_bias_init, precision, dtype, init_scheme=init_scheme, name="fc_2")(h)
   return TorchLinear(num_outputs, last_weight_init, last_bias_init, precision, dtype, init_scheme=init_scheme, name="fc")(feature)
+
+
+def with_transformed_map(pool: Callable[[Array], Array], feature_map: Array,
+                         map_transform: Callable[[Array], Array] | None) -> Array | tuple[Array, Array]:
+  """An encoder's pooled feature ``pool(feature_map)``, and with a ``map_transform`` (e.g.
+  AimCLR's EADM) the pair ``(pool(feature_map), pool(map_transform(feature_map)))``: the
+  encoder interface's optional second output (docs/architecture.md#the-encoder-interface)."""
+  if map_transform is None:
+    return pool(feature_map)
+  return pool(feature_map), pool(map_transform(feature_map))
+
+
+def rows_apply(fn: Callable[[Array], Array], x: Array | tuple[Array, ...]) -> Array | tuple[Array, ...]:
+  """``fn(x)``; for a tuple of ``[N_i, ...]`` arrays, ``fn`` applied ONCE to them stacked
+  along axis 0 and split back, so that a head called on an encoder's feature pair creates its
+  layers once and applies the same weights to both (``fn`` must act row by row)."""
+  if not isinstance(x, tuple):
+    return fn(x)
+  sizes = [a.shape[0] for a in x]
+  out = fn(jnp.concatenate(x, axis=0))
+  return tuple(jnp.split(out, list(itertools.accumulate(sizes[:-1])), axis=0))
 
 
 HEAD_NAMES = ("fc", "fc_0", "fc_2")

@@ -24,6 +24,7 @@ PyTorch ``Conv2d`` with bias, ``bn`` a ``BatchNorm2d``, ``lrelu`` ``LeakyReLU(0.
     z = bn(conv7x1_out_nett(y))                              # kernel (7, 1), pad (3, 0), stride (stride, 1)
     x = lrelu(dropout_{attention_dropout}(downt2(y)) + z)
   feature = mean over (M, T, V) of x                         # [N, blocks[-1].out]
+                                                             # (map_transform: also of f(x))
   output = head(feature)                                     # fc, or fc_0 -> ReLU -> fc_2
 
 ``downs1``/``downs2`` are ``conv1x1 + bn`` (no stride: the spatial part keeps T) and ``downt2``
@@ -97,7 +98,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -107,8 +108,8 @@ import numpy as np
 
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.models.common import (DROPOUT_MASKS, TEMPORAL_CONVS, Dropout, Initializer, TorchBatchNorm, TorchConv2d,
-                                   check_init, head, kaiming_normal_fan_out, normal_init, to_channels_last,
-                                   xavier_normal_torch)
+                                   check_init, head, kaiming_normal_fan_out, normal_init, rows_apply, to_channels_last,
+                                   with_transformed_map, xavier_normal_torch)
 
 Array = jax.Array
 
@@ -288,9 +289,15 @@ class DSTAEncoder(nn.Module):
   dropout_mask: str = "flax"
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, features_only: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, features_only: bool = False,
+               map_transform: Callable[[Array], Array] | None = None) -> Array | tuple[Array, Array]:
     """``x`` ``[N, C, T, V, M]``; returns the feature ``[N, D]`` when ``features_only`` or
-    ``num_outputs is None``, else the head output (``init`` always creates the head)."""
+    ``num_outputs is None``, else the head output (``init`` always creates the head).
+
+    ``map_transform``: a function of the last block's output ``[N*M, T', V, D]`` (channels
+    last) returning an array of that shape (AimCLR's EADM); the call then returns the pair
+    ``(output, output of the transformed map)``, both pooled alike (position dropout, mean)
+    and through the same head (and ``fc_dropout``)."""
     if x.ndim != 5:
       raise ValueError(f"DSTAEncoder: expected a clip [N, C, T, V, M], got shape {x.shape}")
     check_init(self.init_scheme)
@@ -309,15 +316,18 @@ class DSTAEncoder(nn.Module):
       h = STAttentionBlock(int(c_in), int(c_out), int(inter), int(stride), int(self.num_subset), v, frames[i],
                            self.attention_dropout, self.init_scheme, self.precision, self.bn_momentum, self.bn_epsilon,
                            self.temporal_conv, self.dropout_mask, name=f"graph_layers_{i}")(h, train)
-    h = h.reshape(n, -1, h.shape[-1])  # [N, M*T*V, D], person-major rows
-    h = nn.Dropout(self.position_dropout, broadcast_dims=(2,), name="drop_out2d")(h, deterministic=not train)
-    feature = jnp.mean(h, axis=1)
+    position_dropout = nn.Dropout(self.position_dropout, broadcast_dims=(2,), name="drop_out2d")
+
+    def pool(z):  # [N*M, T', V, D] -> [N, M*T'*V, D] (person-major rows) -> mean
+      return jnp.mean(position_dropout(z.reshape(n, -1, z.shape[-1]), deterministic=not train), axis=1)
+
+    feature = with_transformed_map(pool, h, map_transform)
     if self.num_outputs is None or (features_only and not self.is_initializing()):
       return feature
-    g = nn.Dropout(self.fc_dropout, name="drop_out")(feature, deterministic=not train)
-    out = head(g, self.num_outputs, self.mlp, init_scheme=self.init_scheme, last_weight_init=last_w,
-               last_bias_init=last_b,
-               precision=self.precision)
+    fc_dropout = nn.Dropout(self.fc_dropout, name="drop_out")
+    out = rows_apply(lambda f: head(fc_dropout(f, deterministic=not train), self.num_outputs, self.mlp,
+                                    init_scheme=self.init_scheme, last_weight_init=last_w, last_bias_init=last_b,
+                                    precision=self.precision), feature)
     return feature if features_only else out
 
 

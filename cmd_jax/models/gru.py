@@ -28,6 +28,8 @@ Computation (input a clip ``[N, C, T, V, M]``, flattened to ``[N, T, F]`` with `
 3. ``feature`` = the top layer's output at the last step ``T-1``, ``[N, 2H]`` (with
    ``bidirectional=True`` the reverse half of that output has seen only the last frame,
    exactly as the reference's gather would give for a whole-sequence call).
+   With ``map_transform`` (AimCLR's EADM) the top layer's outputs, as a map ``[N, T, 1, 2H]``,
+   are also transformed and pooled alike (the last step): a second feature, same head.
 4. head: ``features_only=True`` (the reference's ``knn_eval``) returns ``feature``;
    otherwise ``fc(feature)`` (``mlp=False``) or ``fc_2(relu(fc_0(feature)))`` (``mlp=True``,
    hidden width ``2H``, no BN). ``num_outputs=None`` builds no head.
@@ -92,7 +94,8 @@ from jax import lax
 
 from cmd_jax import modalities
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.models.common import TorchBatchNorm, check_init, head, normal_init, uniform_init, xavier_uniform_torch
+from cmd_jax.models.common import (TorchBatchNorm, check_init, head, normal_init, rows_apply, uniform_init,
+                                   with_transformed_map, xavier_uniform_torch)
 from cmd_jax.models.common import torch_key as common_torch_key
 
 Array = jax.Array
@@ -372,13 +375,19 @@ class GRUEncoder(nn.Module):
   input_projection: str = "auto"
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, features_only: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, features_only: bool = False,
+               map_transform: Callable[[Array], Array] | None = None) -> Array | tuple[Array, Array]:
     """``x``: a clip ``[N, C, T, V, M]``, flattened as ``cmd_jax.modalities.flatten`` (feature
     ``v*C*M + c*M + m``), or an already flattened ``[N, T, F]``. ``train`` selects batch (True)
     or running (False) BN statistics
     and, when True, needs ``mutable=["batch_stats"]``. Returns the feature ``[N, 2H]`` when
     ``features_only`` or ``num_outputs is None``, else the head output ``[N, num_outputs]``
-    (``init`` always creates the head's parameters)."""
+    (``init`` always creates the head's parameters).
+
+    ``map_transform``: a function of the top layer's outputs as a feature map ``[N, T, 1, 2H]``
+    (channels last, one "joint") returning an array of that shape (AimCLR's EADM); the call
+    then returns the pair ``(output, output of the transformed map)``, both pooled alike (the
+    last step) and through the same head."""
     if x.ndim not in (3, 5):
       raise ValueError(f"GRUEncoder: expected a clip [N, C, T, V, M] (or [N, T, F]), got shape {x.shape}")
     if self.fc_init not in FC_INITS:
@@ -393,15 +402,16 @@ class GRUEncoder(nn.Module):
         modalities.flatten(x) if x.ndim == 5 else x, train)
     y = TorchGRU(self.hidden_size, self.num_layers, self.bidirectional, self.precision, dtype,
                  int(self.scan_unroll), self.input_projection, name="gru")(y)
-    feature = y[:, -1]
+    feature = with_transformed_map(lambda z: z[:, -1, 0], y[:, :, None, :], map_transform)  # the last step
     if self.num_outputs is None or (features_only and not self.is_initializing()):
       return feature
     if self.fc_init == "xavier":
       last_w, last_b = xavier_uniform_torch, None
     else:
       last_w, last_b = normal_init(0.01), nn.initializers.zeros
-    out = head(feature, self.num_outputs, self.mlp, init_scheme=self.init_scheme, last_weight_init=last_w,
-               last_bias_init=last_b, precision=self.precision, dtype=dtype)
+    out = rows_apply(lambda f: head(f, self.num_outputs, self.mlp, init_scheme=self.init_scheme,
+                                    last_weight_init=last_w, last_bias_init=last_b, precision=self.precision,
+                                    dtype=dtype), feature)
     return feature if features_only else out
 
 

@@ -27,7 +27,9 @@ Computation (input a clip ``[N, C, T, V, M]``; ``h = hidden_channels`` (16 in Hi
                                                     (1x1 conv with stride (s, 1) -> BN)
 
 4. ``feature``: mean over ``(T', V)`` per person, then over the ``M`` persons: ``[N, D]``
-   (the reference's ``return_feat`` output, before ``fc``).
+   (the reference's ``return_feat`` output, before ``fc``). With ``map_transform`` (AimCLR's
+   EADM, the ``drop=True`` forward of AimCLR's ST-GCN) the last block's output is also
+   transformed and pooled alike: a second feature, through the same head.
 5. head: ``fc`` (``mlp=False``) or ``fc_0 -> ReLU -> fc_2`` (``mlp=True``: HiCLR replaces
    ``fc = Linear(D, 128)`` by ``Sequential(Linear(D, D), ReLU, fc)``); ``num_outputs=None``
    builds no head; ``features_only`` returns the feature.
@@ -76,7 +78,7 @@ with ``fc (256 -> 60)`` 836,800; with the MLP head ``256 -> 256 -> 128`` 920,068
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -87,7 +89,8 @@ import numpy as np
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.models import graph as graph_lib
 from cmd_jax.models.common import (DROPOUT_MASKS, TEMPORAL_CONVS, Dropout, TorchBatchNorm, TorchConv2d, TorchConv2dParams,
-                                   check_init, head, normal_init, pointwise_conv, to_channels_last)
+                                   check_init, head, normal_init, pointwise_conv, rows_apply, to_channels_last,
+                                   with_transformed_map)
 
 Array = jax.Array
 
@@ -262,11 +265,17 @@ class STGCNEncoder(nn.Module):
   dropout_mask: str = "flax"
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, features_only: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, features_only: bool = False,
+               map_transform: Callable[[Array], Array] | None = None) -> Array | tuple[Array, Array]:
     """``x``: a clip ``[N, C, T, V, M]``. ``train``: batch statistics (needs
     ``mutable=["batch_stats"]``) and dropout (needs ``rngs={"dropout": key}`` when
     ``dropout > 0``). Returns the feature ``[N, hidden_dim]`` when ``features_only`` or
-    ``num_outputs is None``, else the head output (``init`` always creates the head)."""
+    ``num_outputs is None``, else the head output (``init`` always creates the head).
+
+    ``map_transform``: a function of the last block's output ``[N*M, T', V, hidden_dim]``
+    (channels last) returning an array of that shape (AimCLR's EADM); the call then returns
+    the pair ``(output, output of the transformed map)``, both pooled alike and through the
+    same head."""
     if x.ndim != 5:
       raise ValueError(f"STGCNEncoder: expected a clip [N, C, T, V, M], got shape {x.shape}")
     n, c, _, v, m = x.shape
@@ -289,12 +298,16 @@ class STGCNEncoder(nn.Module):
       y = STGCNBlock(cout, stride, residual, self.temporal_kernel, self.dropout if i > 0 else 0.0, self.init_scheme,
                      self.precision, self.bn_momentum, self.bn_epsilon, self.temporal_conv, self.graph_order,
                      self.dropout_mask, name=f"st_gcn_networks_{i}")(y, g, train)
-    feature = jnp.mean(y, axis=(1, 2)).reshape(n, m, -1).mean(axis=1)  # pool (T', V), then persons
+
+    def pool(z):  # (T', V), then persons
+      return jnp.mean(z, axis=(1, 2)).reshape(n, m, -1).mean(axis=1)
+
+    feature = with_transformed_map(pool, y, map_transform)
     if self.num_outputs is None or (features_only and not self.is_initializing()):
       return feature
     last_w, last_b = (None, None) if self.fc_init == "default" else (normal_init(0.01), nn.initializers.zeros)
-    out = head(feature, self.num_outputs, self.mlp, init_scheme=self.init_scheme, last_weight_init=last_w,
-               last_bias_init=last_b, precision=self.precision)
+    out = rows_apply(lambda f: head(f, self.num_outputs, self.mlp, init_scheme=self.init_scheme,
+                                    last_weight_init=last_w, last_bias_init=last_b, precision=self.precision), feature)
     return feature if features_only else out
 
 

@@ -1,4 +1,4 @@
-"""Trainers, chosen by ``config.trainer``: each module has ``train_and_evaluate(config, workdir)``."""
+"""Trainers, chosen by ``config.trainer``: each module named here has ``train_and_evaluate(config, workdir)``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ TRAINERS = {
     # Pretraining of any method (config.method); "cmd_pretrain" is what CMD configs named it before.
     "pretrain": "cmd_jax.trainers.pretrain",
     "cmd_pretrain": "cmd_jax.trainers.pretrain",
-    # The downstream protocols (docs/references.md#cmd-downstream-protocols): one module, dispatching
-    # on config.trainer.
-    "linear": "cmd_jax.trainers.downstream",
-    "knn": "cmd_jax.trainers.downstream",
-    "semi": "cmd_jax.trainers.downstream",
-    "transfer": "cmd_jax.trainers.downstream",
-    "finetune": "cmd_jax.trainers.downstream",
+    # The downstream protocols (docs/references.md#cmd-downstream-protocols): one module per
+    # protocol family in cmd_jax/protocols/.
+    "linear": "cmd_jax.protocols.linear",
+    "knn": "cmd_jax.protocols.knn",
+    "semi": "cmd_jax.protocols.finetune",
+    "transfer": "cmd_jax.protocols.finetune",
+    "finetune": "cmd_jax.protocols.finetune",
     "pipeline": "cmd_jax.trainers.pipeline",
 }
 

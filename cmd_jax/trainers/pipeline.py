@@ -6,6 +6,7 @@ or is skipped on a rerun as that trainer does; the combined results go to
 ``<workdir>/results.json`` and a printed table. A method that pretrains one stream per run
 (HiCLR) sets ``config.pretrain_streams = "joint,motion,bone"``: one pretraining per stream,
 in ``pretrain_<stream>/``, and the protocols read all of them (``init_from`` lists them).
+The pipeline holds the lock of its workdir (``cmd_jax.workdir_lock``), each stage that of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cmd_jax import trainers
+from cmd_jax import trainers, workdir_lock
 
 
 def _stage_config(config: ml_collections.ConfigDict, init_from: str, random_init: bool) -> ml_collections.ConfigDict:
@@ -62,7 +63,13 @@ def pretrain_stages(config: ml_collections.ConfigDict, workdir: str) -> list[tup
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Every stage in its sub-workdir (each holding its own lock), under the lock of ``workdir``."""
   workdir = os.fspath(workdir)
+  with workdir_lock.hold_across_processes(workdir, "the pipeline"):
+    return _run_stages(config, workdir)
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   pretrain_dirs = []
   for pretrain_dir, pretrain_config in pretrain_stages(config, workdir):
     trainers.get_trainer(pretrain_config.trainer)(pretrain_config, pretrain_dir)

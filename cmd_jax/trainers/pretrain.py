@@ -18,7 +18,9 @@ one GPU or SyncBatchNorm). ``train_and_evaluate(config, workdir)`` is the loop: 
 from the latest checkpoint (train state and data iterator), log metrics, checkpoint every
 ``checkpoint_every_steps`` and at the end, stop with the step and the loss terms on a
 non-finite loss (the last checkpoint stays the last good one), and run the online kNN
-monitor every ``evaluator.every_epochs`` epochs and at random initialisation.
+monitor every ``evaluator.every_epochs`` epochs and at random initialisation; it holds the
+workdir's lock, stops on SIGTERM/SIGINT after the step in progress with a checkpoint of that
+step, and reports a full disk in one line (docs/runs.md#running-on-clusters).
 
 Known deviations (also in the configs): PRNG streams differ from the references'
 numpy/random ones (augmentations match in distribution, not bit by bit); batches are cut
@@ -42,11 +44,13 @@ import numpy as np
 import optax
 import tqdm
 
-from cmd_jax import checkpoint, data, input_pipeline, metrics as metrics_lib, models, optim, sharding
+from cmd_jax import checkpoint, data, disk_full, input_pipeline, metrics as metrics_lib, models, optim, preemption
+from cmd_jax import sharding, workdir_lock
 from cmd_jax.errors import ConfigError
 from cmd_jax.evaluators import knn
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods import method_of
+from cmd_jax.methods import create_train_state, method_of
+from cmd_jax.state_checks import check_shapes
 
 
 def validate_config(config, *, num_train: int | None, num_devices: int, process_count: int) -> None:
@@ -88,11 +92,6 @@ def _validate_config(config, num_train, num_devices, process_count) -> None:
     raise ValueError(f"config.evaluator.every_epochs={config.evaluator.every_epochs} and batch_size="
                      f"{config.evaluator.batch_size}: expected at least 1 (or config.evaluator.name='' for none)")
   method.validate(config, num_train=num_train, num_devices=num_devices, process_count=process_count)
-
-
-def create_train_state(config, layout: SkeletonLayout, steps_per_epoch: int):
-  """A fresh state of ``config.method`` (host arrays), deterministic in ``config.seed``."""
-  return method_of(config).create_state(config, layout, optim.make_optimizer(config, steps_per_epoch))
 
 
 def train_step(state, batch: Mapping[str, jax.Array], *, config, layout: SkeletonLayout,
@@ -211,9 +210,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   ``stop_after_step`` ends the run after that step (with a checkpoint), as a preemption
   would: rerunning the same call resumes and ends in the same state as an uninterrupted run.
+
+  While it runs it holds the workdir's lock (``cmd_jax.workdir_lock``: a second run there
+  is refused in one line) and watches for SIGTERM/SIGINT (``cmd_jax.preemption``): the step
+  in progress finishes (its compilation, its kNN evaluation, a checkpoint being written
+  included), a checkpoint of that step is written and waited for, and ``RunStopped`` is
+  raised (one line; ``launch.py`` exits with its status); the previous signal handlers come
+  back when it returns. A write that finds the disk full raises ``DiskFullError`` (one line:
+  the folder, the file, the intact checkpoints) after removing the unfinished checkpoint.
   """
   workdir = os.fspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold_across_processes(workdir, "pretraining"):
+    saved = checkpoint.saved_steps(workdir)
+    with preemption.watch(first_step=saved[-1] if saved else 0) as stop:
+      try:
+        return _train_and_evaluate(config, workdir, stop_after_step, stop)
+      except Exception as err:  # pylint: disable=broad-except
+        if disk_full.errno_of(err) is None:
+          raise
+        removed = checkpoint.remove_unfinished(workdir)  # its space back; never a complete-looking step
+        kept = checkpoint.saved_steps(workdir)
+        raise disk_full.reported(err, workdir, (
+            ("the unfinished checkpoint was removed; " if removed else "")
+            + (f"the checkpoint{'s' if len(kept) > 1 else ''} of step{'s' if len(kept) > 1 else ''} "
+               f"{', '.join(map(str, kept))} {'are' if len(kept) > 1 else 'is'} intact" if kept else
+               "no checkpoint was kept")
+            + "; free space (or raise the quota) and run the same command again to continue"
+            + (f" from step {kept[-1]}" if kept else ""))) from None
+
+
+def _train_and_evaluate(config, workdir: str, stop_after_step: int | None, stop: preemption.Watcher) -> RunResult:
+  """``train_and_evaluate`` in a workdir this run holds, watched by ``stop``."""
   mesh = sharding.make_mesh(int(config.mesh.data))
   validate_config(config, num_train=None, num_devices=mesh.devices.size, process_count=jax.process_count())
   check_same_run(config, workdir)  # before anything is prepared or written
@@ -232,24 +259,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                           read_threads=int(config.data.read_threads),
                                           prefetch_batches=int(config.data.prefetch_batches))
   iterator = iter(dataset)
-  ckpt = checkpoint.Checkpointer(workdir, int(config.keep_checkpoints))
+  ckpt = checkpoint.Checkpointer(workdir, int(config.keep_checkpoints), writer=True)
   log = print if jax.process_index() == 0 else (lambda _: None)
 
   def same_shapes(stored, step_dir):
-    from cmd_jax import pretrained  # pylint: disable=import-outside-toplevel
-    pretrained.check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", str(config.get("method", "cmd")),
-                            expected_from="this config", advice="nothing was changed: use a new --workdir for "
-                            "this config, or the workdir's own settings to resume it")
+    check_shapes(state, stored, f"{workdir}: checkpoint {step_dir}", str(config.get("method", "cmd")),
+                 expected_from="this config", advice="nothing was changed: use a new --workdir for this config, "
+                 "or the workdir's own settings to resume it")
 
   restored = ckpt.restore_newest_readable(state, mesh, check=same_shapes, log=log)
   start = restored[0] if restored else 0
   if jax.process_index() == 0:  # what downstream protocols rebuild the encoders from; written
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:  # once the run can proceed
+    with open(os.path.join(workdir, "config.json.tmp"), "w", encoding="utf-8") as f:  # once the run can proceed
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
   if restored:
     _, state, data_state, meta = restored
     if not data_state and "torch_epoch" in meta:
-      # A checkpoint imported from the PyTorch reference (cmd_jax.torch_import): its step is
+      # A checkpoint imported from the PyTorch reference (cmd_jax.interop): its step is
       # the reference's completed-epoch count and it has no data position. Continue after
       # those epochs: step and data position at epoch * steps_per_epoch (fresh optimizer state).
       completed = max(int(meta.get("torch_epoch") or 0), 0)
@@ -272,9 +299,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   writer = metrics_lib.MetricWriter(workdir)
   last = total_steps if stop_after_step is None else min(total_steps, int(stop_after_step))
 
+  saved_step = start
+
   def save(step):
+    nonlocal saved_step
     ckpt.save(step, state, iterator.get_state(),
               {"config": config.get("name", ""), "epoch": step / steps_per_epoch, "step": step})
+    saved_step = step
 
   pending, window, eval_metrics = None, [], {}
   if evaluate is not None and start == 0:  # the same encoder at random initialisation, for comparison
@@ -315,6 +346,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           writer.write(step, dict(eval_metrics, epoch=epoch), split="eval")
           if jax.process_index() == 0:
             bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+      if step < last and stop.requested(step, sync_point=ckpt.reached_preemption):
+        if pending is not None:  # the step's loss must be finite before it is kept
+          check_finite(pending[0], jax.device_get(pending[1]))
+        if saved_step != step:
+          save(step)
+        ckpt.wait()
+        bar.close()
+        raise preemption.RunStopped(
+            f"{workdir}: stopped by {stop.cause} after step {step} of {total_steps}; "
+            f"{ckpt.directory}/{step} holds it (train state and data position): run the same command again "
+            "to continue from there", stop.exit_signum)
   finally:
     bar.close()
     ckpt.close()

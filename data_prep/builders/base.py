@@ -11,10 +11,16 @@ name; two builder configs per benchmark, one per conversion variant (see
   num_frames  int32                    standard: the original frame count (may exceed 300 for PKU)
                                        frame50:  50, the valid frames of the STORED clip (the resize
                                        fills all 50; the original length is not kept)
-  label       int64 (ClassLabel)       0-based
+  label       int64 (ClassLabel)       0-based; the ClassLabel carries the dataset's action names
+                                       (DatasetSpec.class_names, written to label.labels.txt beside
+                                       the shards), read back as info.features["label"].names
   name        text                     the reference's sample name
 
 Consumers crop within ``min(num_frames, T)``, which is the whole clip in ``frame50``.
+Configs built before the names were stored have a ClassLabel with the class count only
+(``names`` reads ``"0", "1", ...``); they load as before, and ``cmd_jax.data.class_names``
+gives them the names of ``cmd_jax.action_names``. The names change neither
+``features.json`` nor ``dataset_info.json``.
 
 Splits are ``train`` and ``val``, as in the reference's file names. Raw files are read
 from the download config's ``manual_dir``. The parsing and normalisation is done by
@@ -103,7 +109,7 @@ class SkeletonBuilder:
             "skeleton": tfds.features.Tensor(shape=(3, datasets.VARIANT_FRAMES[self.variant], v, m),
                                              dtype=np.float32),
             "num_frames": tfds.features.Scalar(dtype=np.int32),
-            "label": tfds.features.ClassLabel(num_classes=spec.num_classes),
+            "label": tfds.features.ClassLabel(names=spec.class_names),
             "name": tfds.features.Text(),
         }),
         description=spec.description,

@@ -44,12 +44,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cmd_jax import losses as contrastive, models, modalities
 from cmd_jax import queue as queue_lib
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.methods.hiclr import losses
+from cmd_jax.methods.common import moco, single_stream
+from cmd_jax.methods.hiclr import losses, views
 
-FRAMES = 50  # the 50-frame clips (config.data.variant = "frame50") HiCLR trains on
+FRAMES = single_stream.FRAMES  # the 50-frame clips (config.data.variant = "frame50") HiCLR trains on
 STREAMS_FIELD = "config.stream"
 # Fields a HiCLR config.json must have (cmd_jax.pretrained reads them back).
 REQUIRED_FIELDS = ("stream", "model.name", "hiclr.mining_epoch", "moco.queue_size", "moco.momentum")
@@ -74,45 +74,24 @@ State = HiCLRState
 
 def streams(config) -> tuple[str, ...]:
   """The one stream a HiCLR run pretrains (``config.stream``)."""
-  names = modalities.parse_names(config.stream, "config.stream")
-  if len(names) != 1:
-    raise ValueError(f"config.stream={config.stream!r}: HiCLR pretrains one stream per run; expected one of "
-                     f"{', '.join(modalities.MODALITIES)} (run three pretrainings for the three streams)")
-  return names
+  return single_stream.one_stream(config, "HiCLR")
 
 
-def make_model(config, layout: SkeletonLayout, training: bool = False):
-  """The query/key encoder with the projection head (``config.model.embed_dim``, MLP)."""
-  return models.build_encoder(config.model, layout, num_outputs=int(config.model.embed_dim),
-                              mlp=bool(config.model.mlp), training=training)
+make_model = single_stream.make_model  # the query/key encoder with the projection head
 
 
 def validate(config, *, num_train: int | None, num_devices: int, process_count: int) -> None:
   """HiCLR's own impossible setups (ValueError naming the field)."""
   del num_train, num_devices, process_count
-  streams(config)
-  queue_lib.validate_queue_config(int(config.moco.queue_size), int(config.batch_size), int(config.hiclr.topk))
-  if not 0 <= float(config.moco.momentum) <= 1:
-    raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
-  if not float(config.moco.temperature) > 0:
-    raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
+  single_stream.validate(config, "HiCLR", topk=int(config.hiclr.topk))
   if int(config.hiclr.get("branches", 3)) not in (1, 3):
     raise ValueError(f"config.hiclr.branches={config.hiclr.branches}; expected 3 (HiCLR) or 1 (branch 0 alone: "
                      "MoCo with the basic views, the ablation of the hierarchy)")
   if not 0 <= float(config.hiclr.mask_ratio) < 1:
     raise ValueError(f"config.hiclr.mask_ratio={config.hiclr.mask_ratio} must be in [0, 1)")
-  unknown = sorted(set(str(config.hiclr.aug_method)) - set("123456"))
-  if unknown:
-    raise ValueError(f"config.hiclr.aug_method={config.hiclr.aug_method!r}: unknown option(s) {', '.join(unknown)}; "
-                     "expected digits from 1 (flip), 2 (rotation), 3 (noise), 4 (blur), 5 (axis mask), "
-                     "6 (time reversal)")
+  single_stream.check_aug_method(str(config.hiclr.aug_method), "config.hiclr.aug_method")
   if str(config.hiclr.get("noise_rng", "threefry")) not in ("threefry", "fast"):
     raise ValueError(f"config.hiclr.noise_rng={config.hiclr.noise_rng!r}; expected 'threefry' or 'fast'")
-  if int(config.augment.temporal_padding_ratio) <= 0:
-    raise ValueError(f"config.augment.temporal_padding_ratio={config.augment.temporal_padding_ratio} must be positive")
-  variant = str(config.data.get("variant", "standard"))
-  if variant != "frame50":
-    raise ValueError(f"config.data.variant={variant!r}; HiCLR trains on the 50-frame clips: expected 'frame50'")
 
 
 def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation) -> HiCLRState:
@@ -123,9 +102,7 @@ def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformatio
   model = make_model(config, layout)
   rng = jax.random.PRNGKey(int(config.seed))
   query_key, key_key, queue_key, run_key = jax.random.split(rng, 4)
-  dummy = jnp.zeros((2, 3, FRAMES, layout.num_joints, layout.num_persons), jnp.float32)
-  query = models.init_variables(model, query_key, dummy)
-  key = models.init_variables(model, key_key, dummy)
+  query, key = moco.init_encoder_pair(model, query_key, key_key, moco.dummy_clip(layout, FRAMES))
   params = {"encoder": query["params"], "mask_param": jnp.zeros((1,), jnp.float32)}
   queues, ptr = queue_lib.init_queues(queue_key, (stream,), int(config.model.embed_dim), int(config.moco.queue_size))
   return HiCLRState(step=jnp.zeros((), jnp.int32), params=params, key_params=key["params"],
@@ -133,17 +110,9 @@ def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformatio
                     queue_ptr=ptr, opt_state=tx.init(params), rng=run_key)
 
 
-def _embed(model, params, stats, x, key):
-  out, updated = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"],
-                             rngs={"dropout": key})
-  return contrastive.l2_normalize(out), updated["batch_stats"]
-
-
 def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Array, *, config,
          layout: SkeletonLayout, steps_per_epoch: int):
   """Steps 1-6 and 8 of the module docstring: ``(loss, (metrics, state updates))``."""
-  from cmd_jax.methods.hiclr import views  # pylint: disable=import-outside-toplevel
-
   (stream,) = streams(config)
   model = make_model(config, layout, training=True)
   view_key, mask_key, *dropout_keys = jax.random.split(key, 6)
@@ -152,21 +121,19 @@ def loss(params, state: HiCLRState, batch: Mapping[str, jax.Array], key: jax.Arr
                                    temporal_padding_ratio=int(aug.temporal_padding_ratio),
                                    shear_amplitude=float(aug.shear_amplitude), aug_method=str(config.hiclr.aug_method),
                                    adain=bool(config.hiclr.adain), noise_rng=str(config.hiclr.get("noise_rng", "threefry")))
-  dtype = jnp.result_type(q, batch["skeleton"])  # float32; float64 when the batch is (precision tests)
-  q, k, q1, q2 = (modalities.modality(v.astype(dtype), stream, layout) for v in (q, k, q1, q2))
+  q, k, q1, q2 = single_stream.stream_views((q, k, q1, q2), batch["skeleton"], stream, layout)
   mask = views.joint_mask(mask_key, q2.shape[2], layout.num_joints, float(config.hiclr.mask_ratio))
   q2 = views.apply_joint_mask(q2, mask, params["mask_param"])
 
-  feat_q, stats = _embed(model, params["encoder"], state.batch_stats, q, dropout_keys[0])
+  feat_q, stats = moco.embed(model, params["encoder"], state.batch_stats, q, dropout_keys[0])
   feat_q1 = feat_q2 = None
   if int(config.hiclr.get("branches", 3)) == 3:
-    feat_q1, stats = _embed(model, params["encoder"], stats, q1, dropout_keys[1])
-    feat_q2, stats = _embed(model, params["encoder"], stats, q2, dropout_keys[2])
+    feat_q1, stats = moco.embed(model, params["encoder"], stats, q1, dropout_keys[1])
+    feat_q2, stats = moco.embed(model, params["encoder"], stats, q2, dropout_keys[2])
 
   momentum = float(config.moco.momentum)
-  key_params = jax.tree.map(lambda a, b: momentum * a + (1.0 - momentum) * b, state.key_params,
-                            jax.lax.stop_gradient(params["encoder"]))
-  feat_k, key_stats = _embed(model, key_params, state.key_batch_stats, k, dropout_keys[3])
+  key_params = moco.momentum_update(state.key_params, params["encoder"], momentum)
+  feat_k, key_stats = moco.embed(model, key_params, state.key_batch_stats, k, dropout_keys[3])
   feat_k = jax.lax.stop_gradient(feat_k)
 
   epoch = state.step // steps_per_epoch  # 0-based: the reference's 1-based epoch > mining_epoch

@@ -22,7 +22,9 @@ For a query feature ``x`` of a branch (``q``: basic, ``q1``: + the normal augmen
 The reference computes ``log(softmax(.))`` of the stronger branches; ``log_softmax`` is the
 same function without the underflow of ``log(0)`` (equal to float32 rounding at the
 reference's logit range). Pure functions of arrays returning ``(loss, metrics)``;
-gradients reach only the query side (keys and queue are ``stop_gradient``-ed).
+gradients reach only the query side (keys and queue are ``stop_gradient``-ed). The branch
+logits, InfoNCE, the consistency term and the mining are the SkeletonCLR family's
+(``cmd_jax.methods.common``).
 """
 
 from __future__ import annotations
@@ -30,40 +32,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cmd_jax.losses import Metrics, _float, similarities
-
-
-def branch_logits(x: jax.Array, k: jax.Array, queue: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
-  """``(logits [N, 1 + K], l_neg [N, K])`` of one query branch against the key and the queue."""
-  k = jax.lax.stop_gradient(k)
-  l_pos = jnp.sum(_float(x) * _float(k), axis=-1, keepdims=True)
-  l_neg = similarities(x, queue)
-  return jnp.concatenate([l_pos, l_neg], axis=1) / temperature, l_neg
-
-
-def consistency(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
-  """``-mean_n sum_j softmax(sg(target))_nj * log_softmax(logits)_nj``: one hierarchical term."""
-  target = jax.nn.softmax(jax.lax.stop_gradient(target_logits), axis=-1)
-  return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1))
-
-
-def mining_positives(l_negs: tuple[jax.Array, ...], topk: int) -> jax.Array:
-  """The positive mask ``[N, 1 + K]``: the key (column 0) and the union of each branch's
-  ``topk`` most similar queue entries (by raw similarity ``l_neg``)."""
-  n, size = l_negs[0].shape
-  mined = jnp.zeros((n, size), jnp.bool_)
-  rows = jnp.arange(n)[:, None]
-  for l_neg in l_negs:
-    _, idx = jax.lax.top_k(jax.lax.stop_gradient(l_neg), topk)
-    mined = mined.at[rows, idx].set(True)
-  return jnp.concatenate([jnp.ones((n, 1), jnp.bool_), mined], axis=1)
-
-
-def multi_positive_nce(logits: jax.Array, positives: jax.Array) -> jax.Array:
-  """``mean_n [ -sum_j positives_nj log_softmax(logits)_nj / sum_j positives_nj ]``."""
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  pos = positives.astype(log_p.dtype)
-  return jnp.mean(-jnp.sum(log_p * pos, axis=-1) / jnp.sum(pos, axis=-1))
+from cmd_jax.losses import Metrics
+from cmd_jax.methods.common.ddm import ddm as consistency  # one hierarchical term
+from cmd_jax.methods.common.mining import mining_positives, multi_positive_nce
+from cmd_jax.methods.common.moco import branch_logits, info_nce, top1
 
 
 def hiclr_loss(q: jax.Array, q1: jax.Array | None, q2: jax.Array | None, k: jax.Array, queue: jax.Array, *,
@@ -94,11 +66,11 @@ def hiclr_loss(q: jax.Array, q1: jax.Array | None, q2: jax.Array | None, k: jax.
     logits_1, l_neg_1 = branch_logits(q1, k, queue, temperature)
     logits_2, l_neg_2 = branch_logits(q2, k, queue, temperature)
     l_negs += [l_neg_1, l_neg_2]
-  plain = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
+  plain = info_nce(logits)
   mined = multi_positive_nce(logits, mining_positives(tuple(l_negs), topk))
   mining = jnp.asarray(mining, jnp.bool_)
   info = jnp.where(mining, mined, plain)
-  metrics = {"loss_info": info, "acc1": jnp.mean((jnp.argmax(logits, axis=-1) == 0).astype(jnp.float32)),
+  metrics = {"loss_info": info, "acc1": top1(logits),
              "mining": mining.astype(jnp.float32)}
   total = info
   if q1 is not None:

@@ -1,0 +1,86 @@
+"""A full disk or an exceeded quota, recognised wherever it surfaces, and reported in one line.
+
+Writes fail for lack of space with ``OSError(ENOSPC)`` or ``OSError(EDQUOT)`` from Python's
+own files, but other writers wrap it: orbax's asynchronous checkpoint writer re-raises
+TensorStore's status as a ``ValueError`` whose text ends in ``No space left on device
+[os_error_code='28']`` (when the next save or ``close`` waits for it), TFDS's ArrayRecord
+writer raises ``RuntimeError(... write() failed: No space left on device ...)``, and
+``torch.save`` to a Python file object raises a ``RuntimeError`` chained to the ``OSError``.
+``reason(err)`` looks through the exception, its causes and contexts (and the members of an
+exception group) for an errno or those texts; ``DiskFullError`` is the one-line error the
+commands raise instead (an ``OSError`` with the errno), naming the folder and the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+_TEXTS = {"No space left on device": errno.ENOSPC, "os_error_code='28'": errno.ENOSPC,
+          "Disk quota exceeded": errno.EDQUOT, "os_error_code='122'": errno.EDQUOT}
+_WORDS = {errno.ENOSPC: "no space left on the device (ENOSPC)", errno.EDQUOT: "the disk quota is exceeded (EDQUOT)"}
+_QUOTED_PATH = re.compile(r"\"(/[^\"]+)\"")
+
+
+class DiskFullError(OSError):
+  """A command stopped for lack of space (one line: the folder, the file, what was kept)."""
+
+  def __init__(self, code: int, message: str):
+    super().__init__(code, message)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.message
+
+
+def _chain(err: BaseException):
+  """``err``, its causes, contexts and group members, each once."""
+  seen, todo = set(), [err]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    yield e
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def errno_of(err: BaseException) -> int | None:
+  """ENOSPC or EDQUOT when ``err`` (or what it wraps) is a write that found no space; else None."""
+  for e in _chain(err):
+    if isinstance(e, DiskFullError):
+      return e.errno
+    if isinstance(e, OSError) and e.errno in _WORDS:
+      return e.errno
+    text = str(e)
+    for needle, code in _TEXTS.items():
+      if needle in text:
+        return code
+  return None
+
+
+def failed_path(err: BaseException) -> str | None:
+  """The file a full-disk error names (an ``OSError``'s filename, else the first quoted absolute path)."""
+  for e in _chain(err):
+    if isinstance(e, OSError) and e.filename:
+      return os.fspath(e.filename)
+    match = _QUOTED_PATH.search(str(e))
+    if match:
+      return match.group(1)
+  return None
+
+
+def reported(err: BaseException, folder: str | os.PathLike, outcome: str) -> DiskFullError | None:
+  """The one-line ``DiskFullError`` for ``err`` when it is a full disk, else None:
+  ``<folder>: <no space / quota> while writing <file>; <outcome>``."""
+  code = errno_of(err)
+  if code is None:
+    return None
+  folder = os.path.abspath(os.fspath(folder))
+  path = failed_path(err)
+  where = ""
+  if path:
+    path = os.path.abspath(path)
+    where = f" while writing {os.path.relpath(path, folder) if path.startswith(folder + os.sep) else path}"
+  return DiskFullError(code, f"{folder}: {_WORDS[code]}{where}; {outcome}")

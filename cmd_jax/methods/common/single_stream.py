@@ -1,0 +1,126 @@
+"""A one-stream MoCo run of the SkeletonCLR family: its train state, its checks, its encoder.
+
+SkeletonCLR, AimCLR and HiCLR pretrain ONE stream per run (``config.stream``: joint, motion or
+bone, converted from the views' joint coordinates) on the 50-frame clips, with one query
+encoder, one momentum key encoder and one queue of keys (docs/references.md#skeletonclr). This
+module owns what their method packages share about such a run:
+
+- ``MoCoState``: the train state of SkeletonCLR and AimCLR (HiCLR's adds ``mask_param`` to
+  ``params``), laid out so that the references' ``state_dict`` maps onto it by renaming:
+
+  ==============================  ==========================================================
+  PyTorch ``state_dict``          ``MoCoState``
+  ==============================  ==========================================================
+  ``encoder_q.<key>``             ``params["encoder"]`` / ``batch_stats`` (running mean/var),
+                                  path by ``cmd_jax.models.torch_key``
+  ``encoder_k.<key>``             ``key_params`` / ``key_batch_stats``
+  ``queue`` ``(D, K)``            ``queues[stream]`` ``[K, D]`` (row ``j`` = column ``j``)
+  ``queue_ptr`` ``(1,)`` int64    ``queue_ptr`` int32 scalar
+  ==============================  ==========================================================
+
+  (BatchNorm's ``num_batches_tracked`` and ST-GCN's graph ``A`` are not state:
+  ``cmd_jax.models.torch_buffers``);
+- ``one_stream``, ``validate``: the run's impossible setups as one-line errors;
+- ``make_model``: the query/key encoder with the projection head;
+- ``create_state``: query and key encoders initialised independently (the references'
+  ``weights_init`` re-initialises both after the key encoder was copied from the query
+  encoder: a quirk, kept), the queue of unit-norm Gaussian rows, pointer 0;
+- ``query_encoders``: what the downstream protocols start from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from cmd_jax import models, modalities
+from cmd_jax import queue as queue_lib
+from cmd_jax.layouts import SkeletonLayout
+from cmd_jax.methods.common import moco
+
+FRAMES = 50  # the 50-frame clips (config.data.variant = "frame50") the family trains on
+AUG_DIGITS = {"1": "flip", "2": "rotation", "3": "noise", "4": "blur", "5": "axis mask", "6": "time reversal"}
+
+
+@flax.struct.dataclass
+class MoCoState:
+  """Everything a one-stream MoCo step reads and writes (the module docstring's table)."""
+  step: jax.Array                    # int32 scalar: optimizer steps taken
+  params: dict[str, Any]             # {"encoder": the query encoder (head included)}
+  key_params: Any                    # the momentum (key) encoder
+  batch_stats: Any                   # the query encoder's BN running statistics
+  key_batch_stats: Any               # the key encoder's BN running statistics
+  queues: dict[str, jax.Array]       # {stream: [K, D]}
+  queue_ptr: jax.Array               # int32 scalar
+  opt_state: Any
+  rng: jax.Array                     # uint32[2]: the run's base key; step keys are fold_in(rng, step)
+
+
+def one_stream(config, method: str) -> tuple[str]:
+  """``(stream,)``: the one stream a run of ``method`` (its display name) pretrains."""
+  names = modalities.parse_names(config.stream, "config.stream")
+  if len(names) != 1:
+    raise ValueError(f"config.stream={config.stream!r}: {method} pretrains one stream per run; expected one of "
+                     f"{', '.join(modalities.MODALITIES)} (run three pretrainings for the three streams)")
+  return names
+
+
+def check_aug_method(aug_method: str, field: str, allowed: str = "123456") -> None:
+  """Every digit of a strong view's ``aug_method`` is one of ``allowed``."""
+  unknown = sorted(set(str(aug_method)) - set(allowed))
+  if unknown:
+    expected = ", ".join(f"{d} ({AUG_DIGITS[d]})" for d in allowed)
+    raise ValueError(f"{field}={aug_method!r}: unknown option(s) {', '.join(unknown)}; expected digits from {expected}")
+
+
+def validate(config, method: str, *, topk: int = 1) -> None:
+  """The checks every one-stream run of the family shares (``ValueError`` naming the field):
+  one stream, a queue that holds whole batches and at least ``topk`` entries, momentum in
+  [0, 1], a positive temperature and crop padding, the 50-frame clips."""
+  one_stream(config, method)
+  queue_lib.validate_queue_config(int(config.moco.queue_size), int(config.batch_size), int(topk))
+  if not 0 <= float(config.moco.momentum) <= 1:
+    raise ValueError(f"config.moco.momentum={config.moco.momentum} must be in [0, 1]")
+  if not float(config.moco.temperature) > 0:
+    raise ValueError(f"config.moco.temperature={config.moco.temperature} must be positive")
+  if int(config.augment.temporal_padding_ratio) <= 0:
+    raise ValueError(f"config.augment.temporal_padding_ratio={config.augment.temporal_padding_ratio} must be positive")
+  variant = str(config.data.get("variant", "standard"))
+  if variant != "frame50":
+    raise ValueError(f"config.data.variant={variant!r}; {method} trains on the 50-frame clips: expected 'frame50'")
+
+
+def make_model(config, layout: SkeletonLayout, training: bool = False):
+  """The query/key encoder with the projection head (``config.model.embed_dim``, MLP)."""
+  return models.build_encoder(config.model, layout, num_outputs=int(config.model.embed_dim),
+                              mlp=bool(config.model.mlp), training=training)
+
+
+def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation, method: str) -> MoCoState:
+  """A fresh state (host arrays), deterministic in ``config.seed`` (module docstring)."""
+  (stream,) = one_stream(config, method)
+  rng = jax.random.PRNGKey(int(config.seed))
+  query_key, key_key, queue_key, run_key = jax.random.split(rng, 4)
+  query, key = moco.init_encoder_pair(make_model(config, layout), query_key, key_key, moco.dummy_clip(layout, FRAMES))
+  params = {"encoder": query["params"]}
+  queues, ptr = queue_lib.init_queues(queue_key, (stream,), int(config.model.embed_dim), int(config.moco.queue_size))
+  return MoCoState(step=jnp.zeros((), jnp.int32), params=params, key_params=key["params"],
+                   batch_stats=query["batch_stats"], key_batch_stats=key["batch_stats"], queues=queues,
+                   queue_ptr=ptr, opt_state=tx.init(params), rng=run_key)
+
+
+def query_encoders(state, config, method: str) -> dict[str, dict[str, Any]]:
+  """``{stream: {"params", "batch_stats"}}``: the query encoder (head included)."""
+  (stream,) = one_stream(config, method)
+  return {stream: {"params": state.params["encoder"], "batch_stats": state.batch_stats}}
+
+
+def stream_views(views: tuple[jax.Array, ...], like: jax.Array, stream: str, layout: SkeletonLayout):
+  """The views converted to ``stream`` (after the augmentation, as the references' processors
+  do), in the batch's float dtype (float32; float64 when the batch is, for precision tests)."""
+  dtype = jnp.result_type(views[0], like)
+  return tuple(modalities.modality(v.astype(dtype), stream, layout) for v in views)

@@ -1,0 +1,146 @@
+"""Stopping on SIGTERM/SIGINT (cmd_jax/preemption.py) and recognising a full disk (cmd_jax/disk_full.py).
+
+The signals are sent to this test process itself (``os.kill``): a watched run records the
+first one and stops at its next check, a second one stops at once, the previous handlers
+come back when the run returns, and the short commands' form raises at once. With
+``jax.distributed`` the decision is JAX's sync point (a stand-in callable here: the real one
+is checked with two processes in tests/test_distributed.py). The full-disk errors are the
+forms the writers raise, written out by hand: Python's ``OSError``, orbax's (TensorStore's)
+``ValueError`` text, TFDS's ``RuntimeError`` text, torch's ``RuntimeError`` chained to the
+``OSError``, an exception group.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+
+import pytest
+
+from cmd_jax import disk_full, preemption
+
+
+def test_a_watched_run_records_the_signal_and_stops_at_its_check():
+  before = {s: signal.getsignal(s) for s in preemption.SIGNALS}
+  with preemption.watch() as stop:
+    assert not stop.synced and not stop.requested(3)
+    preemption.check("nothing asked yet")  # no stop request: nothing happens
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested(4) and stop.cause == "SIGTERM"
+    with pytest.raises(preemption.RunStopped, match="in epoch 2") as err:
+      preemption.check("in epoch 2")
+    assert err.value.exit_status == 143
+    with pytest.raises(KeyboardInterrupt, match="second"):  # a second signal: at once
+      os.kill(os.getpid(), signal.SIGINT)
+  assert {s: signal.getsignal(s) for s in preemption.SIGNALS} == before
+
+
+def test_sigint_gives_130_and_the_callers_own_handlers_come_back():
+  seen = []
+  previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+  try:
+    with preemption.watch() as stop:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert stop.requested() and stop.exit_signum == signal.SIGINT
+      assert preemption.RunStopped("x", stop.exit_signum).exit_status == 130
+    os.kill(os.getpid(), signal.SIGTERM)  # the caller's handler again
+    assert seen == [signal.SIGTERM]
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_nested_runs_check_the_innermost_and_outside_a_run_nothing_stops():
+  preemption.check("outside any run")
+  with preemption.watch():
+    with preemption.watch() as inner:
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert inner.signum == signal.SIGTERM
+      with pytest.raises(preemption.RunStopped):
+        preemption.check("inner")
+  preemption.check("outside again")
+
+
+def test_the_distributed_path_asks_the_sync_point_and_passes_sigint_on_as_sigterm():
+  """With ``jax.distributed`` (``synced``) SIGTERM stays with JAX's notifier (no Python handler
+  is installed for it; here a recording handler stands in for the notifier) and SIGINT is
+  sent on as a SIGTERM; the decision is the sync point's, at the step all processes pass."""
+  seen = []
+  previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+  try:
+    stop = preemption.Watcher(synced=True)
+    stop.install()
+    try:
+      assert signal.getsignal(signal.SIGTERM) is not stop._handle  # pylint: disable=protected-access
+      os.kill(os.getpid(), signal.SIGINT)
+      assert seen == [signal.SIGTERM] and stop.signum == signal.SIGINT
+      assert not stop.requested(4, sync_point=lambda step: step == 5)  # the flag alone does not decide
+      assert stop.requested(5, sync_point=lambda step: step == 5)
+      counted = []
+      assert not stop.requested(sync_point=counted.append) and not stop.requested(sync_point=counted.append)
+      assert counted == [1, 2]  # no step: the watcher counts its checks, the same on every process
+      assert stop.exit_signum == signal.SIGTERM and "sync point" in stop.cause
+    finally:
+      stop.restore()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_run_off_the_main_thread_is_not_watched():
+  out = {}
+
+  def run():
+    with preemption.watch() as stop:
+      out["handlers"] = dict(stop._previous)  # pylint: disable=protected-access
+  thread = threading.Thread(target=run)
+  thread.start()
+  thread.join()
+  assert out["handlers"] == {}
+
+
+def test_short_commands_raise_at_once_and_restore_the_handlers():
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(preemption.RunStopped, match="stopped by SIGTERM") as err:
+    with preemption.interrupted_by_signals():
+      os.kill(os.getpid(), signal.SIGTERM)
+      signal.pause()  # not reached: the handler raises
+  assert err.value.exit_status == 143 and signal.getsignal(signal.SIGTERM) == before
+
+
+def _torch_error() -> RuntimeError:
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as inner:
+      raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from inner
+  except RuntimeError as outer:
+    return outer
+
+
+@pytest.mark.parametrize("err,code,path", [
+    (OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl"), errno.ENOSPC, "/w/metrics.jsonl"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), errno.EDQUOT, None),
+    (ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/3.orbax-checkpoint-tmp/state/_sharding":'
+                " Failed to write 18254 bytes to file 8: No space left on device [os_error_code='28']"), errno.ENOSPC,
+     "/w/checkpoints/3.orbax-checkpoint-tmp/state/_sharding"),
+    (RuntimeError('Failed to finalize writing of split "val": write() failed: No space left on device; writing '
+                  "/d/synthetic/xsub/incomplete.X/synthetic-val.array_record"), errno.ENOSPC, None),
+    (_torch_error(), errno.ENOSPC, None),
+    (ExceptionGroup("saves", [ValueError("other"), OSError(errno.ENOSPC, "No space left on device")]),
+     errno.ENOSPC, None),
+    (ValueError("a bad config"), None, None),
+    (OSError(errno.EACCES, "Permission denied"), None, None),
+])
+def test_full_disk_errors_are_recognised_in_every_wrapping(err, code, path):
+  assert disk_full.errno_of(err) == code
+  if code is None:
+    assert disk_full.reported(err, "/w", "x") is None
+    return
+  assert disk_full.failed_path(err) == path
+  reported = disk_full.reported(err, "/w", "free space and run the same command again")
+  assert isinstance(reported, OSError) and reported.errno == code and "\n" not in str(reported)
+  assert str(reported).startswith("/w: ") and str(reported).endswith("run the same command again")
+  assert ("ENOSPC" if code == errno.ENOSPC else "EDQUOT") in str(reported)
+  if path and path.startswith("/w/"):
+    assert f"while writing {path[3:]};" in str(reported)  # relative to the folder
