@@ -243,6 +243,8 @@ def test_config_validation_and_frame_limits():
       "num_frames": dict(num_frames=0),
       "attention_dropout": dict(attention_dropout=1.0),
       "position_dropout": dict(position_dropout=-0.1),
+      "temporal_conv='fft'; expected one of conv, matmul": dict(temporal_conv="fft"),
+      "dropout_mask='fast'; expected one of packed, flax": dict(dropout_mask="fast"),
   }
   for field, fields in cases.items():
     with pytest.raises(ValueError, match=re.escape(f"config.model.dsta.{field}")):
@@ -293,10 +295,12 @@ def test_eval_matches_torch_full_size_ntu25():
   assert max(errs) < TOL_FULL
 
 
-def test_train_step_matches_torch_outputs_stats_and_gradients():
+@pytest.mark.parametrize("temporal_conv", dsta.TEMPORAL_CONVS)
+def test_train_step_matches_torch_outputs_stats_and_gradients(temporal_conv):
   """Training mode, attention_dropout 0: output, every running statistic after one call and
-  the gradient of a scalar loss w.r.t. every parameter."""
-  model = dsta.DSTAEncoder(**SMALL, num_outputs=5, mlp=True, attention_dropout=0.0)
+  the gradient of a scalar loss w.r.t. every parameter, with either ``temporal_conv`` (the
+  7x1 convolutions as XLA's convolution or one im2col matmul, the same function)."""
+  model = dsta.DSTAEncoder(**SMALL, num_outputs=5, mlp=True, attention_dropout=0.0, temporal_conv=temporal_conv)
   variables = random_variables(model, SMALL_X, seed=3)
   rng = np.random.default_rng(4)
   x = rng.normal(0.0, 1.0, SMALL_X).astype(np.float32)
@@ -399,6 +403,30 @@ def test_dropout_behaviour():
   np.testing.assert_array_equal(o1["train_plain"], o2["train_plain"])
   np.testing.assert_array_equal(o1["train_plain"], o1["train_plain_no_rng"])
   assert np.abs(np.asarray(o1["train_plain"]) - np.asarray(out1)).max() > 1e-3
+
+
+def test_packed_residual_dropout():
+  """``dropout_mask="packed"``: about half of each block's residual zeroed (6 binomial
+  standard errors), the rest doubled; other masks than the default's from the same key."""
+  blocks = SMALL_BLOCKS[:2]
+  x = jnp.asarray(np.random.default_rng(6).normal(0.0, 1.0, SMALL_X), jnp.float32)
+  variables = random_variables(dsta.DSTAEncoder(**dict(SMALL, blocks=blocks), num_outputs=5), SMALL_X, seed=5)
+  outs = {}
+  for mask in ("flax", "packed"):  # the intermediates kept: the packed masks'
+    model = dsta.DSTAEncoder(**dict(SMALL, blocks=blocks), num_outputs=5, attention_dropout=0.5, dropout_mask=mask)
+    capture = lambda mdl, _: mdl.name in ("drop", "downt2_1")  # noqa: E731  (the residual, then its dropout)
+    outs[mask], state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                    mutable=["batch_stats", "intermediates"], capture_intermediates=capture)
+  for i in range(len(blocks)):
+    block = state["intermediates"][f"graph_layers_{i}"]
+    dropped = np.asarray(block["drop"]["__call__"][0])
+    kept = dropped != 0
+    assert abs(kept.mean() - 0.5) < 6 * math.sqrt(0.25 / dropped.size), (i, kept.mean())
+    if "downt2_1" in block:  # a projecting residual: its input to the dropout
+      residual = np.asarray(block["downt2_1"]["__call__"][0])
+      np.testing.assert_array_equal(dropped[kept], 2 * residual[kept])
+  assert "downt2_1" in state["intermediates"]["graph_layers_1"]  # the scaling was checked there
+  assert np.abs(np.asarray(outs["packed"]) - np.asarray(outs["flax"])).max() > 1e-6
 
 
 def test_msr20_layout_builds_and_runs():

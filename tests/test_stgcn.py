@@ -263,8 +263,12 @@ def test_registry_functions():
   assert count(model, jnp.zeros((2, 3, T, 25, 2))) == 920_068
   assert models.build_encoder(hand_config(init="normal_0.02"), NTU25, num_outputs=None).init_scheme == "normal_0.02"
   assert models.build_encoder(cfg, NTU25, num_outputs=60, fc_init="normal_0.01").fc_init == "normal_0.01"
+  options = models.build_encoder(hand_config(temporal_conv="conv", graph_order="conv_first", dropout_mask="flax"),
+                                 NTU25, num_outputs=None)
+  assert (options.temporal_conv, options.graph_order, options.dropout_mask) == ("conv", "conv_first", "flax")
   for field, value in (("hidden_channels", 0), ("hidden_dim", -1), ("temporal_kernel", 8), ("dropout", 1.0),
-                       ("edge_importance", "yes")):
+                       ("edge_importance", "yes"), ("temporal_conv", "fft"), ("graph_order", "any"),
+                       ("dropout_mask", "fast")):
     with pytest.raises(ValueError, match=rf"config\.model\.stgcn\.{field}="):
       stgcn.validate(hand_config(**{field: value}), NTU25)
   with pytest.raises(ValueError, match="V=20 joints"):
@@ -279,6 +283,127 @@ def test_registry_default_config():
   models.validate(cfg, NTU25)
   assert dict(cfg.stgcn) == dict(stgcn.default_config())
   assert count(models.build_encoder(cfg, NTU25, num_outputs=128, mlp=True), jnp.zeros((2, 3, T, 25, 2))) == 920_068
+
+
+# ----------------------------------------------------------------------------------------
+# The speed options: the same function
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("c_in,c_out", [(3, 4), (6, 4)])
+def test_graph_orders_are_the_reference_graph_convolution(c_in, c_out):
+  """``ConvTemporalGraphical`` in both contraction orders against the reference's formula in
+  numpy float64 (1x1 conv to ``K*out`` channels with bias, then ``sum_{k,v} y[k, c, v]
+  A[k, v, w]``), forward and the gradients of ``sum(out * w)`` for the input, the conv's
+  weight and bias and the graph (``A`` times a random edge importance), against the same
+  gradients in numpy. Float64 on both sides: 1e-12 of the largest entry bounds the rounding
+  of these <= 75-term sums (~1e-15)."""
+  rng = np.random.default_rng(c_in)
+  a = graph_lib.layout_graph(NTU25) * rng.uniform(0.5, 1.5, (3, 25, 25))  # [K, V, W]
+  x = rng.standard_normal((2, 5, 25, c_in))
+  weight = rng.standard_normal((3 * c_out, c_in, 1, 1))
+  bias = rng.standard_normal(3 * c_out)
+  cot = rng.standard_normal((2, 5, 25, c_out))
+  y = (np.einsum("ntvc,oc->ntvo", x, weight[:, :, 0, 0]) + bias).reshape(2, 5, 25, 3, c_out)
+  want = np.einsum("ntvkc,kvw->ntwc", y, a)
+  d_y = np.einsum("ntwc,kvw->ntvkc", cot, a).reshape(2, 5, 25, 3 * c_out)
+  want_grads = {"x": np.einsum("ntvo,oc->ntvc", d_y, weight[:, :, 0, 0]),
+                "weight": np.einsum("ntvo,ntvc->oc", d_y, x)[:, :, None, None], "bias": d_y.sum(axis=(0, 1, 2)),
+                "a": np.einsum("ntvkc,ntwc->kvw", y, cot)}
+  with x64():
+    for order in ("conv_first", "graph_first"):
+      layer = stgcn.ConvTemporalGraphical(c_out, order=order)
+
+      def out(x, w, b, a, layer=layer):
+        return layer.apply({"params": {"conv": {"weight": w, "bias": b}}}, x, a)
+
+      got = np.asarray(out(x, weight, bias, a))
+      assert rel_err(got, want) <= 1e-12, order
+      grads = jax.grad(lambda *args, out=out: jnp.sum(out(*args) * cot), argnums=(0, 1, 2, 3))(x, weight, bias, a)
+      for name, g in zip(("x", "weight", "bias", "a"), grads):
+        assert g.dtype == jnp.float64 and rel_err(g, want_grads[name]) <= 1e-12, (order, name)
+  assert stgcn.resolve_graph_order("auto", 3, 4) == "graph_first" and stgcn.resolve_graph_order("auto", 6, 4) == (
+      "conv_first")
+
+
+SMALL = dict(hidden_channels=4, hidden_dim=8, num_outputs=6, mlp=True, dropout=0.0)
+SPEED_OPTIONS = [dict(temporal_conv=t, graph_order=g) for t in ("conv", "matmul") for g in ("conv_first", "graph_first")]
+
+
+@pytest.fixture(scope="module")
+def small():
+  """A small ST-GCN (4 base channels: both strides, projecting residuals), random variables,
+  a clip and head-output weights for the loss ``sum(out * w)``."""
+  x = clip(21, n=2, t=12)
+  variables = random_variables(stgcn.STGCNEncoder(NTU25, **SMALL), jnp.asarray(x), 22)
+  return variables, x, np.random.default_rng(23).standard_normal((2, 6))
+
+
+@pytest.fixture(scope="module")
+def small_default32(small):
+  """The small ST-GCN's float32 results in the reference's formulation (``small_train``)."""
+  return small_train(SPEED_OPTIONS[0], *small, torch.float32)[0]
+
+
+def small_train(options: dict, variables, x, w, dtype):
+  """Train-mode call of the small ST-GCN with ``options`` in JAX and of the PyTorch model, in
+  ``dtype``: ``[(output, running statistics, gradients)]`` for JAX, then PyTorch, by torch key."""
+  model = stgcn.STGCNEncoder(NTU25, **SMALL, **options)
+  jdt = jnp.float64 if dtype == torch.float64 else jnp.float32
+  cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jdt), tree)  # noqa: E731
+
+  def loss(params, stats):
+    out, new = model.apply({"params": params, "batch_stats": stats}, jnp.asarray(x, jdt), train=True,
+                           mutable=["batch_stats"])
+    return jnp.sum(out * jnp.asarray(w, jdt)), (out, new["batch_stats"])
+
+  (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(cast(variables["params"]),
+                                                                             cast(variables["batch_stats"]))
+  tm = TorchSTGCN(stgcn.torch_buffers(None, NTU25)["A"], hidden_channels=4, hidden_dim=8, num_class=6, dropout=0.0,
+                  mlp=True)
+  tm.load_state_dict(state_dict(variables, None, NTU25), strict=True)
+  tm = tm.to(dtype).train()
+  _, t_out = tm(torch.from_numpy(x).to(dtype))
+  (t_out * torch.from_numpy(w).to(dtype)).sum().backward()
+  t_state = tm.state_dict()
+  j_stats = {torch_key(p): np.asarray(a) for p, a in flat(stats)}
+  return ((np.asarray(out), j_stats, {torch_key(p): np.asarray(g) for p, g in flat(grads)}),
+          (t_out.detach().numpy(), {k: t_state[k].numpy() for k in j_stats},
+           {k: q.grad.numpy() for k, q in tm.named_parameters()}))
+
+
+def worst_errors(got, want) -> tuple[float, float, float]:
+  """Max |difference| over the output, the running statistics and the gradients, each over
+  the largest |entry| of its part (of all its tensors)."""
+  out, stats, grads = got
+  t_out, t_stats, t_grads = want
+  assert set(grads) == set(t_grads) and set(stats) == set(t_stats)
+  part = lambda g, t: max(np.abs(g[k] - t[k]).max() for k in t) / max(np.abs(t[k]).max() for k in t)  # noqa: E731
+  return rel_err(out, t_out), part(stats, t_stats), part(grads, t_grads)
+
+
+@pytest.mark.parametrize("options", SPEED_OPTIONS, ids=lambda o: ",".join(o.values()))
+def test_speed_options_match_torch_float64(small, options):
+  """Every combination of ``temporal_conv`` and ``graph_order`` (the hand-written gradients
+  of the 9x1 convolution and of both graph orders included) against the PyTorch model in
+  float64: the train-mode output, the new running statistics and every gradient, within
+  ``F64_RTOL`` of the largest entry of each (module docstring)."""
+  with x64():
+    got, want = small_train(options, *small, torch.float64)
+  errs = worst_errors(got, want)
+  assert max(errs) <= F64_RTOL, (options, errs)
+
+
+@pytest.mark.parametrize("options", SPEED_OPTIONS[1:], ids=lambda o: ",".join(o.values()))
+def test_speed_options_match_torch_and_default_float32(small, small_default32, options):
+  """The same in float32, against the PyTorch model and against the reference order's
+  formulation (``conv``, ``conv_first``): output and running statistics within ``F32_RTOL``,
+  gradients within ``GRAD32_TOL`` of the largest entry (the bounds of the full model's float32
+  comparison, module docstring: this model has the same depth, fewer terms per sum)."""
+  got, want = small_train(options, *small, torch.float32)
+  for reference in (want, small_default32):
+    out_err, stat_err, grad_err = worst_errors(got, reference)
+    assert out_err <= F32_RTOL and stat_err <= F32_RTOL and grad_err <= GRAD32_TOL, (options, out_err, stat_err,
+                                                                                      grad_err)
 
 
 # ----------------------------------------------------------------------------------------
@@ -404,6 +529,26 @@ def test_dropout(full):
     # Bernoulli(0.5) per unit: 5 standard deviations of the fraction over after.size units
     assert abs(kept.mean() - 0.5) <= 5 * 0.5 / np.sqrt(after.size), (i, kept.mean())
     np.testing.assert_array_equal(after[kept], 2 * before[kept])  # inverted dropout, 1 / (1 - 0.5)
+
+
+def test_packed_dropout_masks(small):
+  """``dropout_mask="packed"`` in the encoder: every block but the first zeroes about half of
+  its units (5 standard deviations of the fraction over the block's units) and doubles the
+  rest; other masks than the default's from the same key."""
+  variables, x, _ = small
+  outs = {}
+  for mask in ("flax", "packed"):  # the intermediates kept: the packed masks'
+    model = stgcn.STGCNEncoder(NTU25, **dict(SMALL, dropout=0.5), dropout_mask=mask)
+    capture = lambda module, _: module.name in ("tcn_3", "tcn_4")  # noqa: E731  (BN, then dropout)
+    outs[mask], state = model.apply(variables, jnp.asarray(x), train=True, rngs={"dropout": jax.random.key(1)},
+                                    capture_intermediates=capture, mutable=["batch_stats", "intermediates"])
+  for i in range(1, 10):
+    block = state["intermediates"][f"st_gcn_networks_{i}"]
+    before, after = (np.asarray(block[name]["__call__"][0]) for name in ("tcn_3", "tcn_4"))
+    kept = after != 0
+    assert abs(kept.mean() - 0.5) <= 5 * 0.5 / np.sqrt(after.size), (i, kept.mean())
+    np.testing.assert_array_equal(after[kept], 2 * before[kept])
+  assert np.abs(np.asarray(outs["packed"]) - np.asarray(outs["flax"])).max() > 1e-6
 
 
 # ----------------------------------------------------------------------------------------

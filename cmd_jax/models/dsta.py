@@ -107,9 +107,9 @@ import ml_collections
 import numpy as np
 
 from cmd_jax.layouts import SkeletonLayout
-from cmd_jax.models.common import (Initializer, TorchBatchNorm, TorchConv2d, check_init, head, kaiming_normal_fan_out,
-                                   normal_init, rows_apply, to_channels_last, with_transformed_map,
-                                   xavier_normal_torch)
+from cmd_jax.models.common import (DROPOUT_MASKS, TEMPORAL_CONVS, Dropout, Initializer, TorchBatchNorm, TorchConv2d,
+                                   check_init, head, kaiming_normal_fan_out, normal_init, rows_apply, to_channels_last,
+                                   with_transformed_map, xavier_normal_torch)
 
 Array = jax.Array
 
@@ -193,6 +193,8 @@ class STAttentionBlock(nn.Module):
   precision: Any = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  temporal_conv: str = "conv"
+  dropout_mask: str = "flax"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -222,7 +224,12 @@ class STAttentionBlock(nn.Module):
     alphas = self.param("alphas", nn.initializers.ones, (1, s, 1, 1))
     attention0s = self.param("attention0s", nn.initializers.constant(1.0 / v), (1, s, v, v))
     attention = jnp.tanh(scores / (inter * t)) * alphas + attention0s
-    y = jnp.einsum("btuc,bsuv->btvsc", x, attention, precision=self.precision).reshape(b, t, v, s * c)
+    # y[b, t, v, s*c + c'] = sum_u x[b, t, u, c'] attention[b, s, u, v]: per (b, t) one
+    # [(v, s), u] @ [u, c] matmul against the sample's transposed attention, repeated over
+    # the frames, so that neither x nor y is transposed.
+    att_t = jnp.transpose(attention, (0, 3, 1, 2)).reshape(b, 1, v * s, v)
+    y = jnp.einsum("btzu,btuc->btzc", jnp.broadcast_to(att_t, (b, t, v * s, v)), x,
+                   precision=self.precision).reshape(b, t, v, s * c)
     y = bn(name="out_nets_1")(conv(out, name="out_nets_0")(y), train)
     y = leaky_relu(down("downs1", x) + y)
     y = bn(name="ff_nets_1")(conv(out, name="ff_nets_0")(y), train)
@@ -230,10 +237,10 @@ class STAttentionBlock(nn.Module):
 
     # Temporal part: a strided 7x1 convolution; dropout on the residual only (quirk 3).
     z = conv(out, kernel_size=(TEMPORAL_KERNEL, 1), stride=(self.stride, 1),
-             padding=(TEMPORAL_KERNEL // 2, 0), name="out_nett_0")(y)
+             padding=(TEMPORAL_KERNEL // 2, 0), temporal_impl=self.temporal_conv, name="out_nett_0")(y)
     z = bn(name="out_nett_1")(z, train)
     residual = down("downt2", y, self.stride)
-    residual = nn.Dropout(self.attention_dropout, name="drop")(residual, deterministic=not train)
+    residual = Dropout(self.attention_dropout, self.dropout_mask, name="drop")(residual, deterministic=not train)
     return leaky_relu(residual + z)
 
 
@@ -257,6 +264,11 @@ class DSTAEncoder(nn.Module):
     fc_init: the head's last layer, ``"default"`` or ``"normal_0.01"`` (``last_layer_inits``).
     precision: matmul/convolution precision (None: JAX's default; ``"highest"`` for full
       float32 on GPUs/TPUs).
+    temporal_conv: how the 7x1 convolutions run (the same function, ``common.temporal_conv``):
+      ``"conv"`` (XLA's convolution) or ``"matmul"`` (one im2col matmul).
+    dropout_mask: the residual dropout's masks (``common.Dropout``): ``"flax"`` (Flax's own,
+      the same masks as ``nn.Dropout`` from the same key) or ``"packed"`` (the same Bernoulli
+      distribution from fewer PRNG draws; other masks from the same key).
   """
 
   blocks: tuple[tuple[int, int, int, int], ...] = RELEASE_BLOCKS
@@ -273,6 +285,8 @@ class DSTAEncoder(nn.Module):
   precision: Any = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  temporal_conv: str = "conv"
+  dropout_mask: str = "flax"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features_only: bool = False,
@@ -301,7 +315,7 @@ class DSTAEncoder(nn.Module):
     for i, (c_in, c_out, inter, stride) in enumerate(self.blocks):
       h = STAttentionBlock(int(c_in), int(c_out), int(inter), int(stride), int(self.num_subset), v, frames[i],
                            self.attention_dropout, self.init_scheme, self.precision, self.bn_momentum, self.bn_epsilon,
-                           name=f"graph_layers_{i}")(h, train)
+                           self.temporal_conv, self.dropout_mask, name=f"graph_layers_{i}")(h, train)
     position_dropout = nn.Dropout(self.position_dropout, broadcast_dims=(2,), name="drop_out2d")
 
     def pool(z):  # [N*M, T', V, D] -> [N, M*T'*V, D] (person-major rows) -> mean
@@ -358,6 +372,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.fc_dropout = 0.0            # reference dropout (before fc; never set under HiCLR)
   c.position_dropout = 0.0      # reference dropout2d (0 in the release)
   c.fix_proj = False            # reference fix_conv1: True in linear eval / finetune (frozen_params)
+  # Speed options (the same function; off until measured faster: bench/bench_encoder.py --options):
+  c.temporal_conv = "conv"      # the 7x1 convolutions: conv | matmul (one im2col matmul)
+  c.dropout_mask = "flax"       # the residual dropout's masks: flax (nn.Dropout's) | packed (fewer PRNG draws)
   return c
 
 
@@ -387,6 +404,9 @@ def validate(model_config, layout: SkeletonLayout) -> None:
   for field in ("attention_dropout", "fc_dropout", "position_dropout"):
     if not 0.0 <= float(cfg.get(field, 0.0)) < 1.0:
       raise ValueError(f"config.model.dsta.{field}={cfg[field]} must be in [0, 1)")
+  for field, allowed in (("temporal_conv", TEMPORAL_CONVS), ("dropout_mask", DROPOUT_MASKS)):
+    if str(cfg.get(field, allowed[0])) not in allowed:
+      raise ValueError(f"config.model.dsta.{field}={cfg[field]!r}; expected one of {', '.join(allowed)}")
   if not isinstance(cfg.get("fix_proj", False), bool):
     raise ValueError(f"config.model.dsta.fix_proj={cfg.fix_proj!r} must be True or False")
   if layout.num_joints <= 0:
@@ -399,12 +419,15 @@ def feature_dim(model_config) -> int:
 
 def from_config(model_config, layout: SkeletonLayout, *, num_outputs: int | None, mlp: bool,
                 training: bool = False, fc_init: str = "default") -> DSTAEncoder:
-  """The DSTA-Net of ``config.model.dsta`` for ``layout``'s joints (no speed options: ``training``
-  changes nothing); ``fc_init``: the head's last layer (``last_layer_inits``)."""
+  """The DSTA-Net of ``config.model.dsta`` for ``layout``'s joints (``training`` changes nothing:
+  the speed options compute the same function and apply everywhere); ``fc_init``: the head's
+  last layer (``last_layer_inits``)."""
   del training
   cfg = model_config.dsta
   return DSTAEncoder(blocks=_rows(cfg.blocks), num_subset=int(cfg.num_subset), num_points=layout.num_joints,
                      num_frames=int(cfg.num_frames), num_outputs=num_outputs, mlp=mlp,
                      attention_dropout=float(cfg.attention_dropout), fc_dropout=float(cfg.get("fc_dropout", 0.0)),
                      position_dropout=float(cfg.get("position_dropout", 0.0)),
-                     init_scheme=str(model_config.get("init", "default")), fc_init=fc_init)
+                     init_scheme=str(model_config.get("init", "default")), fc_init=fc_init,
+                     temporal_conv=str(cfg.get("temporal_conv", "conv")),
+                     dropout_mask=str(cfg.get("dropout_mask", "flax")))

@@ -88,8 +88,9 @@ import numpy as np
 
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.models import graph as graph_lib
-from cmd_jax.models.common import (TorchBatchNorm, TorchConv2d, check_init, head, normal_init, rows_apply,
-                                   to_channels_last, with_transformed_map)
+from cmd_jax.models.common import (DROPOUT_MASKS, TEMPORAL_CONVS, Dropout, TorchBatchNorm, TorchConv2d, TorchConv2dParams,
+                                   check_init, head, normal_init, pointwise_conv, rows_apply, to_channels_last,
+                                   with_transformed_map)
 
 Array = jax.Array
 
@@ -121,19 +122,56 @@ def block_specs(hidden_channels: int, hidden_dim: int, in_channels: int = 3) -> 
   return tuple(specs)
 
 
+GRAPH_ORDERS = ("auto", "conv_first", "graph_first")
+
+
+def resolve_graph_order(name: str, in_channels: int, out_channels: int) -> str:
+  """``"conv_first"`` or ``"graph_first"`` for a block ``in -> out``; ``"auto"`` picks the
+  order with the fewer graph FLOPs: the graph on the ``in`` input channels when ``in <= out``."""
+  if name not in GRAPH_ORDERS:
+    raise ValueError(f"graph_order={name!r}; expected one of {GRAPH_ORDERS}")
+  if name == "auto":
+    return "graph_first" if in_channels <= out_channels else "conv_first"
+  return name
+
+
 class ConvTemporalGraphical(nn.Module):
-  """The graph convolution ``gcn``: 1x1 conv ``in -> K*out`` then one einsum with ``A [K, V, V]``."""
+  """The graph convolution ``gcn``: 1x1 conv ``in -> K*out`` then one einsum with ``A [K, V, V]``.
+
+  ``order`` (same function, ``resolve_graph_order``): ``"conv_first"`` as the reference writes it;
+  ``"graph_first"`` contracts the graph with the input first, then the conv weight over
+  ``(k, in)``, and adds the bias through the graph's column sums::
+
+    out[.., w, o] = sum_{k, c} (sum_v x[.., v, c] A[k, v, w]) W[k*out + o, c]
+                    + sum_k (sum_v A[k, v, w]) b[k*out + o]
+
+  which moves the ``K*V*V`` graph product from ``out`` channels to ``in`` channels.
+  """
 
   features: int
   precision: Any = None
   init_scheme: str = "default"
+  order: str = "conv_first"
 
   @nn.compact
   def __call__(self, x: Array, a: Array) -> Array:
     k = a.shape[0]
-    y = TorchConv2d(k * self.features, precision=self.precision, init_scheme=self.init_scheme, name="conv")(x)
-    y = y.reshape(y.shape[:-1] + (k, self.features))  # channel k*out + c -> (k, c)
-    return jnp.einsum("ntvkc,kvw->ntwc", y, a, precision=self.precision)
+    if self.order == "conv_first":
+      y = TorchConv2d(k * self.features, precision=self.precision, init_scheme=self.init_scheme, name="conv")(x)
+      y = y.reshape(y.shape[:-1] + (k, self.features))  # channel k*out + c -> (k, c)
+      return jnp.einsum("ntvkc,kvw->ntwc", y, a, precision=self.precision)
+    weight, bias = TorchConv2dParams(k * self.features, init_scheme=self.init_scheme, name="conv")(x.shape[-1])
+    dtype = jnp.result_type(x, weight)
+    x, weight, bias, a = x.astype(dtype), weight.astype(dtype), bias.astype(dtype), a.astype(dtype)
+    n, t, v, c = x.shape
+    # The graph as a batched matmul with the rows' own copy of A^T ([(w, k), v] per (n, t)):
+    # the output comes out as [n, t, w, (k, c)], the layout the 1x1 conv reads, no transposes.
+    a_t = jnp.transpose(a, (2, 0, 1)).reshape(v * k, v)
+    xg = jnp.einsum("bzv,bvc->bzc", jnp.broadcast_to(a_t, (n * t,) + a_t.shape), x.reshape(n * t, v, c),
+                    precision=self.precision).reshape(n, t, v, k * c)
+    per_subset = jnp.transpose(weight[:, :, 0, 0].reshape(k, self.features, c), (1, 0, 2))  # [out, (k, in)]
+    y = pointwise_conv(xg, per_subset.reshape(self.features, k * c), self.precision)
+    return y + jnp.einsum("kw,ko->wo", jnp.sum(a, axis=1), bias.reshape(k, self.features), precision=self.precision)
 
 
 class STGCNBlock(nn.Module):
@@ -148,6 +186,9 @@ class STGCNBlock(nn.Module):
   precision: Any = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  temporal_conv: str = "conv"
+  graph_order: str = "conv_first"
+  dropout_mask: str = "flax"
 
   @nn.compact
   def __call__(self, x: Array, a: Array, train: bool) -> Array:
@@ -160,14 +201,15 @@ class STGCNBlock(nn.Module):
       res = TorchConv2d(self.features, stride=(self.stride, 1), precision=self.precision, init_scheme=self.init_scheme,
                         name="residual_0")(x)
       res = TorchBatchNorm(**bn, name="residual_1")(res, train)
-    y = ConvTemporalGraphical(self.features, self.precision, self.init_scheme, name="gcn")(x, a)
+    order = resolve_graph_order(self.graph_order, x.shape[-1], self.features)
+    y = ConvTemporalGraphical(self.features, self.precision, self.init_scheme, order, name="gcn")(x, a)
     y = TorchBatchNorm(**bn, name="tcn_0")(y, train)
     y = nn.relu(y)
     pad = (self.temporal_kernel - 1) // 2
     y = TorchConv2d(self.features, (self.temporal_kernel, 1), (self.stride, 1), (pad, 0), precision=self.precision,
-                    init_scheme=self.init_scheme, name="tcn_2")(y)
+                    init_scheme=self.init_scheme, temporal_impl=self.temporal_conv, name="tcn_2")(y)
     y = TorchBatchNorm(**bn, name="tcn_3")(y, train)
-    y = nn.Dropout(self.dropout, name="tcn_4")(y, deterministic=not train)
+    y = Dropout(self.dropout, self.dropout_mask, name="tcn_4")(y, deterministic=not train)
     if res is not None:
       y = y + res
     return nn.relu(y)
@@ -194,6 +236,15 @@ class STGCNEncoder(nn.Module):
     precision: precision of every conv/einsum/matmul (``None``: JAX's default, which on
       GPUs may use TF32; ``"highest"`` for full float32).
     bn_momentum, bn_epsilon: every BatchNorm, Flax momentum convention (PyTorch 0.1 = 0.9).
+    temporal_conv: how the 9x1 convolutions run (the same function, ``common.temporal_conv``):
+      ``"conv"`` (XLA's convolution) or ``"matmul"`` (one im2col matmul).
+    graph_order: the graph convolution's contraction order (the same function,
+      ``ConvTemporalGraphical``): ``"conv_first"`` (the reference's, the default),
+      ``"graph_first"`` or ``"auto"`` (``resolve_graph_order``: per block, the order with the
+      fewer graph FLOPs).
+    dropout_mask: the blocks' dropout masks (``common.Dropout``): ``"flax"`` (Flax's own, the
+      same masks as ``nn.Dropout`` from the same key) or ``"packed"`` (the same Bernoulli
+      distribution from fewer PRNG draws; other masks from the same key).
   """
 
   layout: SkeletonLayout
@@ -209,6 +260,9 @@ class STGCNEncoder(nn.Module):
   precision: Any = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  temporal_conv: str = "conv"
+  graph_order: str = "conv_first"
+  dropout_mask: str = "flax"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features_only: bool = False,
@@ -242,7 +296,9 @@ class STGCNEncoder(nn.Module):
       if self.edge_importance:
         g = a * self.param(f"edge_importance{i + 1}", nn.initializers.ones, a.shape, jnp.float32)
       y = STGCNBlock(cout, stride, residual, self.temporal_kernel, self.dropout if i > 0 else 0.0, self.init_scheme,
-                     self.precision, self.bn_momentum, self.bn_epsilon, name=f"st_gcn_networks_{i}")(y, g, train)
+                     self.precision, self.bn_momentum, self.bn_epsilon, self.temporal_conv, self.graph_order,
+                     self.dropout_mask, name=f"st_gcn_networks_{i}")(y, g, train)
+
     def pool(z):  # (T', V), then persons
       return jnp.mean(z, axis=(1, 2)).reshape(n, m, -1).mean(axis=1)
 
@@ -298,6 +354,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.temporal_kernel = 9       # the TCN's temporal kernel (odd)
   c.dropout = 0.5             # dropout after each block's TCN, blocks 2-10
   c.edge_importance = True    # learnable edge importance per block (edge_importance_weighting)
+  # Speed options (the same function; off until measured faster: bench/bench_encoder.py --options):
+  c.temporal_conv = "conv"    # the 9x1 convolutions: conv | matmul (one im2col matmul)
+  c.graph_order = "conv_first"  # the graph convolution: conv_first (the reference's) | graph_first | auto
+  c.dropout_mask = "flax"     # dropout masks: flax (nn.Dropout's) | packed (same distribution, fewer PRNG draws)
   return c
 
 
@@ -322,6 +382,10 @@ def validate(model_config, layout: SkeletonLayout) -> None:
     raise ValueError(f"config.model.stgcn.dropout={c['dropout']} must be in [0, 1)")
   if not isinstance(c["edge_importance"], (bool, np.bool_)):
     raise ValueError(f"config.model.stgcn.edge_importance={c['edge_importance']!r} must be True or False")
+  for field, allowed in (("temporal_conv", TEMPORAL_CONVS), ("graph_order", GRAPH_ORDERS),
+                         ("dropout_mask", DROPOUT_MASKS)):
+    if str(c[field]) not in allowed:
+      raise ValueError(f"config.model.stgcn.{field}={c[field]!r}; expected one of {', '.join(allowed)}")
   if not layout.edges:
     raise ValueError(f"config.model.stgcn: layout {layout.name} has no edges to build the graph from")
 
@@ -332,11 +396,13 @@ def feature_dim(model_config) -> int:
 
 def from_config(model_config, layout: SkeletonLayout, *, num_outputs: int | None, mlp: bool,
                 training: bool = False, fc_init: str = "default") -> STGCNEncoder:
-  """The ST-GCN encoder of ``config.model`` (``training`` changes nothing: no speed options;
-  ``fc_init``: the head's last layer, ``STGCNEncoder.fc_init``)."""
+  """The ST-GCN encoder of ``config.model`` (``training`` changes nothing: the speed options
+  compute the same function and apply everywhere; ``fc_init``: the head's last layer,
+  ``STGCNEncoder.fc_init``)."""
   del training
   c = _fields(model_config)
   return STGCNEncoder(layout=layout, hidden_channels=int(c["hidden_channels"]), hidden_dim=int(c["hidden_dim"]),
                       temporal_kernel=int(c["temporal_kernel"]), dropout=float(c["dropout"]),
                       edge_importance=bool(c["edge_importance"]), num_outputs=num_outputs, mlp=mlp, fc_init=fc_init,
-                      init_scheme=str(model_config.get("init", "default")))
+                      init_scheme=str(model_config.get("init", "default")), temporal_conv=str(c["temporal_conv"]),
+                      graph_order=str(c["graph_order"]), dropout_mask=str(c["dropout_mask"]))
