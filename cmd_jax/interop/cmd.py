@@ -65,7 +65,6 @@ KEY_PREFIX = {"joint": "encoder_k", "motion": "encoder_k_motion", "bone": "encod
 QUEUE_KEY = {"joint": "queue", "motion": "queue_motion", "bone": "queue_bone"}
 PTR_KEY = {"joint": "queue_ptr", "motion": "queue_ptr_motion", "bone": "queue_ptr_bone"}
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-_BN_INV = {v: k for k, v in _BN.items()}
 
 
 _CMD_KEY = re.compile(r"(encoder_[qk](_motion|_bone)?\.(input_norm|encoder\.gru|fc)\..+|queue(_ptr)?(_motion|_bone)?)")
@@ -98,20 +97,6 @@ def torch_suffix(module: str, name: str) -> str:
     return f"fc.{module[3:]}.{name}"
   raise KeyError(f"no reference name for encoder leaf {module}/{name}")
 
-
-def flax_path(suffix: str) -> tuple[str, str, str]:
-  """``(collection, module, name)`` of a reference per-encoder key suffix (inverse of ``torch_suffix``)."""
-  parts = suffix.split(".")
-  if parts[0] == "input_norm" and len(parts) == 2 and parts[1] in _BN_INV:
-    name = _BN_INV[parts[1]]
-    return ("batch_stats" if name in ("mean", "var") else "params"), "input_norm", name
-  if parts[:2] == ["encoder", "gru"] and len(parts) == 3:
-    return "params", "gru", parts[2]
-  if parts[0] == "fc" and len(parts) == 2:
-    return "params", "fc", parts[1]
-  if parts[0] == "fc" and len(parts) == 3:
-    return "params", f"fc_{parts[1]}", parts[2]
-  raise KeyError(f"no Flax path for reference key suffix {suffix!r}")
 
 
 # ----------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ ENCODERS = {
 
 
 def model_name(model_config) -> str:
-  """``config.model.name`` (``gru`` for configs written before there was a choice)."""
+  """``config.model.name`` (``gru`` when a config has no ``name``: CMD's configs and workdirs, whose encoder is the GRU)."""
   return str(model_config.get("name", "gru"))
 
 

@@ -94,11 +94,6 @@ def kaiming_normal_fan_out(key, shape, dtype=jnp.float32) -> Array:
   return (2.0 / fan_out) ** 0.5 * jax.random.normal(key, shape, dtype)
 
 
-def torch_default_init(key, shape, dtype=jnp.float32) -> Array:
-  """PyTorch's default Linear/Conv weight init, ``kaiming_uniform_(a=sqrt(5))`` = ``U(+-1/sqrt(fan_in))``."""
-  fan_in, _ = fans(shape)
-  return uniform_init(1.0 / fan_in ** 0.5)(key, shape, dtype)
-
 
 def layer_inits(init: str, shape: Sequence[int], weight_init: Initializer | None = None,
                 bias_init: Initializer | None = None) -> tuple[Initializer, Initializer]:

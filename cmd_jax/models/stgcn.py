@@ -94,7 +94,6 @@ from cmd_jax.models.common import (DROPOUT_MASKS, TEMPORAL_CONVS, Dropout, Torch
 
 Array = jax.Array
 
-NUM_BLOCKS = 10
 FC_INITS = ("default", "normal_0.01")
 
 
