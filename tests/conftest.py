@@ -58,22 +58,41 @@ def msr_dir() -> Path:
   return shared_path("msr_action3d")
 
 
-@pytest.fixture(scope="module")
+# The test session's persistent JAX compilation cache: the suite builds the same tiny steps
+# again and again (a new jit per run, kill-and-resume and 8-device subprocesses, the same
+# pretraining in several modules); with the cache each is compiled once per session and
+# loaded afterwards. A loaded executable is the one the compilation wrote, so no result
+# changes. Every compilation is stored (min compile time 0: most of the suite's compilations
+# take well under the default 1 s). The environment variables hand the cache to subprocesses.
+# Tests only: set here, restored at the session's end.
+_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="session", autouse=True)
 def compilation_cache_dir(tmp_path_factory):
-  """A persistent JAX compilation cache for one test module (unless one is already configured),
-  so that the module's runs of the same tiny step compile once; also handed to subprocesses."""
+  """The session's compilation cache folder (one already configured is used as it is)."""
   existing = jax.config.jax_compilation_cache_dir
   if existing:
     yield existing
     return
   path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  saved_env = {name: os.environ.get(name) for name in _CACHE_ENV}
+  saved_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  os.environ.update({name: value or path for name, value in _CACHE_ENV.items()})
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.set_cache_dir(path)
   compilation_cache.reset_cache()
   try:
     yield path
   finally:
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved_min_time)
     compilation_cache.reset_cache()
+    for name, value in saved_env.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
 
 
 TINY_SYNTHETIC = {"synthetic_subjects": 2, "synthetic_repetitions": 1}

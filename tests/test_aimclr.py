@@ -440,8 +440,7 @@ def torch_trees(model, state) -> dict:
 
 
 @pytest.fixture(scope="module")
-def setup(compilation_cache_dir):
-  del compilation_cache_dir
+def setup():
   config = small_config()
   layout = data.layout_of(config.data)
   state = host(cp.create_train_state(config, layout, steps_per_epoch=STEPS_PER_EPOCH))

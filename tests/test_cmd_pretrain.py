@@ -10,8 +10,8 @@ loop tests (non-finite loss, kill-and-resume, ``launch.py``) run a tiny model on
 synthetic TFDS set built into a temporary folder.
 
 Speed: every train step here has the same tiny config, so its XLA executable is the same
-program; a persistent compilation cache (a temporary folder, for this module only, shared
-with the ``launch.py`` subprocess) compiles it once instead of once per run.
+program; the test session's persistent compilation cache (tests/conftest.py, shared with the
+``launch.py`` subprocess) compiles it once instead of once per run.
 """
 
 from __future__ import annotations
@@ -103,12 +103,6 @@ def assert_trees_close(actual, expected, rtol, atol_frac, what):
 def max_abs_diff(a, b) -> float:
   return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_compilation_cache(compilation_cache_dir):
-  """Every test of this module shares one compilation cache (tests/conftest.py)."""
-  return compilation_cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,6 @@ from tests import distributed_worker
 STREAMS = ("joint", "motion", "bone")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_compilation_cache(compilation_cache_dir):
-  del compilation_cache_dir
-
-
 def tiny_config(data_dir: str, **overrides):
   """36 training clips, batch 12 (3 steps per epoch), cross-view training from epoch 1; the
   GRU with hidden size 8, one layer (module docstring)."""

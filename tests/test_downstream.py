@@ -27,7 +27,7 @@ with an evaluation after each. What is checked, each against a computation made 
   epochs, drop_last, eval mode, gradient clipping), SimSiam's weighted kNN against numpy, the
   configs' values and their one-line errors.
 
-Speed: a persistent compilation cache for this module (as tests/test_cmd_pretrain.py).
+Speed: the test session's persistent compilation cache (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -61,12 +61,6 @@ STREAMS = ("joint", "motion", "bone")
 FRAMES = 8
 NUM_CLASSES = 12
 PRETRAIN_STEPS = 4  # 36 training clips // batch 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_compilation_cache(compilation_cache_dir):
-  """Every test of this module shares one compilation cache (tests/conftest.py)."""
-  return compilation_cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ finish with the uninterrupted run's state or bytes.
 
 Each case prints what happened (``pytest -s`` shows it); the counts in
 docs/runs.md#kills-damaged-files-and-mixed-runs follow these cases. Subprocesses run on CPU with
-the module's compilation cache, so the JAX ones compile once.
+the test session's compilation cache (tests/conftest.py), so the JAX ones compile once.
 """
 
 from __future__ import annotations
@@ -82,11 +82,6 @@ TAKEOVER = "taking over the lock of"
 
 KILLS = 2            # kill moments of conversion, export, pretraining and the linear protocol
 SEED = 20261203      # the kill moments' random stream
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_compilation_cache(compilation_cache_dir):
-  return compilation_cache_dir
 
 
 def _env(cache_dir: str | None = None) -> dict[str, str]:

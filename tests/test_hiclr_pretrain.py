@@ -33,11 +33,6 @@ from tests.test_distributed import run_processes
 from tests.test_pretrained import set_fields
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_compilation_cache(compilation_cache_dir):
-  del compilation_cache_dir
-
-
 @pytest.fixture(scope="module")
 def frame50_data(tmp_path_factory) -> str:
   out = tmp_path_factory.mktemp("frame50") / "data"

@@ -34,11 +34,6 @@ CONFIGS = {"skeletonclr": pretrain_skeletonclr, "aimclr": pretrain_aimclr}
 METHODS = tuple(CONFIGS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_compilation_cache(compilation_cache_dir):
-  del compilation_cache_dir
-
-
 def tiny_config(method: str, data_dir: str = "data", **overrides):
   """36 training clips, batch 12 (3 steps per epoch), 3 epochs, AimCLR mining from epoch 1;
   CMD's GRU with hidden 8, one layer."""
