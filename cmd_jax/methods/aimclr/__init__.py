@@ -87,7 +87,7 @@ def validate(config, *, num_train: int | None, num_devices: int, process_count: 
 def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation) -> State:
   """A fresh state (host arrays): query and key encoders initialised independently, the
   queue of unit-norm Gaussian rows, pointer 0 (``single_stream.create_state``)."""
-  return single_stream.create_state(config, layout, tx, NAME)
+  return single_stream.create_state(config, layout, tx, NAME, model=make_model(config, layout))
 
 
 def loss(params, state: State, batch: Mapping[str, jax.Array], key: jax.Array, *, config,

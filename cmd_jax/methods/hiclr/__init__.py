@@ -99,7 +99,7 @@ def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformatio
   reference's ``weights_init`` re-initialises both after HiCLR copied one into the other),
   ``mask_param = 0``, the queue of unit-norm Gaussian rows, pointer 0
   (``single_stream.create_state``)."""
-  return single_stream.create_state(config, layout, tx, NAME, state_class=HiCLRState,
+  return single_stream.create_state(config, layout, tx, NAME, model=make_model(config, layout), state_class=HiCLRState,
                                     extra_params={"mask_param": jnp.zeros((1,), jnp.float32)})
 
 
