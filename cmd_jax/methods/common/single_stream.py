@@ -84,15 +84,14 @@ def make_model(config, layout: SkeletonLayout, training: bool = False):
 
 
 def create_state(config, layout: SkeletonLayout, tx: optax.GradientTransformation, method: str, *,
-                 model=None, extra_params: dict[str, Any] | None = None, state_class=MoCoState):
+                 model, extra_params: dict[str, Any] | None = None, state_class=MoCoState):
   """A fresh ``state_class`` (host arrays), deterministic in ``config.seed`` (module docstring);
   ``params`` is ``{"encoder": ...}`` plus ``extra_params`` (HiCLR's ``mask_param``), all trained.
-  ``model``: the encoder the method's loss applies (its ``make_model(config, layout)``; this
-  module's ``make_model`` when None), so that state and loss always use one encoder."""
+  ``model``: the encoder the method's loss applies (its ``make_model(config, layout)``), so
+  that state and loss always use one encoder."""
   (stream,) = one_stream(config, method)
   rng = jax.random.PRNGKey(int(config.seed))
   query_key, key_key, queue_key, run_key = jax.random.split(rng, 4)
-  model = make_model(config, layout) if model is None else model
   query, key = moco.init_encoder_pair(model, query_key, key_key, moco.dummy_clip(layout, FRAMES))
   params = {"encoder": query["params"], **(extra_params or {})}
   queues, ptr = queue_lib.init_queues(queue_key, (stream,), int(config.model.embed_dim), int(config.moco.queue_size))
