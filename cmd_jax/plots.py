@@ -336,9 +336,10 @@ def _names_for(class_names: Sequence[str] | None, num_classes: int, what: str) -
 
 
 def plot_workdir(workdir: str | os.PathLike, class_names: Sequence[str] | None = None, seed: int = 0,
-                 max_points: int = 5000) -> list[str]:
-  """``tsne_<stream>.png`` for every ``features_<stream>.npz`` and ``confusion_<stream>.png`` for
-  every ``predictions_<stream>.npz`` in ``workdir``; returns the PNG paths written (sorted by stream).
+                 max_points: int = 5000, tsne: bool = True) -> list[str]:
+  """``tsne_<stream>.png`` for every ``features_<stream>.npz`` (``tsne=False``: none) and
+  ``confusion_<stream>.png`` for every ``predictions_<stream>.npz`` in ``workdir``; returns the
+  PNG paths written (sorted by stream).
 
   Without ``class_names`` the names are those of ``workdir_class_names`` (none: labels only).
   """
@@ -349,7 +350,7 @@ def plot_workdir(workdir: str | os.PathLike, class_names: Sequence[str] | None =
   if found:
     class_names = workdir_class_names(workdir)
   written = []
-  for npz in sorted(glob.glob(os.path.join(glob.escape(workdir), "features_*.npz"))):
+  for npz in sorted(glob.glob(os.path.join(glob.escape(workdir), "features_*.npz"))) if tsne else ():
     stream = _stream(npz, "features_")
     feats, labels = _load_arrays(npz, ("features", "labels"))
     names = _names_for(class_names, int(np.max(labels, initial=-1)) + 1, npz) if found else class_names

@@ -84,6 +84,8 @@ def base_config(name: str, trainer: str, dataset: str, benchmark: str) -> ml_col
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                   # devices on the data axis (-1: all)
   c.plots = True                     # t-SNE of the test features, confusion matrices (PNG in the workdir)
+  c.tsne = True                      # with plots: the t-SNE maps too (their slow part; the default pipeline draws
+                                     # them in its kNN stages only, the linear stages' features being the same)
   c.reference_top1 = 0.0             # the paper's number to compare with (%; 0: none)
   c.reference_note = ""
   c.deviations = ()

@@ -6,6 +6,8 @@ CrosSCLR's probe and the fixed-weight ensemble. Config checks only: no training.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cmd_jax import sharding
@@ -139,3 +141,32 @@ def test_pipeline_table_shows_the_probe_and_the_ensemble():
   assert rows == [("linear", "joint", 0.5, 0.6), ("linear", "three-stream", 0.7, 0.7),
                   ("linear", "mean-logit probe", 0.75, 0.8), ("linear", "logit ensemble", None, 0.9)]
   assert "90.0" in pipeline.format_table(rows)
+
+
+def test_pipeline_draws_the_tsne_maps_in_its_knn_stages_only(tmp_path, monkeypatch):
+  """Every stage runs with the protocol's own config, init_from the pretraining workdirs and
+  random_init for the baselines; the t-SNE maps only in the kNN stages (the linear stages'
+  test features are the same frozen encoders' on the same clips), unless turned off there too."""
+  calls = []
+
+  def fake_trainer(config, workdir):
+    calls.append((os.path.basename(workdir), config))
+    return {"streams": {"joint": {"final_top1": 0.5, "best_of_evals_top1": 0.5}}}
+
+  monkeypatch.setattr(pipeline.trainers, "get_trainer", lambda name: fake_trainer)
+  c = default.get_config("skeletonclr")
+  pipeline.train_and_evaluate(c, tmp_path / "run")
+  stages = {name: config for name, config in calls}
+  pretrained = ",".join(os.fspath(tmp_path / "run" / f"pretrain_{s}") for s in ("joint", "motion", "bone"))
+  assert list(stages) == ["pretrain_joint", "pretrain_motion", "pretrain_bone", "knn", "linear", "knn_random_init",
+                          "linear_random_init"]
+  for name in ("knn", "linear", "knn_random_init", "linear_random_init"):
+    assert stages[name].init_from == pretrained
+    assert stages[name].random_init is name.endswith("random_init")
+    assert stages[name].plots is True
+    assert stages[name].tsne is name.startswith("knn")
+  calls.clear()
+  with c.unlocked():
+    c.knn.tsne = False
+  pipeline.train_and_evaluate(c, tmp_path / "again")
+  assert not any(config.tsne for name, config in calls if not name.startswith("pretrain"))

@@ -117,6 +117,11 @@ def test_plot_workdir(tmp_path):
                                                       "confusion_three_stream.png")]
   for p in paths:
     assert_png(p)
+  for p in paths:
+    os.remove(p)
+  assert plots.plot_workdir(tmp_path, tsne=False) == [os.fspath(tmp_path / n) for n in (
+      "confusion_joint.png", "confusion_three_stream.png")]  # the confusion matrices only
+  assert not os.path.exists(tmp_path / "tsne_joint.png")
   (tmp_path / "empty").mkdir()
   assert plots.plot_workdir(tmp_path / "empty") == []
   np.savez(tmp_path / "features_bone.npz", feats=feats)

@@ -261,7 +261,7 @@ def _run_once(config, workdir: str, run) -> dict[str, Any]:
   if config.get("plots", True) and outputs.is_writer():
     # t-SNE of the test features and confusion matrices, as PNG files beside results.json.
     from cmd_jax import plots  # pylint: disable=import-outside-toplevel
-    for path in plots.plot_workdir(workdir):
+    for path in plots.plot_workdir(workdir, tsne=bool(config.get("tsne", True))):
       print(f"wrote {path}")
   results = dict(results, inputs=inputs)  # last: marks the run complete (finished_results)
   outputs.save_json(os.path.join(workdir, "results.json"), results)

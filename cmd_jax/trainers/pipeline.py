@@ -10,6 +10,8 @@ The table has a row per stream and the three-stream fusion, and, where the linea
 asks for them, CrosSCLR's mean-logit probe (``joint_probe``) and HiCLR's / AimCLR's
 weighted logit ensemble (``fusion_weights``; each stream at its best test evaluation, so
 only in the best-of-evaluations column).
+Every stage draws its confusion matrices; the t-SNE maps of the test features are drawn by the
+kNN stages only (the linear stages' features are the same, and t-SNE is most of the plots' time).
 The pipeline holds the lock of its workdir (``cmd_jax.workdir_lock``), each stage that of its own.
 """
 
@@ -26,10 +28,12 @@ from cmd_jax import trainers, workdir_lock
 from cmd_jax.protocols import heads
 
 
-def _stage_config(config: ml_collections.ConfigDict, init_from: str, random_init: bool) -> ml_collections.ConfigDict:
+def _stage_config(config: ml_collections.ConfigDict, init_from: str, random_init: bool,
+                  tsne: bool) -> ml_collections.ConfigDict:
   sub = ml_collections.ConfigDict(config.to_dict())  # an independent, unlocked copy
   sub.init_from = init_from
   sub.random_init = random_init
+  sub.tsne = bool(sub.get("tsne", True)) and tsne
   sub.lock()
   return sub
 
@@ -91,7 +95,9 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     stages += [("knn_random_init", config.knn, True), ("linear_random_init", config.linear, True)]
   results, rows = {}, []
   for stage, sub, random_init in stages:
-    stage_config = _stage_config(sub, pretrain_dir, random_init)
+    # The t-SNE maps in the kNN stages only: a linear stage's test features are those of the
+    # kNN stage before it (the same frozen encoders on the same clips).
+    stage_config = _stage_config(sub, pretrain_dir, random_init, tsne=not stage.startswith("linear"))
     results[stage] = trainers.get_trainer(stage_config.trainer)(stage_config, os.path.join(workdir, stage))
     rows += _rows(stage, results[stage])
   table = format_table(rows)
