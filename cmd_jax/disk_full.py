@@ -60,14 +60,46 @@ def errno_of(err: BaseException) -> int | None:
   return None
 
 
+# Where a write fails inside ``f.write`` the OSError has no filename (orbax writes its metadata
+# with ``epath.Path.write_text`` in a worker thread): the path is then the innermost frame's
+# path-like local of these names (``self`` for a method of a path object).
+_PATH_LOCALS = ("path", "filename", "file_path", "self")
+
+
+def _path_in_traceback(err: BaseException) -> str | None:
+  """The absolute path a frame of ``err``'s traceback was writing, innermost frame first."""
+  frames, tb = [], err.__traceback__
+  while tb is not None:
+    frames.append(tb.tb_frame)
+    tb = tb.tb_next
+  for frame in reversed(frames):
+    for name in _PATH_LOCALS:
+      value = frame.f_locals.get(name)
+      if isinstance(value, (str, os.PathLike)):
+        try:
+          path = os.fspath(value)
+        except TypeError:
+          continue
+        if isinstance(path, str) and os.path.isabs(path):
+          return path
+  return None
+
+
 def failed_path(err: BaseException) -> str | None:
-  """The file a full-disk error names (an ``OSError``'s filename, else the first quoted absolute path)."""
-  for e in _chain(err):
+  """The file a full-disk error names: an ``OSError``'s filename, else the first quoted
+  absolute path in a message, else the path the failing write's frame held."""
+  chain = list(_chain(err))
+  for e in chain:
     if isinstance(e, OSError) and e.filename:
       return os.fspath(e.filename)
     match = _QUOTED_PATH.search(str(e))
     if match:
       return match.group(1)
+  for e in chain:
+    if isinstance(e, OSError) and e.errno in _WORDS:
+      path = _path_in_traceback(e)
+      if path:
+        return path
   return None
 
 

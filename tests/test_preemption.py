@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
 import signal
 import threading
+from unittest import mock
 
 import pytest
 
@@ -116,6 +118,37 @@ def _torch_error() -> RuntimeError:
       raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from inner
   except RuntimeError as outer:
     return outer
+
+
+def test_a_full_disk_inside_a_path_objects_write_names_the_file(tmp_path):
+  """An OSError raised by ``f.write`` carries no filename (orbax writes its checkpoint metadata
+  with ``epath.Path.write_text``, in a worker thread): the file is the path the failing
+  frame held, here a pathlib.Path method's ``self`` (an error raised the same way)."""
+  target = tmp_path / "w" / "checkpoints" / "8" / "_METADATA"
+
+  class FullFile:
+    def __init__(self, *_, **__):
+      pass
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *_):
+      return False
+
+    def write(self, _):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  with mock.patch.object(pathlib.Path, "open", FullFile):
+    with pytest.raises(OSError) as raised:
+      target.write_text("{}")
+  assert raised.value.filename is None  # nothing in the error itself names the file
+  wrapped = ValueError("metadata write failed")
+  wrapped.__cause__ = raised.value
+  assert disk_full.failed_path(wrapped) == str(target)
+  reported = disk_full.reported(wrapped, tmp_path / "w", "run the same command again")
+  assert str(reported).startswith(f"{tmp_path / 'w'}: no space left on the device (ENOSPC) while writing "
+                                  f"{os.path.join('checkpoints', '8', '_METADATA')}; ")
 
 
 @pytest.mark.parametrize("err,code,path", [
