@@ -350,7 +350,8 @@ def plot_workdir(workdir: str | os.PathLike, class_names: Sequence[str] | None =
   if found:
     class_names = workdir_class_names(workdir)
   written = []
-  for npz in sorted(glob.glob(os.path.join(glob.escape(workdir), "features_*.npz"))) if tsne else ():
+  features = sorted(glob.glob(os.path.join(glob.escape(workdir), "features_*.npz"))) if tsne else []
+  for npz in features:
     stream = _stream(npz, "features_")
     feats, labels = _load_arrays(npz, ("features", "labels"))
     names = _names_for(class_names, int(np.max(labels, initial=-1)) + 1, npz) if found else class_names
