@@ -142,11 +142,13 @@ def _cpu_sized(c: ml_collections.ConfigDict, base: str) -> None:
   c.batch_size = 64 if base == "synthetic" else 32
   c.moco.queue_size = 512 if base == "synthetic" else 128
   # The single-view phase needs ~300-450 steps before the joint encoder's kNN rises above its
-  # random initialisation (docs): on the synthetic set (11 steps per epoch) 40 single-view epochs
-  # (SkeletonCLR's 40 in all would leave 20, and the joint kNN ends below random initialisation).
+  # random initialisation (docs): on the synthetic set (11 steps per epoch) 80 epochs (SkeletonCLR's
+  # 40 in all: the joint kNN ends below random initialisation). There the cross-view phase at the
+  # full lr took the joint linear probe below random initialisation (its partner streams are
+  # weak at this size), so it mines for the last 20 epochs, after the lr step (docs).
   c.num_epochs = 80 if base == "synthetic" else 100
   c.optimizer.milestones = (60,) if base == "synthetic" else (80,)
-  c.crossclr.cross_epoch = c.num_epochs // 2
+  c.crossclr.cross_epoch = 60 if base == "synthetic" else 50
   c.model.init = "default"            # as SkeletonCLR's CPU-sized config
   c.moco.momentum = 0.99              # 0.999: the independently initialised key encoders stay random
   c.deviations = (
@@ -155,5 +157,5 @@ def _cpu_sized(c: ml_collections.ConfigDict, base: str) -> None:
       "docs/crossclr.md#crossclr-at-cpu-size)",
       "key-encoder momentum 0.99 (release 0.999) for the short schedule",
       "CPU-sized batch, a queue below the training-set size, a short schedule (synthetic: 80 epochs, twice "
-      "SkeletonCLR's, for 40 single-view epochs), cross-view mining from half-way",
+      "SkeletonCLR's, cross-view mining for the last 20, after the lr step; MSR: 100, mining from half-way)",
   )
