@@ -64,6 +64,9 @@ def msr_dir() -> Path:
 # loaded afterwards. A loaded executable is the one the compilation wrote, so no result
 # changes. Every compilation is stored (min compile time 0: most of the suite's compilations
 # take well under the default 1 s). The environment variables hand the cache to subprocesses.
+# Under pytest-xdist (``-n``) every worker is a session of its own: the workers share one folder
+# beside their temporary folders, so a program is compiled once for all of them (a reader that
+# meets an entry still being written gets JAX's cache-read warning and compiles it itself).
 # Tests only: set here, restored at the session's end.
 _CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
@@ -75,7 +78,12 @@ def compilation_cache_dir(tmp_path_factory):
   if existing:
     yield existing
     return
-  path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = tmp_path_factory.getbasetemp().parent / "jax_compilation_cache"
+    shared.mkdir(exist_ok=True)
+    path = str(shared)
+  else:
+    path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
   saved_env = {name: os.environ.get(name) for name in _CACHE_ENV}
   saved_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
   os.environ.update({name: value or path for name, value in _CACHE_ENV.items()})
