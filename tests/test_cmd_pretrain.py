@@ -593,29 +593,27 @@ def test_non_finite_loss_stops_the_run_with_the_last_good_checkpoint(tiny_data, 
 # ---------------------------------------------------------------------------------------------
 # 7. Kill and resume.
 
-def test_kill_and_resume_ends_in_the_same_state(tiny_data, tmp_path):
-  """Run A: 3 epochs (12 steps) uninterrupted. Run B: stopped after step 3 (as a preemption
-  with a checkpoint), then rerun. The final TrainStates are identical leaf for leaf (CPU is
-  deterministic), B's metrics.jsonl continues at step 4 with A's values, and orbax keeps at
-  most keep_checkpoints steps."""
-  config = tiny_config(**{"data.data_dir": tiny_data, "num_epochs": 3, "checkpoint_every_steps": 2,
-                          "log_every_steps": 1, "keep_checkpoints": 2})
-  run_a = cp.train_and_evaluate(config, tmp_path / "a")
+def test_kill_and_resume_ends_in_the_same_state(resume_config_and_reference, tmp_path):
+  """Run A (the module's reference run): 3 epochs (12 steps) uninterrupted. Run B: stopped
+  after step 3 (as a preemption with a checkpoint), then rerun. The final TrainStates are
+  identical leaf for leaf (CPU is deterministic), B's metrics.jsonl continues at step 4 with
+  A's values, and orbax keeps at most keep_checkpoints steps."""
+  config, final_a, workdir_a = resume_config_and_reference
   first = cp.train_and_evaluate(config, tmp_path / "b", stop_after_step=3)
   assert first.step == 3 and int(first.state.step) == 3
   steps_b1 = [r["step"] for r in metrics_lib.read_metrics(tmp_path / "b", "train")]
   assert steps_b1 == [1, 2, 3]
   run_b = cp.train_and_evaluate(config, tmp_path / "b")
 
-  assert run_a.step == run_b.step == 12 == 3 * STEPS_PER_EPOCH
-  final_a, final_b = jax.device_get(run_a.state), jax.device_get(run_b.state)
+  assert run_b.step == 12 == 3 * STEPS_PER_EPOCH and int(final_a.step) == 12
+  final_b = jax.device_get(run_b.state)
   paths = leaf_paths(final_a)
   assert paths == leaf_paths(final_b)
   for path, a, b in zip(paths, jax.tree.leaves(final_a), jax.tree.leaves(final_b)):
     np.testing.assert_array_equal(a, b, err_msg=path)
   assert int(final_b.step) == 12 and int(final_b.queue_ptr) == (12 * N) % K
 
-  records_a = metrics_lib.read_metrics(tmp_path / "a", "train")
+  records_a = metrics_lib.read_metrics(workdir_a, "train")
   records_b = metrics_lib.read_metrics(tmp_path / "b", "train")
   assert [r["step"] for r in records_a] == [r["step"] for r in records_b] == list(range(1, 13))
   for ra, rb in zip(records_a, records_b):
@@ -623,25 +621,28 @@ def test_kill_and_resume_ends_in_the_same_state(tiny_data, tmp_path):
       assert ra[name] == rb[name], (ra["step"], name)
     assert math.isfinite(ra["loss"])
 
-  for run in ("a", "b"):
-    ckpt = checkpoint.Checkpointer(tmp_path / run, 2)
+  for run, workdir in (("a", workdir_a), ("b", tmp_path / "b")):
+    ckpt = checkpoint.Checkpointer(workdir, 2)
     try:
       assert ckpt.all_steps() == [10, 12]
-      restored, _, meta = ckpt.restore(12, run_a.state, sharding.make_mesh(-1))
+      restored, _, meta = ckpt.restore(12, final_a, sharding.make_mesh(-1))
     finally:
       ckpt.close()
     assert meta["step"] == 12
     for path, a, b in zip(paths, jax.tree.leaves(final_a), jax.tree.leaves(jax.device_get(restored))):
       np.testing.assert_array_equal(a, b, err_msg=f"checkpoint {run}: {path}")
-    on_disk = sorted(int(d) for d in os.listdir(tmp_path / run / "checkpoints") if d.isdigit())
+    on_disk = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
     assert on_disk == [10, 12]
 
 
 @pytest.fixture(scope="module")
 def resume_config_and_reference(tiny_data, tmp_path_factory):
+  """The resume tests' config and its uninterrupted run (12 steps): ``(config, final state on
+  the host, workdir)``; the tests only read the workdir."""
   config = tiny_config(**{"data.data_dir": tiny_data, "num_epochs": 3, "checkpoint_every_steps": 2,
                           "log_every_steps": 1, "keep_checkpoints": 2})
-  return config, jax.device_get(cp.train_and_evaluate(config, tmp_path_factory.mktemp("reference")).state)
+  workdir = tmp_path_factory.mktemp("reference")
+  return config, jax.device_get(cp.train_and_evaluate(config, workdir).state), workdir
 
 
 # Every file kind of an orbax step folder (orbax 0.12): the state's tree metadata, its largest
@@ -667,7 +668,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(resume_config_a
   in one line naming the folder, resumes from step 4, sets step 6 aside, and ends in the same
   state as an uninterrupted run (steps 5-6 are recomputed identically); a damaged file that
   restoring does not read changes nothing."""
-  config, reference = resume_config_and_reference
+  config, reference, _ = resume_config_and_reference
   tmp_path = tmp_path / "w"
   shutil.copytree(stopped_at_step_6, tmp_path)
   ckpt_dir = tmp_path / "checkpoints"
@@ -686,7 +687,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(resume_config_a
 
 
 def test_no_readable_checkpoint_is_a_one_line_error(resume_config_and_reference, tmp_path):
-  config, _ = resume_config_and_reference
+  config, _, _ = resume_config_and_reference
   cp.train_and_evaluate(config, tmp_path, stop_after_step=4)
   for step in (2, 4):
     damage_checkpoint(tmp_path / "checkpoints" / str(step), "metadata")
@@ -709,7 +710,7 @@ def test_an_incompatible_config_is_refused_with_the_workdir_unchanged(resume_con
                                                                        overrides, message):
   """Rerunning a workdir with another hidden size, modalities or benchmark refuses in one line
   before anything is written: config.json, checkpoints and metrics are byte-identical after."""
-  config, _ = resume_config_and_reference
+  config, _, _ = resume_config_and_reference
   cp.train_and_evaluate(config, tmp_path, stop_after_step=4)
   before = folder_digest(tmp_path)
   other = tiny_config(**{"data.data_dir": config.data.data_dir, "num_epochs": 3, "checkpoint_every_steps": 2,
