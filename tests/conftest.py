@@ -113,6 +113,27 @@ def build_tiny_synthetic(out: Path) -> str:
   return str(out)
 
 
+def build_tiny_frame50(out: Path) -> str:
+  """The 50-frame variant of that set, xsub only (36 train, 36 val): HiCLR's input."""
+  import data_prep  # pylint: disable=import-outside-toplevel
+  data_prep.build_dataset("synthetic", str(out), variant="frame50", benchmarks=["xsub"], options=TINY_SYNTHETIC,
+                          progress=False)
+  return str(out)
+
+
+# The tiny sets, built once per session for every module that trains on them (each build
+# imports TFDS and converts; ~10 s). Tests only read them: a test that writes into a data
+# folder builds its own.
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> str:
+  return build_tiny_synthetic(tmp_path_factory.mktemp("tiny_synthetic"))
+
+
+@pytest.fixture(scope="session")
+def tiny_frame50(tmp_path_factory) -> str:
+  return build_tiny_frame50(tmp_path_factory.mktemp("tiny_frame50"))
+
+
 def folder_digest(folder) -> str:
   """A hash of every file's relative path and bytes under ``folder``."""
   digest = hashlib.sha256()

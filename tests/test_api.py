@@ -32,7 +32,6 @@ from cmd_jax.methods import cmd as cmd_method
 from cmd_jax.trainers import pretrain as cmd_pretrain
 from configs import pretrain_cmd
 from data_prep import preprocess, synthetic
-from tests.conftest import build_tiny_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("joint", "motion", "bone")
@@ -59,9 +58,9 @@ def tiny_config(data_dir: str):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_synthetic):
   """(workdir, config, trained state): a one-epoch pretraining on 2 subjects x 1 repetition."""
-  data_dir = build_tiny_synthetic(tmp_path_factory.mktemp("data"))
+  data_dir = tiny_synthetic
   workdir = tmp_path_factory.mktemp("pretrain")
   config = tiny_config(str(data_dir))
   result = cmd_pretrain.train_and_evaluate(config, workdir)

@@ -40,7 +40,7 @@ from cmd_jax.methods import cmd as cmd_method
 from cmd_jax.methods.cmd import views as cmd_views
 from cmd_jax.methods.cmd import losses as cmd_losses
 from configs import pretrain_cmd
-from tests.conftest import build_tiny_synthetic, damage_checkpoint, folder_digest
+from tests.conftest import damage_checkpoint, folder_digest
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("joint", "motion", "bone")
@@ -106,9 +106,9 @@ def max_abs_diff(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
+def tiny_data(tiny_synthetic) -> str:
   """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val records)."""
-  out = build_tiny_synthetic(tmp_path_factory.mktemp("data"))
+  out = tiny_synthetic
   assert len(data.open_split(tiny_config(**{"data.data_dir": out}).data, "train")) == N * STEPS_PER_EPOCH + 4
   return out
 

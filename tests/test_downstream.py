@@ -54,7 +54,6 @@ from cmd_jax.trainers import pretrain as cmd_pretrain, get_trainer
 from cmd_jax import optim
 from configs import knn as knn_config, linear as linear_config, semi as semi_config, transfer as transfer_config
 from tests.test_pretrained import make_workdir, set_fields, tiny_pretrain_config
-from tests.conftest import build_tiny_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMS = ("joint", "motion", "bone")
@@ -64,9 +63,9 @@ PRETRAIN_STEPS = 4  # 36 training clips // batch 8
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
+def tiny_data(tiny_synthetic) -> str:
   """The synthetic set with 2 subjects x 1 repetition (xsub: 36 train, 36 val; 3 clips per class)."""
-  return build_tiny_synthetic(tmp_path_factory.mktemp("data"))
+  return tiny_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ import pytest
 
 from cmd_jax import checkpoint, data, sharding, workdir_lock
 from cmd_jax.trainers import pretrain as cp
-from tests.conftest import REPO, TINY_SYNTHETIC, build_tiny_synthetic
+from tests.conftest import REPO
 from tests.test_cmd_pretrain import TINY, tiny_config
 
 LOCK = workdir_lock.LOCK_NAME
@@ -288,8 +288,8 @@ def test_export_killed_and_rerun_writes_the_same_files(tmp_path, npy_export):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-  return build_tiny_synthetic(tmp_path_factory.mktemp("data"))
+def tiny_data(tiny_synthetic) -> str:
+  return tiny_synthetic
 
 
 def _launch_cmd(config: str, overrides: dict, workdir) -> list[str]:
@@ -406,12 +406,8 @@ def test_pretraining_stopped_by_sigterm_continues_to_the_same_state_and_a_second
 # fast) on 50-frame clips, and its fine-tuning protocol.
 
 @pytest.fixture(scope="module")
-def frame50_data(tmp_path_factory) -> str:
-  import data_prep  # pylint: disable=import-outside-toplevel
-  out = tmp_path_factory.mktemp("frame50")
-  data_prep.build_dataset("synthetic", str(out), variant="frame50", benchmarks=["xsub"], options=TINY_SYNTHETIC,
-                          progress=False)
-  return str(out)
+def frame50_data(tiny_frame50) -> str:
+  return tiny_frame50
 
 
 HICLR_PRETRAIN = {"model.name": "gru", "model.init": "default", "model.hidden_size": 8, "model.num_layers": 1,

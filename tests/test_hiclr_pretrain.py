@@ -23,7 +23,6 @@ import jax
 import numpy as np
 import pytest
 
-import data_prep
 from cmd_jax import checkpoint, data, pretrained
 from cmd_jax.errors import ConfigError
 from cmd_jax.trainers import get_trainer, pretrain
@@ -34,11 +33,8 @@ from tests.test_pretrained import set_fields
 
 
 @pytest.fixture(scope="module")
-def frame50_data(tmp_path_factory) -> str:
-  out = tmp_path_factory.mktemp("frame50") / "data"
-  data_prep.build_dataset("synthetic", str(out), variant="frame50", benchmarks=["xsub"],
-                          options={"synthetic_subjects": 2, "synthetic_repetitions": 1}, progress=False)
-  return str(out)
+def frame50_data(tiny_frame50) -> str:
+  return tiny_frame50
 
 
 def tiny_config(data_dir: str, encoder: str = "stgcn", **overrides):
