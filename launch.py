@@ -21,6 +21,7 @@ checkpoint of the step it stopped at; rerun the same command to continue).
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -86,6 +87,10 @@ def main(argv) -> None:
   except (ConfigError, FileNotFoundError, DiskFullError) as err:  # bad setup, missing data, full disk: one line
     if _DEBUG.value:
       raise
+    if isinstance(err, DiskFullError):
+      # orbax's writer tasks that met the full disk are dropped with the process; asyncio would
+      # log each one ("Task exception was never retrieved") after this line, which says it all.
+      std_logging.getLogger("asyncio").disabled = True
     sys.exit(f"launch.py: {err}")
 
 

@@ -110,7 +110,7 @@ case "$mode" in
     stage augment 600 "$out/cpu_check_augment.jsonl" python bench/bench_augment.py --size cpu --batches 8 --steps 3 \
       --warmup 1 --ref-samples 16 --ref-warmup 2 --workers 2
     stage input_pipeline 600 "$out/cpu_check_input_pipeline.jsonl" python bench/bench_input_pipeline.py --size cpu \
-      --read-threads 1 --batches 5 --warmup-batches 1 --step-json "$out/cpu_check_step.jsonl"
+      --batch 8 --read-threads 1 --batches 5 --warmup-batches 1 --step-json "$out/cpu_check_step.jsonl"
     ;;
 esac
 

@@ -122,7 +122,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def count_parameters(tree) -> int:
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+  """The number of values in ``tree``'s arrays (or ``jax.ShapeDtypeStruct`` leaves)."""
+  return int(sum(np.prod(x.shape if hasattr(x, "shape") else np.shape(x)) for x in jax.tree.leaves(tree)))
 
 
 def describe_encoders(config, state) -> str:
@@ -252,7 +253,12 @@ def _train_and_evaluate(config, workdir: str, stop_after_step: int | None, stop:
   steps_per_epoch = input_pipeline.steps_per_epoch(len(source), global_batch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 
-  state = create_train_state(config, layout, steps_per_epoch)
+  # A run that resumes takes every value from its checkpoint: the state's structure, shapes and
+  # dtypes are all it needs, so the initialisation is traced (jax.eval_shape), not compiled or
+  # run (seconds of a resume's start-up); a new run initialises for real.
+  make_state = functools.partial(create_train_state, config, layout, steps_per_epoch)
+  resuming = bool(checkpoint.saved_steps(workdir))
+  state = jax.eval_shape(make_state) if resuming else make_state()
   if jax.process_index() == 0:
     print(describe_encoders(config, state))
   dataset = input_pipeline.global_batches(source, global_batch_size=global_batch, seed=int(config.seed),
@@ -293,6 +299,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_step: int | None, stop:
     if jax.process_index() == 0:
       print(f"Resumed from {ckpt.directory} at step {start}")
   else:
+    if resuming:  # its checkpoints were removed meanwhile: a new run after all
+      state = make_state()
     state = sharding.put_replicated(state, mesh)
   step_fn = jit_train_step(config, layout, steps_per_epoch, mesh)
   evaluate = _knn_monitor(config, layout, mesh)
