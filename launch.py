@@ -21,7 +21,6 @@ checkpoint of the step it stopped at; rerun the same command to continue).
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
@@ -64,6 +63,7 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   _init_distributed()
   import jax  # pylint: disable=import-outside-toplevel
+  from cmd_jax import disk_full  # pylint: disable=import-outside-toplevel
   from cmd_jax.disk_full import DiskFullError  # pylint: disable=import-outside-toplevel
   from cmd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from cmd_jax.preemption import RunStopped  # pylint: disable=import-outside-toplevel
@@ -88,9 +88,7 @@ def main(argv) -> None:
     if _DEBUG.value:
       raise
     if isinstance(err, DiskFullError):
-      # orbax's writer tasks that met the full disk are dropped with the process; asyncio would
-      # log each one ("Task exception was never retrieved") after this line, which says it all.
-      std_logging.getLogger("asyncio").disabled = True
+      disk_full.quiet_dropped_writes()
     sys.exit(f"launch.py: {err}")
 
 

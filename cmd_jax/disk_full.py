@@ -14,6 +14,7 @@ commands raise instead (an ``OSError`` with the errno), naming the folder and th
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 
@@ -116,3 +117,11 @@ def reported(err: BaseException, folder: str | os.PathLike, outcome: str) -> Dis
     path = os.path.abspath(path)
     where = f" while writing {os.path.relpath(path, folder) if path.startswith(folder + os.sep) else path}"
   return DiskFullError(code, f"{folder}: {_WORDS[code]}{where}; {outcome}")
+
+
+def quiet_dropped_writes() -> None:
+  """For a command ending with a ``DiskFullError``'s one line: orbax's asynchronous writer
+  tasks that met the full disk are dropped with the process, and asyncio would log each one
+  ("Task exception was never retrieved", the storage error's text) after that line, which
+  says it all. Silences the ``asyncio`` logger for the rest of the process."""
+  logging.getLogger("asyncio").disabled = True

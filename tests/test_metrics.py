@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from cmd_jax import metrics
+from tests.conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WRITE = """
 import sys
@@ -53,7 +53,7 @@ def test_writer_records_and_torch_stays_unloaded(tmp_path, order):
   """In a fresh interpreter (PyTorch installed, as in this suite) the writer leaves ``torch``
   unloaded and importable; where torch was loaded first it is used as it is. Both write the
   same JSON lines (a non-finite value as null) and TensorBoard scalars (finite ones only)."""
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, "-c", _WRITE, str(tmp_path), order], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]

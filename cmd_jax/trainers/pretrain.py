@@ -123,7 +123,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def count_parameters(tree) -> int:
   """The number of values in ``tree``'s arrays (or ``jax.ShapeDtypeStruct`` leaves)."""
-  return int(sum(np.prod(x.shape if hasattr(x, "shape") else np.shape(x)) for x in jax.tree.leaves(tree)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
 def describe_encoders(config, state) -> str:
