@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cmd_jax import flat_random
+
 PRETRAIN_RATIO_RANGE = (0.1, 1.0)
 DOWNSTREAM_TRAIN_RATIO_RANGE = (0.5, 1.0)
 CENTER_CROP_RATIO = 0.95
@@ -210,7 +212,7 @@ def joint_corruption_params(key: jax.Array, num_joints: int,
   branch_key, joints_key, matrix_key = jax.random.split(key, 3)
   zero = jax.random.uniform(branch_key, ()) < 0.5
   _, joints = jax.lax.top_k(jax.random.bits(joints_key, (num_joints,), jnp.uint32), num_corrupted)
-  matrix = jax.random.uniform(matrix_key, (3, 3), jnp.float32, -amplitude, amplitude)
+  matrix = flat_random.uniform(matrix_key, (3, 3), jnp.float32, -amplitude, amplitude)
   return joints, matrix, zero
 
 
@@ -229,7 +231,7 @@ def shear_with(x: jax.Array, matrix: jax.Array) -> jax.Array:
 def shear_params(key: jax.Array, amplitude: float = 1.0) -> jax.Array:
   """Draws the shear ``S``: 1 on the diagonal, off-diagonal entries i.i.d.
   U(-amplitude, amplitude) (the reference: amplitude 1)."""
-  off = jax.random.uniform(key, (3, 3), jnp.float32, -amplitude, amplitude)
+  off = flat_random.uniform(key, (3, 3), jnp.float32, -amplitude, amplitude)
   eye = jnp.eye(3, dtype=bool)
   return jnp.where(eye, jnp.float32(1.0), off)
 

@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from cmd_jax import flat_random
 from cmd_jax.losses import as_int, l2_normalize
 
 Queues = dict[str, jax.Array]
@@ -76,7 +77,7 @@ def init_queues(key: jax.Array, modalities: Sequence[str], dim: int,
   keys = jax.random.split(key, len(modalities))
   queues = {}
   for name, k in zip(modalities, keys):
-    queues[name] = l2_normalize(jax.random.normal(k, (size, dim), jnp.float32), axis=-1)
+    queues[name] = l2_normalize(flat_random.normal(k, (size, dim), jnp.float32), axis=-1)
   return queues, jnp.zeros((), jnp.int32)
 
 

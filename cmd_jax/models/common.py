@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cmd_jax import flat_random
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -53,7 +55,7 @@ def uniform_init(bound: float) -> Initializer:
   """``U(-bound, bound)``, like ``torch.nn.init.uniform_(-bound, bound)``."""
 
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+    return flat_random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
   return init
 
@@ -62,7 +64,7 @@ def normal_init(std: float, mean: float = 0.0) -> Initializer:
   """``N(mean, std^2)``, like ``tensor.normal_(mean, std)``."""
 
   def init(key, shape, dtype=jnp.float32):
-    return mean + std * jax.random.normal(key, shape, dtype)
+    return mean + std * flat_random.normal(key, shape, dtype)
 
   return init
 
@@ -79,19 +81,19 @@ def xavier_uniform_torch(key, shape, dtype=jnp.float32) -> Array:
   """``torch.nn.init.xavier_uniform_`` on a torch-layout weight."""
   fan_in, fan_out = fans(shape)
   bound = (6.0 / (fan_in + fan_out)) ** 0.5
-  return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+  return flat_random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
 
 def xavier_normal_torch(key, shape, dtype=jnp.float32) -> Array:
   """``torch.nn.init.xavier_normal_`` on a torch-layout weight."""
   fan_in, fan_out = fans(shape)
-  return (2.0 / (fan_in + fan_out)) ** 0.5 * jax.random.normal(key, shape, dtype)
+  return (2.0 / (fan_in + fan_out)) ** 0.5 * flat_random.normal(key, shape, dtype)
 
 
 def kaiming_normal_fan_out(key, shape, dtype=jnp.float32) -> Array:
   """``torch.nn.init.kaiming_normal_(w, mode='fan_out')`` (ReLU gain): ``N(0, 2 / fan_out)``."""
   _, fan_out = fans(shape)
-  return (2.0 / fan_out) ** 0.5 * jax.random.normal(key, shape, dtype)
+  return (2.0 / fan_out) ** 0.5 * flat_random.normal(key, shape, dtype)
 
 
 
@@ -219,7 +221,7 @@ def bernoulli_mask(key: Array, keep_prob: float, shape: Sequence[int]) -> Array:
     if threshold == int(threshold):
       break
   else:
-    return jax.random.bernoulli(key, keep_prob, tuple(shape))
+    return flat_random.bernoulli(key, keep_prob, shape)
   per_word = 32 // bits
   words = jax.random.bits(key, (-(-n // per_word),), jnp.uint32)
   low = jnp.uint32(2 ** bits - 1)
@@ -249,7 +251,7 @@ class Dropout(nn.Module):
     keep_prob = 1.0 - self.rate
     key = self.make_rng("dropout")
     if self.mask == "flax":
-      keep = jax.random.bernoulli(key, keep_prob, x.shape)
+      keep = flat_random.bernoulli(key, keep_prob, x.shape)
     else:
       keep = bernoulli_mask(key, keep_prob, x.shape)
     return lax.select(keep, x / keep_prob, jnp.zeros_like(x))

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmd_jax import modalities
+from cmd_jax import flat_random, modalities
 from cmd_jax.errors import ConfigError
 
 HEAD_INITS = ("normal_0.01", "normal_0.02", "default")
@@ -50,13 +50,13 @@ def init_head(key: jax.Array, num_classes: int, dim: int, scheme: str = "normal_
   fine-tuning: PyTorch's Linear default, weight and bias ``U(+-1/sqrt(dim))``)."""
   if scheme in ("normal_0.01", "normal_0.02"):
     std = 0.01 if scheme == "normal_0.01" else 0.02
-    return {"weight": std * jax.random.normal(key, (num_classes, dim), jnp.float32),
+    return {"weight": std * flat_random.normal(key, (num_classes, dim), jnp.float32),
             "bias": jnp.zeros((num_classes,), jnp.float32)}
   if scheme != "default":
     raise ConfigError(f"config.head_init={scheme!r}; expected one of {', '.join(HEAD_INITS)}")
   bound = 1.0 / dim ** 0.5
   w_key, b_key = jax.random.split(key)
-  return {"weight": jax.random.uniform(w_key, (num_classes, dim), jnp.float32, -bound, bound),
+  return {"weight": flat_random.uniform(w_key, (num_classes, dim), jnp.float32, -bound, bound),
           "bias": jax.random.uniform(b_key, (num_classes,), jnp.float32, -bound, bound)}
 
 

@@ -16,6 +16,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from cmd_jax import flat_random
 from cmd_jax.augment import (MIN_CROP_LENGTH, NUM_CORRUPTED_JOINTS, OUTPUT_LENGTH, PRETRAIN_RATIO_RANGE,
                              crop_length, joint_corruption, joint_corruption_masked, resize_linear, shear, shear_with,
                              valid_length)
@@ -79,7 +80,7 @@ def pretrain_view_params(key: jax.Array, batch_num_frames: jax.Array, max_frames
   """
   r0, r1 = float(ratio_range[0]), float(ratio_range[1])
   n = batch_num_frames.shape[0]
-  bits = jax.random.bits(key, (2, n, 4 + num_joints + 18), jnp.uint32)
+  bits = flat_random.bits(key, (2, n, 4 + num_joints + 18), jnp.uint32)
   u = jnp.moveaxis((bits[..., :4] >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24), -1, 0)  # [4, 2, N] in [0, 1)
   f = jnp.broadcast_to(valid_length(batch_num_frames, max_frames)[None, :], (2, n))
   length = crop_length(f, jnp.float32(r0) + jnp.float32(r1 - r0) * u[0], min_len)

@@ -95,6 +95,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cmd_jax import flat_random
 from cmd_jax.methods.common.fast_normal import normal_pair
 
 TEMPORAL_PADDING_RATIO = 6
@@ -364,7 +365,7 @@ def view_params(key: jax.Array, x_shape: tuple[int, ...], strong: Sequence[bool]
     raise ValueError(f"noise_rng must be one of {NOISE_RNGS}, got {noise_rng!r}")
   uniform_key, noise_key = jax.random.split(key)
   batch, num_frames = x_shape[0], x_shape[2]
-  u = jax.random.uniform(uniform_key, (len(strong), batch, NUM_UNIFORMS), jnp.float32)
+  u = flat_random.uniform(uniform_key, (len(strong), batch, NUM_UNIFORMS), jnp.float32)
   params = [params_from_uniforms(u[i], num_frames, temporal_padding_ratio=temporal_padding_ratio,
                                  shear_amplitude=shear_amplitude) for i in range(len(strong))]
   noisy = [i for i, s in enumerate(strong) if s]
@@ -374,7 +375,7 @@ def view_params(key: jax.Array, x_shape: tuple[int, ...], strong: Sequence[bool]
         raise ValueError(f"noise_rng='fast' draws the noise of at most 2 strong branches, got {len(noisy)}")
       noises = normal_pair(noise_key, tuple(x_shape))
     else:
-      noises = jax.random.normal(noise_key, (len(noisy),) + tuple(x_shape), jnp.float32)
+      noises = flat_random.normal(noise_key, (len(noisy),) + tuple(x_shape), jnp.float32)
     for j, i in enumerate(noisy):
       params[i] = params[i]._replace(noise=NOISE_STD * noises[j])
   return tuple(params)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cmd_jax import flat_random
 from cmd_jax.layouts import SkeletonLayout
 from cmd_jax.methods.common.views import (AUG_METHOD, SHEAR_AMPLITUDE, TEMPORAL_PADDING_RATIO, ViewParams,
                                           check_batch, view_params, view_with)
@@ -118,7 +119,7 @@ def joint_mask(key: jax.Array, num_frames: int, num_joints: int, mask_ratio: flo
   """bool ``[T, V]``, True where masked: ``int(V * mask_ratio)`` distinct joints per frame,
   uniformly; one mask for the whole batch, every person and channel."""
   count = num_masked_joints(num_joints, mask_ratio)
-  u = jax.random.uniform(key, (num_frames, num_joints))
+  u = flat_random.uniform(key, (num_frames, num_joints))
   rank = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
   return rank < count
 
