@@ -9,7 +9,8 @@ nest over the draw's dimensions, and LLVM unrolls and vectorises a short innermo
 into megabytes of code. Measured on a 2-core CPU (jax 0.10): ``jax.random.bernoulli`` of shape
 ``[6, 20, 25, 16]`` (an ST-GCN block's dropout mask at the tests' size) compiles in 4.2 s,
 of ``[3, 7, 5]`` in 1.0 s; the same numbers drawn flat in 0.45 and 0.25 s. Every random draw
-of a multi-dimensional shape in this project's models, views and heads goes through here.
+of a multi-dimensional shape in this project's models, views, augmentations, queues and
+heads goes through here.
 
 ``tests/test_flat_random.py`` checks the equality with ``jax.random`` in both threefry modes.
 """
