@@ -64,9 +64,10 @@ def msr_dir() -> Path:
 # loaded afterwards. A loaded executable is the one the compilation wrote, so no result
 # changes. Every compilation is stored (min compile time 0: most of the suite's compilations
 # take well under the default 1 s). The environment variables hand the cache to subprocesses.
-# Under pytest-xdist (``-n``) every worker is a session of its own: the workers share one folder
-# beside their temporary folders, so a program is compiled once for all of them (a reader that
-# meets an entry still being written gets JAX's cache-read warning and compiles it itself).
+# Under pytest-xdist (``-n``, as in the README's command) every worker is a session of its own:
+# the workers share one folder beside their temporary folders, so a program is compiled once
+# for all of them (a reader that meets an entry still being written gets JAX's cache-read
+# warning and compiles it itself).
 # Tests only: set here, restored at the session's end.
 _CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
