@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cmd_jax import disk_full, preemption
-from cmd_jax.disk_full import DiskFullError
+from cmd_jax import preemption
+from cmd_jax.disk_full import DiskFullError, quiet_dropped_writes
 from cmd_jax.interop.cmd import DEFAULT_CONFIG
 from cmd_jax.interop.common import TorchImportError
 from cmd_jax.interop.convert import export_checkpoint, import_checkpoint
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
       return _run(parser, args)
   except (TorchImportError, FileNotFoundError, WorkdirLocked, DiskFullError) as err:
     if isinstance(err, DiskFullError):  # an import writes an orbax checkpoint
-      disk_full.quiet_dropped_writes()
+      quiet_dropped_writes()
     print(f"error: {err}", file=sys.stderr)
     return 1
   except preemption.RunStopped as err:
