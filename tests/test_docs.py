@@ -5,7 +5,8 @@ where it carries ``#anchor``, a heading of that file, with GitHub's anchor rules
 punctuation other than ``-`` and ``_`` dropped; spaces to ``-``; a repeated heading gets
 ``-1``, ``-2``, ...). Every ``docs/<page>.md#anchor`` cited in the code, configs, tests and
 benchmarks must resolve the same way. External (``http(s)://``, ``mailto:``) links are not
-checked. Pure text processing: no network, no JAX.
+checked. Also: ``.ci/run`` runs the README's test command as the README writes it (the two
+copies of that line must not drift apart). Pure text processing: no network, no JAX.
 """
 
 from __future__ import annotations
@@ -191,3 +192,14 @@ def test_every_docs_anchor_cited_in_code_resolves():
   assert any(CODE_CITATION.search(path.read_text(encoding="utf-8")) for path in files)
   problems = citation_problems(files, REPO)
   assert not problems, "docs anchors cited in code that do not resolve:\n" + "\n".join(problems)
+
+
+TEST_COMMAND_START = "python -m pip install -r requirements.txt -r tests/requirements.txt"
+
+
+def test_ci_runs_the_readme_test_command():
+  readme = [line.strip() for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()]
+  commands = [line for line in readme if line.startswith(TEST_COMMAND_START)]
+  assert len(commands) == 1, f"README.md: expected one test command starting {TEST_COMMAND_START!r}, got {commands}"
+  ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+  assert commands[0] in ci, f".ci/run does not run the README's test command {commands[0]!r}"
