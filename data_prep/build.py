@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cmd_jax import disk_full, workdir_lock
-from data_prep import convert, datasets
+from data_prep import convert, datasets, float_lists
 
 VARIANT_CHOICES = (*datasets.VARIANTS, "all")
 
@@ -243,8 +243,9 @@ def _build(spec, out: Path, raw_dir, benchmarks, variants, options, record, buil
         say(f"{spec.name}/{config}: already built in {builder.data_dir}")
         summary.already_built.append(config)
       else:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
-                                     file_format="array_record")
+        with float_lists.fast_float_lists():  # the same bytes as TFDS's own serializer, ~7x faster
+          builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
+                                       file_format="array_record")
         _write_text_atomically(folder / INPUTS_FILE, json.dumps(record, indent=2))
       splits = builder.info.splits
       summary.configs[config] = {"train": splits["train"].num_examples, "val": splits["val"].num_examples}

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,84 @@ def test_cli_errors(tmp_path, capsys):
     cli.main(["--help"])
   assert exit_info.value.code == 0
   assert "export-npy" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------
+# data_prep.float_lists: the build's float32 features, the same bytes as TFDS's own writer
+# ----------------------------------------------------------------------------------------
+
+def _tensor_info(shape, dtype):
+  return tfds.features.Tensor(shape=shape, dtype=dtype).get_tensor_info()
+
+
+def test_fast_float_lists_serialize_features_as_tfds_does():
+  """Inside ``fast_float_lists`` every feature serializes to exactly TFDS's bytes: float32
+  clips with zero padding, NaN (with a payload), +-inf, -0.0, subnormals, the largest float32,
+  a non-contiguous view (C order), an int64 list and a string; a wrong shape still fails as
+  TFDS fails; outside the block TFDS's own function is back."""
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=import-outside-toplevel
+  from data_prep import float_lists  # pylint: disable=import-outside-toplevel
+
+  tfds_own = example_serializer._item_to_tf_feature  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  clip = rng.standard_normal((3, 300, 25, 2)).astype(np.float32)
+  clip[:, 120:] = 0
+  special = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1.2e-38, 3.4028235e38, 1 / 3],
+                     np.float32)
+  special = np.concatenate([special, np.array([0x7FC01234], np.uint32).view(np.float32)])  # a NaN payload
+  view = rng.standard_normal((4, 6)).astype(np.float32).T  # Fortran-ordered view
+  cases = [(clip, _tensor_info(clip.shape, np.float32)), (special, _tensor_info(special.shape, np.float32)),
+           (view, _tensor_info(view.shape, np.float32)), (7, _tensor_info((), np.int64)),
+           (np.arange(5, dtype=np.int64), _tensor_info((5,), np.int64)), (b"S001C001P001R001A001",
+                                                                       _tensor_info((), np.object_))]
+  want = [tfds_own(item, info).SerializeToString() for item, info in cases]
+  with float_lists.fast_float_lists() as swapped:
+    assert swapped  # the pinned TFDS has the function this swaps
+    fast = example_serializer._item_to_tf_feature  # pylint: disable=protected-access
+    assert fast is not tfds_own
+    assert [fast(item, info).SerializeToString() for item, info in cases] == want
+    with pytest.raises(ValueError, match="Shapes"):
+      fast(clip[:, :299], _tensor_info(clip.shape, np.float32))
+    with float_lists.fast_float_lists() as nested:  # nested: still swapped, restored by the outer block
+      assert nested and example_serializer._item_to_tf_feature is fast  # pylint: disable=protected-access
+    assert example_serializer._item_to_tf_feature is fast  # pylint: disable=protected-access
+  assert example_serializer._item_to_tf_feature is tfds_own  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="Shapes"):
+    tfds_own(clip[:, :299], _tensor_info(clip.shape, np.float32))
+
+
+def _examples(folder):
+  """Every example of every shard under ``folder``, in shard order, deterministically serialized
+  (protobuf writes an Example's feature map in a per-process order, so the raw bytes of two
+  builds differ even with TFDS alone)."""
+  from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel
+
+  out = {}
+  for path in sorted(folder.rglob("*.array_record-*")):
+    reader = ArrayRecordReader(str(path))
+    try:
+      records = reader.read_all()
+    finally:
+      reader.close()
+    examples = []
+    for record in records:
+      example = tf_example_pb2.Example()
+      example.ParseFromString(record)
+      examples.append(example.SerializeToString(deterministic=True))
+    out[str(path.relative_to(folder))] = examples
+  return out
+
+
+def test_build_writes_the_examples_tfds_writes(tmp_path, tiny_synthetic, monkeypatch):
+  """``build_dataset`` (which writes through ``fast_float_lists``) and the same build written by
+  TFDS's own serializer hold the same examples in the same order, shard by shard."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+  from data_prep import float_lists  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(float_lists, "fast_float_lists", lambda: contextlib.nullcontext(False))
+  slow = build_tiny_synthetic(tmp_path / "tfds_own")
+  fast, own = _examples(Path(tiny_synthetic) / "synthetic"), _examples(Path(slow) / "synthetic")
+  assert sorted(fast) == sorted(own) and len(fast) == 4, sorted(fast)  # xsub, xview x train, val
+  for shard, examples in own.items():
+    assert len(examples) > 0 and fast[shard] == examples, shard
