@@ -6,6 +6,10 @@
   variables through the renaming rule ``torch_key``: forward (eval and train), the
   BatchNorm running statistics after one training call and every parameter gradient, in
   float32 and in float64;
+- the speed options (``temporal_conv``, ``graph_order``): the encoder hands them to each of
+  its blocks, and a chain of one block of each kind the encoder has computes with each
+  option what the PyTorch blocks compute (output, running statistics, every gradient), in
+  float64 and float32;
 - parameter counts, dropout, the two init schemes, the registry functions.
 
 Tolerances (float32 unit roundoff u = 6e-8): one output of the network is a chain of ~50
@@ -47,7 +51,7 @@ from cmd_jax import models  # noqa: E402
 from cmd_jax.layouts import MSR20, NTU25  # noqa: E402
 from cmd_jax.models import graph as graph_lib  # noqa: E402
 from cmd_jax.models import stgcn  # noqa: E402
-from tests.torch_stgcn import TorchSTGCN  # noqa: E402
+from tests.torch_stgcn import Block, TorchSTGCN  # noqa: E402
 
 N, T = 4, 20
 F32_RTOL = 2e-5
@@ -93,13 +97,13 @@ def torch_model(variables, layout, *, dropout, num_class=128, mlp=True, dtype=to
   return model.to(dtype)
 
 
-def random_variables(model, x, seed):
-  """Variables of ``model`` for input ``x`` with random values everywhere (so that every
+def random_variables(model, x, seed, *more_args):
+  """Variables of ``model`` for input ``x`` (and ``more_args``) with random values everywhere (so that every
   parameter, running statistic and edge importance is exercised), from the shapes alone:
   conv/linear weights U(+-1/sqrt(fan_in)), BN scales 1 + 0.2 N(0, 1), every bias and running
   mean 0.1 N(0, 1), running variances and edge importances U(0.5, 1.5)."""
   rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x, *more_args)
 
   def value(path, leaf):
     name, shape = path[-1].key, leaf.shape
@@ -338,37 +342,92 @@ def small():
   return variables, x, np.random.default_rng(23).standard_normal((2, 6))
 
 
+# The speed options change how each block computes (the 9x1 convolution, the graph
+# convolution's order, with their hand-written gradients) and nothing outside the blocks; the
+# encoder around them (data_bn, pooling, head, edge importances) is the same code for every
+# option and is compared with PyTorch above and below at the full size. So each option is
+# checked on a chain of the kinds of block the encoder has, in its order: 3 -> 4 (no
+# residual), 4 -> 4 (identity), 4 -> 8 stride 2 (projecting residual), then the last block's
+# two cases at stride 1, 8 -> 12 (4h -> D growing, the release's 64 -> 256) and 12 -> 6
+# (shrinking, SMALL's 16 -> 8); each with its own graph G = A * (random edge importance),
+# dropout 0. Five blocks compile in about a third of the ten-block encoder's time; the
+# properties checked are those of every block of it.
+CHAIN = ((4, 1, "none"), (4, 1, "identity"), (8, 2, "conv"), (16, 1, "conv"), (8, 1, "conv"))  # (out, stride, residual)
+
+
+class BlockChain(stgcn.nn.Module):
+  """``CHAIN``'s blocks in order on channels-last ``[N*M, T, V, 3]``, block ``i`` with ``gs[i]``."""
+
+  options: dict
+
+  @stgcn.nn.compact
+  def __call__(self, x, gs, train: bool = True):
+    for i, (out, stride, residual) in enumerate(CHAIN):
+      x = stgcn.STGCNBlock(out, stride, residual, dropout=0.0, **self.options, name=f"blocks_{i}")(x, gs[i], train)
+    return x
+
+
+class TorchBlockChain(torch.nn.Module):
+  """``CHAIN`` of ``tests/torch_stgcn.Block`` on PyTorch's ``(N*M, C, T, V)``."""
+
+  def __init__(self):
+    super().__init__()
+    ins = (3,) + tuple(out for out, _, _ in CHAIN[:-1])
+    self.blocks = torch.nn.ModuleList([Block(cin, out, 3, 9, stride, 0.0, residual != "none")
+                                       for cin, (out, stride, residual) in zip(ins, CHAIN)])
+    assert [b.kind for b in self.blocks] == [residual for _, _, residual in CHAIN]
+
+  def forward(self, x, gs):
+    for block, g in zip(self.blocks, gs):
+      x = block(x, g)
+    return x
+
+
 @pytest.fixture(scope="module")
-def small_default32(small):
-  """The small ST-GCN's float32 results in the reference's formulation (``small_train``)."""
-  return small_train(SPEED_OPTIONS[0], *small, torch.float32)[0]
+def chain():
+  """Random variables of ``BlockChain`` (``random_variables``' distributions), a clip
+  ``[N*M=4, T=12, V=25, 3]``, a graph per block and the output weights of the loss ``sum(out * w)``."""
+  rng = np.random.default_rng(31)
+  x = rng.standard_normal((4, 12, 25, 3)).astype(np.float32)
+  a = graph_lib.layout_graph(NTU25)
+  gs = tuple((a * rng.uniform(0.5, 1.5, a.shape)).astype(np.float32) for _ in CHAIN)
+  variables = random_variables(BlockChain(SPEED_OPTIONS[0]), jnp.asarray(x), 32, gs)
+  w = rng.standard_normal((4, 6, 25, CHAIN[-1][0]))  # the output is [4, T' = 6, 25, 6]
+  return variables, x, gs, w
 
 
-def small_train(options: dict, variables, x, w, dtype):
-  """Train-mode call of the small ST-GCN with ``options`` in JAX and of the PyTorch model, in
-  ``dtype``: ``[(output, running statistics, gradients)]`` for JAX, then PyTorch, by torch key."""
-  model = stgcn.STGCNEncoder(NTU25, **SMALL, **options)
+def chain_train(options: dict, variables, x, gs, w, dtype):
+  """Train-mode call of the chain with ``options`` in JAX and of the PyTorch chain, in
+  ``dtype``: ``[(output, running statistics, gradients)]`` for JAX, then PyTorch, by torch key;
+  the gradients include the input's (``x``) and each graph's (``g0``, ``g1``, ...)."""
+  model = BlockChain(options)
   jdt = jnp.float64 if dtype == torch.float64 else jnp.float32
   cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jdt), tree)  # noqa: E731
 
-  def loss(params, stats):
-    out, new = model.apply({"params": params, "batch_stats": stats}, jnp.asarray(x, jdt), train=True,
-                           mutable=["batch_stats"])
+  def loss(params, stats, x, gs):
+    out, new = model.apply({"params": params, "batch_stats": stats}, x, gs, mutable=["batch_stats"])
     return jnp.sum(out * jnp.asarray(w, jdt)), (out, new["batch_stats"])
 
-  (_, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(cast(variables["params"]),
-                                                                             cast(variables["batch_stats"]))
-  tm = TorchSTGCN(stgcn.torch_buffers(None, NTU25)["A"], hidden_channels=4, hidden_dim=8, num_class=6, dropout=0.0,
-                  mlp=True)
-  tm.load_state_dict(state_dict(variables, None, NTU25), strict=True)
+  (_, (out, stats)), (grads, d_x, d_gs) = jax.jit(jax.value_and_grad(loss, argnums=(0, 2, 3), has_aux=True))(
+      cast(variables["params"]), cast(variables["batch_stats"]), cast(x), cast(gs))
+  assert out.dtype == jdt and all(g.dtype == jdt for g in jax.tree.leaves(grads))
+  j_grads = {torch_key(p): np.asarray(g) for p, g in flat(grads)}
+  j_grads.update({"x": np.asarray(d_x), **{f"g{i}": np.asarray(g) for i, g in enumerate(d_gs)}})
+
+  tm = TorchBlockChain()
+  tm.load_state_dict({torch_key(p): torch.from_numpy(np.array(a)) for col in ("params", "batch_stats")
+                      for p, a in flat(variables[col])}, strict=False)  # num_batches_tracked: not compared
   tm = tm.to(dtype).train()
-  _, t_out = tm(torch.from_numpy(x).to(dtype))
+  t_x = torch.from_numpy(np.transpose(x, (0, 3, 1, 2))).to(dtype).requires_grad_()
+  t_gs = [torch.from_numpy(g).to(dtype).requires_grad_() for g in gs]
+  t_out = tm(t_x, t_gs).permute(0, 2, 3, 1)  # back to channels last
   (t_out * torch.from_numpy(w).to(dtype)).sum().backward()
   t_state = tm.state_dict()
+  t_grads = {k: q.grad.numpy() for k, q in tm.named_parameters()}
+  t_grads.update({"x": t_x.grad.numpy().transpose(0, 2, 3, 1), **{f"g{i}": g.grad.numpy() for i, g in enumerate(t_gs)}})
   j_stats = {torch_key(p): np.asarray(a) for p, a in flat(stats)}
-  return ((np.asarray(out), j_stats, {torch_key(p): np.asarray(g) for p, g in flat(grads)}),
-          (t_out.detach().numpy(), {k: t_state[k].numpy() for k in j_stats},
-           {k: q.grad.numpy() for k, q in tm.named_parameters()}))
+  return ((np.asarray(out), j_stats, j_grads),
+          (t_out.detach().numpy(), {k: t_state[k].numpy() for k in j_stats}, t_grads))
 
 
 def worst_errors(got, want) -> tuple[float, float, float]:
@@ -381,26 +440,73 @@ def worst_errors(got, want) -> tuple[float, float, float]:
   return rel_err(out, t_out), part(stats, t_stats), part(grads, t_grads)
 
 
+def test_block_chain_covers_every_kind_of_block_of_the_encoder():
+  """``CHAIN`` has each (residual, stride, channel growth) kind of block ``block_specs`` gives
+  the encoder, at the release's size (h 16, D 256) and at a small one (h 4, D 8), once."""
+  def kinds(specs):
+    return {(residual, stride, (cout > cin) - (cout < cin)) for cin, cout, stride, residual in specs}
+  ins = (3,) + tuple(out for out, _, _ in CHAIN[:-1])
+  chain_kinds = kinds([(cin, out, stride, residual) for cin, (out, stride, residual) in zip(ins, CHAIN)])
+  release, small = kinds(stgcn.block_specs(16, 256)), kinds(stgcn.block_specs(4, 8))
+  assert release | small == chain_kinds and len(chain_kinds) == len(CHAIN)
+
+
+@pytest.mark.parametrize("options", SPEED_OPTIONS + [dict(temporal_conv="matmul", graph_order="auto")],
+                         ids=lambda o: ",".join(o.values()))
+def test_encoder_hands_its_speed_options_to_every_block(options):
+  """The other half of the chain's argument: the encoder passes its options to each of its ten
+  blocks (the blocks' graph convolutions get the order, ``auto`` resolved per block, and their
+  9x1 convolutions the implementation). Recorded from the module calls while the encoder is
+  traced (``nn.intercept_methods`` under ``jax.eval_shape``: nothing is compiled)."""
+  model = stgcn.STGCNEncoder(NTU25, **SMALL, **options)
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == "__call__":
+      calls.append((context.module, args))
+    return next_fun(*args, **kwargs)
+
+  with stgcn.nn.intercept_methods(record):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 3, 12, 25, 2)))
+  blocks = [(m, args[0].shape[-1]) for m, args in calls if isinstance(m, stgcn.STGCNBlock)]
+  graph_convs = [m for m, _ in calls if isinstance(m, stgcn.ConvTemporalGraphical)]
+  temporal = [m for m, _ in calls if m.name == "tcn_2"]
+  specs = stgcn.block_specs(SMALL["hidden_channels"], SMALL["hidden_dim"])
+  assert len(blocks) == len(graph_convs) == len(temporal) == len(specs) == 10
+  for (block, cin), gcn, tcn, (spec_in, cout, stride, residual) in zip(blocks, graph_convs, temporal, specs):
+    assert (cin, block.features, block.stride, block.residual) == (spec_in, cout, stride, residual)
+    assert (block.temporal_conv, block.graph_order) == (options["temporal_conv"], options["graph_order"])
+    assert gcn.order == stgcn.resolve_graph_order(options["graph_order"], cin, cout)
+    assert tcn.temporal_impl == options["temporal_conv"]
+
+
 @pytest.mark.parametrize("options", SPEED_OPTIONS, ids=lambda o: ",".join(o.values()))
-def test_speed_options_match_torch_float64(small, options):
+def test_speed_options_match_torch_float64(chain, options):
   """Every combination of ``temporal_conv`` and ``graph_order`` (the hand-written gradients
-  of the 9x1 convolution and of both graph orders included) against the PyTorch model in
-  float64: the train-mode output, the new running statistics and every gradient, within
-  ``F64_RTOL`` of the largest entry of each (module docstring)."""
+  of the 9x1 convolution and of both graph orders included) against the PyTorch blocks in
+  float64: the train-mode output, the new running statistics and every gradient (parameters,
+  the input, the graphs), within ``F64_RTOL`` of the largest entry of each (module docstring)."""
   with x64():
-    got, want = small_train(options, *small, torch.float64)
+    got, want = chain_train(options, *chain, torch.float64)
   errs = worst_errors(got, want)
   assert max(errs) <= F64_RTOL, (options, errs)
+  assert min(np.abs(g).max() for g in want[2].values()) > 0  # every gradient reaches its tensor
+
+
+@pytest.fixture(scope="module")
+def chain_default32(chain):
+  """The chain's float32 results in the reference's formulation (``conv``, ``conv_first``)."""
+  return chain_train(SPEED_OPTIONS[0], *chain, torch.float32)[0]
 
 
 @pytest.mark.parametrize("options", SPEED_OPTIONS[1:], ids=lambda o: ",".join(o.values()))
-def test_speed_options_match_torch_and_default_float32(small, small_default32, options):
-  """The same in float32, against the PyTorch model and against the reference order's
+def test_speed_options_match_torch_and_default_float32(chain, chain_default32, options):
+  """The same in float32, against the PyTorch blocks and against the reference order's
   formulation (``conv``, ``conv_first``): output and running statistics within ``F32_RTOL``,
   gradients within ``GRAD32_TOL`` of the largest entry (the bounds of the full model's float32
-  comparison, module docstring: this model has the same depth, fewer terms per sum)."""
-  got, want = small_train(options, *small, torch.float32)
-  for reference in (want, small_default32):
+  comparison, module docstring: this chain has fewer blocks and no more terms per sum)."""
+  got, want = chain_train(options, *chain, torch.float32)
+  for reference in (want, chain_default32):
     out_err, stat_err, grad_err = worst_errors(got, reference)
     assert out_err <= F32_RTOL and stat_err <= F32_RTOL and grad_err <= GRAD32_TOL, (options, out_err, stat_err,
                                                                                       grad_err)
