@@ -13,6 +13,12 @@ keeps the ratio meaningful on a busy machine), then the throughput of ``--worker
 processes running the converter's path, measured with multiprocessing, and the wall time
 it gives for all 56,880 NTU-60 files.
 
+Then the writing that follows (``write_example``): one converted NTU clip encoded and
+serialized as a TFDS example with the builders' features, by TFDS's own serializer and
+through ``data_prep.float_lists.fast_float_lists`` (what ``build_dataset`` uses; the same
+bytes), and the single-process time this gives for NTU-60's two benchmarks (each config
+writes every sample once: 113,760 examples).
+
 Prints one JSON object per line; ``ratio_vs`` is vectorised files/s over loop files/s.
 BLAS is limited to one thread per process (as in the converter's worker processes).
 
@@ -27,6 +33,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
   os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import sys  # noqa: E402
@@ -172,6 +179,41 @@ def main(argv=None) -> None:
          ms_per_file=round(1e3 / rate, 3), n_files=NTU60_FILES, ratio_vs=round(rate / rate_loop, 1),
          speedup_vs_1_process=round(rate / single, 2), wall_s=round(NTU60_FILES / rate, 1),
          wall_min=round(NTU60_FILES / rate / 60, 2), load_avg_1min=round(os.getloadavg()[0], 2))
+
+  write_rows(vec[0], args.repeat)
+
+
+def write_rows(clip: np.ndarray, repeat: int, rounds: int = 20) -> None:
+  """``write_example`` rows: ms per example of TFDS's serializer and of ``fast_float_lists``."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=import-outside-toplevel
+  from data_prep import float_lists  # pylint: disable=import-outside-toplevel
+
+  features = tfds.features.FeaturesDict({  # data_prep.builders.base's features for NTU-60
+      "skeleton": tfds.features.Tensor(shape=clip.shape, dtype=np.float32),
+      "num_frames": tfds.features.Scalar(dtype=np.int32),
+      "label": tfds.features.ClassLabel(num_classes=60),
+      "name": tfds.features.Text()})
+  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+  example = {"skeleton": clip, "num_frames": MAX_FRAMES, "label": 0, "name": "S001C001P001R001A001"}
+  written = {}
+
+  def write(impl):
+    def fn():
+      context = float_lists.fast_float_lists() if impl == "fast_float_lists" else contextlib.nullcontext()
+      with context:
+        for _ in range(rounds):
+          written[impl] = serializer.serialize_example(features.encode_example(example))
+    return fn
+
+  t = best_of(repeat, {impl: write(impl) for impl in ("tfds", "fast_float_lists")})
+  examples = 2 * NTU60_FILES  # xsub and xview: each config writes every sample
+  for impl in ("tfds", "fast_float_lists"):
+    per = t[impl] / rounds
+    emit(name="write_example", impl=impl, ms_per_example=round(per * 1e3, 2), bytes=len(written[impl]),
+         same_bytes_as_tfds=written[impl] == written["tfds"], ratio_vs=round(t["tfds"] / t[impl], 1),
+         ntu60_examples=examples, wall_min_1_process=round(examples * per / 60, 1),
+         load_avg_1min=round(os.getloadavg()[0], 2))
 
 
 if __name__ == "__main__":
