@@ -63,13 +63,16 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   _init_distributed()
   import jax  # pylint: disable=import-outside-toplevel
-  from cmd_jax.disk_full import DiskFullError, quiet_dropped_writes  # pylint: disable=import-outside-toplevel
+  from cmd_jax import disk_full  # pylint: disable=import-outside-toplevel
+  from cmd_jax.disk_full import DiskFullError  # pylint: disable=import-outside-toplevel
   from cmd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from cmd_jax.preemption import RunStopped  # pylint: disable=import-outside-toplevel
   from cmd_jax.trainers import get_trainer  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("workdirs", config.get("name", "run"))
+  if not _DEBUG.value:
+    disk_full.quiet_write_failures()  # a full disk: the one line below, not the writer threads' tracebacks
   try:
     trainer = get_trainer(config.trainer)
     trainer(config, workdir)
@@ -87,7 +90,7 @@ def main(argv) -> None:
     if _DEBUG.value:
       raise
     if isinstance(err, DiskFullError):
-      quiet_dropped_writes()
+      disk_full.quiet_dropped_writes()
     sys.exit(f"launch.py: {err}")
 
 

@@ -17,6 +17,9 @@ import errno
 import logging
 import os
 import re
+import sys
+import threading
+import warnings
 
 _TEXTS = {"No space left on device": errno.ENOSPC, "os_error_code='28'": errno.ENOSPC,
           "Disk quota exceeded": errno.EDQUOT, "os_error_code='122'": errno.EDQUOT}
@@ -119,9 +122,62 @@ def reported(err: BaseException, folder: str | os.PathLike, outcome: str) -> Dis
   return DiskFullError(code, f"{folder}: {_WORDS[code]}{where}; {outcome}")
 
 
+_LOOP_CLOSED = "Event loop is closed"
+
+
+def _loop_closed_off_main_thread(exc_type, exc) -> bool:
+  return (exc_type is RuntimeError and str(exc) == _LOOP_CLOSED
+          and threading.current_thread() is not threading.main_thread())
+
+
+class _FullDiskRecords(logging.Filter):
+  """Drops log records that carry a full disk's exception (the command reports it in one line)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return exc is None or errno_of(exc) is None
+
+
+def quiet_write_failures() -> None:
+  """For a command (``launch.py``, ``python -m cmd_jax.torch_import``), from its start: what a checkpoint
+  write that fails on a full disk prints on its way, before the command's one line.
+
+  - Orbax's writer threads log the failure with its traceback (``_SignalingThread.run()
+    raised an exception``); the same error reaches the command, which reports it in one line.
+    Log records whose exception is a full disk (``errno_of``) are dropped; every other
+    record is kept.
+  - TensorStore's writes still in flight finish on their own threads after orbax closed its
+    event loop; their completion callbacks (``loop.call_soon_threadsafe``, called from C++)
+    raise ``RuntimeError('Event loop is closed')``, printed through ``sys.excepthook`` or
+    ``sys.unraisablehook`` once per write (dozens). That error is no longer printed when it
+    comes from a thread other than the main thread (it never says more than the failure
+    that came first); every other exception is printed as before.
+  """
+  excepthook, unraisablehook, thread_hook = sys.excepthook, sys.unraisablehook, threading.excepthook
+
+  def quiet_excepthook(exc_type, exc, tb):
+    if not _loop_closed_off_main_thread(exc_type, exc):
+      excepthook(exc_type, exc, tb)
+
+  def quiet_unraisablehook(unraisable):
+    if not _loop_closed_off_main_thread(unraisable.exc_type, unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  def quiet_thread_hook(args):
+    if not _loop_closed_off_main_thread(args.exc_type, args.exc_value):
+      thread_hook(args)
+
+  sys.excepthook, sys.unraisablehook, threading.excepthook = quiet_excepthook, quiet_unraisablehook, quiet_thread_hook
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_FullDiskRecords())
+
+
 def quiet_dropped_writes() -> None:
-  """For a command ending with a ``DiskFullError``'s one line: orbax's asynchronous writer
-  tasks that met the full disk are dropped with the process, and asyncio would log each one
-  ("Task exception was never retrieved", the storage error's text) after that line, which
-  says it all. Silences the ``asyncio`` logger for the rest of the process."""
+  """For a command ending with a ``DiskFullError``'s one line (after ``quiet_write_failures``):
+  orbax's asynchronous writer tasks that met the full disk are dropped with the process, and
+  what they leave would be printed after that line, which says it all. For the rest of the
+  process the ``asyncio`` logger is silenced (each dropped task: "Task exception was never
+  retrieved" and the storage error's text), and so are the interpreter's "coroutine ... was
+  never awaited" warnings at exit (the writes orbax had not started)."""
   logging.getLogger("asyncio").disabled = True
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
+from cmd_jax.disk_full import quiet_write_failures
 from cmd_jax.interop.cli import main
 
 if __name__ == "__main__":
+  quiet_write_failures()  # a full disk: the command's one error line, not the writer threads' tracebacks
   sys.exit(main())

@@ -177,3 +177,93 @@ def test_full_disk_errors_are_recognised_in_every_wrapping(err, code, path):
   assert ("ENOSPC" if code == errno.ENOSPC else "EDQUOT") in str(reported)
   if path and path.startswith("/w/"):
     assert f"while writing {path[3:]};" in str(reported)  # relative to the folder
+
+
+# What a checkpoint write that meets a full disk prints on its way, emulated: orbax's writer
+# thread logs the failure with its traceback; TensorStore's completion callbacks, once orbax has
+# closed its event loop, raise ``RuntimeError('Event loop is closed')`` on foreign threads,
+# printed through the C API's ``PyErr_Print`` (``sys.excepthook``; ``PyRun_SimpleString``
+# prints an uncaught exception the same way), through ``sys.unraisablehook`` (an exception in
+# ``__del__`` goes there as ``PyErr_WriteUnraisable``'s do) or through ``threading.excepthook``;
+# at exit, the writes orbax never started are "coroutine ... was never awaited" warnings.
+# ``as_is``: all of it is printed around the command's one line (as a full-disk run printed it);
+# ``quiet`` (``quiet_write_failures`` at the start, ``quiet_dropped_writes`` at the end): only
+# the one line, while a main-thread "Event loop is closed", another error's log record and
+# another exception are still printed.
+_WRITE_FAILURE_SCRIPT = r"""
+import asyncio, ctypes, errno, logging, sys, threading
+from cmd_jax import disk_full
+
+logging.basicConfig(format="%(levelname)s %(message)s")
+loop = asyncio.new_event_loop()
+loop.close()
+code = b"import asyncio\nloop = asyncio.new_event_loop()\nloop.close()\nloop.call_soon_threadsafe(print)\n"
+
+
+class Dropped:
+  def __del__(self):
+    loop.call_soon_threadsafe(print)
+
+
+def burst():
+  try:
+    raise ValueError("RESOURCE_EXHAUSTED: writing: No space left on device [os_error_code='28']")
+  except ValueError:
+    logging.exception("_SignalingThread.run() raised an exception")
+  ctypes.pythonapi.PyRun_SimpleString(code)
+  Dropped()
+  thread = threading.Thread(target=loop.call_soon_threadsafe, args=(print,))
+  thread.start()
+  thread.join()
+
+
+async def never_started():
+  pass
+
+
+quiet = sys.argv[1] == "quiet"
+if quiet:
+  disk_full.quiet_write_failures()
+writer = threading.Thread(target=burst)
+writer.start()
+writer.join()
+if quiet:
+  disk_full.quiet_dropped_writes()
+print("launch.py: /w: no space left on the device (ENOSPC) while writing x; run the same command again",
+      file=sys.stderr, flush=True)
+writer = threading.Thread(target=burst)
+writer.start()
+writer.join()
+try:
+  raise KeyError("another error")
+except KeyError:
+  logging.exception("another record")
+ctypes.pythonapi.PyRun_SimpleString(code)  # on the main thread
+ctypes.pythonapi.PyRun_SimpleString(b"raise ValueError('another error')\n")
+coroutine = never_started()
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "as_is"])
+def test_write_failures_are_quiet_around_the_one_line(mode):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  done = subprocess.run([sys.executable, "-c", _WRITE_FAILURE_SCRIPT, mode], capture_output=True, text=True,
+                        timeout=120, check=False, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert done.returncode == 0, done.stderr
+  err = done.stderr
+  closed = err.count("RuntimeError: Event loop is closed")
+  full = err.count("_SignalingThread.run() raised an exception")
+  never_awaited = err.count("was never awaited")
+  # printed in both modes: another record, a main-thread "Event loop is closed", another error
+  assert "ERROR another record" in err and "KeyError: 'another error'" in err, err
+  assert "ValueError: another error" in err, err
+  if mode == "as_is":  # three kinds of "Event loop is closed" twice, then once on the main thread
+    assert (closed, full, never_awaited) == (7, 2, 1), err
+    assert "Exception ignored" in err and "Exception in thread" in err, err
+  else:
+    assert (closed, full, never_awaited) == (1, 0, 0), err
+    assert "Exception ignored" not in err and "Exception in thread" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0].startswith("launch.py: /w: no space left on the device"), err  # nothing before it
