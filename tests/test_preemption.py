@@ -191,7 +191,7 @@ def test_full_disk_errors_are_recognised_in_every_wrapping(err, code, path):
 # the one line, while a main-thread "Event loop is closed", another error's log record and
 # another exception are still printed.
 _WRITE_FAILURE_SCRIPT = r"""
-import asyncio, ctypes, errno, logging, sys, threading
+import asyncio, ctypes, logging, sys, threading
 from cmd_jax import disk_full
 
 logging.basicConfig(format="%(levelname)s %(message)s")
