@@ -64,7 +64,6 @@ def main(argv) -> None:
   _init_distributed()
   import jax  # pylint: disable=import-outside-toplevel
   from cmd_jax import disk_full  # pylint: disable=import-outside-toplevel
-  from cmd_jax.disk_full import DiskFullError  # pylint: disable=import-outside-toplevel
   from cmd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from cmd_jax.preemption import RunStopped  # pylint: disable=import-outside-toplevel
   from cmd_jax.trainers import get_trainer  # pylint: disable=import-outside-toplevel
@@ -86,10 +85,10 @@ def main(argv) -> None:
     print(f"launch.py: {workdir}: stopped at once ({err or 'KeyboardInterrupt'}); the checkpoints and results "
           "written before are intact: run the same command again", file=sys.stderr, flush=True)
     sys.exit(130)
-  except (ConfigError, FileNotFoundError, DiskFullError) as err:  # bad setup, missing data, full disk: one line
+  except (ConfigError, FileNotFoundError, disk_full.DiskFullError) as err:  # setup, missing data, full disk: one line
     if _DEBUG.value:
       raise
-    if isinstance(err, DiskFullError):
+    if isinstance(err, disk_full.DiskFullError):
       disk_full.quiet_dropped_writes()
     sys.exit(f"launch.py: {err}")
 

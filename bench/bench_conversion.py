@@ -185,15 +185,11 @@ def main(argv=None) -> None:
 
 def write_rows(clip: np.ndarray, repeat: int, rounds: int = 20) -> None:
   """``write_example`` rows: ms per example of TFDS's serializer and of ``fast_float_lists``."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.core import example_serializer  # pylint: disable=import-outside-toplevel
-  from data_prep import float_lists  # pylint: disable=import-outside-toplevel
+  from data_prep import datasets, float_lists  # pylint: disable=import-outside-toplevel
+  from data_prep.builders.base import example_features  # pylint: disable=import-outside-toplevel
 
-  features = tfds.features.FeaturesDict({  # data_prep.builders.base's features for NTU-60
-      "skeleton": tfds.features.Tensor(shape=clip.shape, dtype=np.float32),
-      "num_frames": tfds.features.Scalar(dtype=np.int32),
-      "label": tfds.features.ClassLabel(num_classes=60),
-      "name": tfds.features.Text()})
+  features = example_features(datasets.get_spec("ntu60"), "standard")  # what the NTU-60 builder writes
   serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
   example = {"skeleton": clip, "num_frames": MAX_FRAMES, "label": 0, "name": "S001C001P001R001A001"}
   written = {}

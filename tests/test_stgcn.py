@@ -353,6 +353,7 @@ def small():
 # dropout 0. Five blocks compile in about half the ten-block encoder's time; the
 # properties checked are those of every block of it.
 CHAIN = ((4, 1, "none"), (4, 1, "identity"), (8, 2, "conv"), (16, 1, "conv"), (8, 1, "conv"))  # (out, stride, residual)
+CHAIN_INS = (3,) + tuple(out for out, _, _ in CHAIN[:-1])  # each block's input channels
 
 
 class BlockChain(stgcn.nn.Module):
@@ -372,9 +373,8 @@ class TorchBlockChain(torch.nn.Module):
 
   def __init__(self):
     super().__init__()
-    ins = (3,) + tuple(out for out, _, _ in CHAIN[:-1])
     self.blocks = torch.nn.ModuleList([Block(cin, out, 3, 9, stride, 0.0, residual != "none")
-                                       for cin, (out, stride, residual) in zip(ins, CHAIN)])
+                                       for cin, (out, stride, residual) in zip(CHAIN_INS, CHAIN)])
     assert [b.kind for b in self.blocks] == [residual for _, _, residual in CHAIN]
 
   def forward(self, x, gs):
@@ -447,8 +447,7 @@ def test_block_chain_covers_every_kind_of_block_of_the_encoder():
   the encoder, at the release's size (h 16, D 256) and at a small one (h 4, D 8), once."""
   def kinds(specs):
     return {(residual, stride, (cout > cin) - (cout < cin)) for cin, cout, stride, residual in specs}
-  ins = (3,) + tuple(out for out, _, _ in CHAIN[:-1])
-  chain_kinds = kinds([(cin, out, stride, residual) for cin, (out, stride, residual) in zip(ins, CHAIN)])
+  chain_kinds = kinds([(cin, out, stride, residual) for cin, (out, stride, residual) in zip(CHAIN_INS, CHAIN)])
   release, small = kinds(stgcn.block_specs(16, 256)), kinds(stgcn.block_specs(4, 8))
   assert release | small == chain_kinds and len(chain_kinds) == len(CHAIN)
 

@@ -62,6 +62,17 @@ def builder_configs(dataset: str) -> list[tfds.core.BuilderConfig]:
   return configs
 
 
+def example_features(spec: datasets.DatasetSpec, variant: str) -> tfds.features.FeaturesDict:
+  """The features of every example of ``spec``'s ``variant`` configs (module docstring)."""
+  v, m = spec.layout.num_joints, spec.layout.num_persons
+  return tfds.features.FeaturesDict({
+      "skeleton": tfds.features.Tensor(shape=(3, datasets.VARIANT_FRAMES[variant], v, m), dtype=np.float32),
+      "num_frames": tfds.features.Scalar(dtype=np.int32),
+      "label": tfds.features.ClassLabel(names=spec.class_names),
+      "name": tfds.features.Text(),
+  })
+
+
 class SkeletonBuilder:
   """Mixin: put before ``tfds.core.GeneratorBasedBuilder``; set ``DATASET``.
 
@@ -100,18 +111,11 @@ class SkeletonBuilder:
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.spec
-    v, m = spec.layout.num_joints, spec.layout.num_persons
     metadata = {"layout": spec.layout.name}
     if self.variant != "standard":  # the standard configs' metadata is as it always was
       metadata["variant"] = self.variant
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "skeleton": tfds.features.Tensor(shape=(3, datasets.VARIANT_FRAMES[self.variant], v, m),
-                                             dtype=np.float32),
-            "num_frames": tfds.features.Scalar(dtype=np.int32),
-            "label": tfds.features.ClassLabel(names=spec.class_names),
-            "name": tfds.features.Text(),
-        }),
+        features=example_features(spec, self.variant),
         description=spec.description,
         metadata=tfds.core.MetadataDict(**metadata),
     )
