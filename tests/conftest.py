@@ -147,16 +147,48 @@ def folder_digest(folder) -> str:
   return digest.hexdigest()
 
 
+def array_data_file(state_dir) -> str:
+  """The data file of an orbax state folder that holds the most array bytes of its newest tree
+  version. Found through the OCDBT manifest (``tensorstore.ocdbt.dump``), not by file size: the
+  folder also keeps each process's own b-tree nodes, which the merged tree replaces and a restore
+  never reads, and one of them can be the largest file when the arrays' bytes were written in
+  several flushes."""
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel  (orbax's own dependency)
+  base = ts.KvStore.open(Path(os.path.abspath(state_dir)).as_uri() + "/").result()
+  referenced: dict[str, int] = {}  # file -> bytes of the tree's values in it
+  end: dict[str, int] = {}  # file -> where its last referenced value ends
+
+  def walk(location: str) -> None:
+    for entry in ts.ocdbt.dump(base, location).result()["entries"]:
+      for value in entry.values():
+        if isinstance(value, str) and value.startswith("btreenode:"):
+          walk(value)
+        elif isinstance(value, str) and value.startswith("value:"):
+          # "value:<base path>:<file>:<offset>:<length>", the file relative to the base path
+          where = value[len("value:"):].rsplit(":", 2)[0]
+          path = os.path.join(state_dir, where.replace(":", "", 1))
+          offset, length = (int(n) for n in value.rsplit(":", 2)[1:])
+          referenced[path] = referenced.get(path, 0) + length
+          end[path] = max(end.get(path, 0), offset + length)
+
+  walk(ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"])
+  assert referenced, f"{state_dir}: no array bytes outside the b-tree (all values inline?)"
+  path = max(referenced, key=referenced.get)
+  # damage_checkpoint truncates to half: that must cut into bytes the tree refers to
+  assert os.path.isfile(path) and os.path.getsize(path) // 2 < end[path], (state_dir, path)
+  return path
+
+
 def damage_checkpoint(step_dir, kind: str) -> str:
   """Truncates one file of a checkpoint step to half, as a crash or a full disk would; returns
-  its path. ``kind``: "metadata" (the state's tree metadata), "array_data" (the state's largest
-  file, array bytes) or a path relative to the step folder (e.g. "data/metadata")."""
+  its path. ``kind``: "metadata" (the state's tree metadata), "array_data" (the state's data
+  file holding the most array bytes, ``array_data_file``) or a path relative to the step folder
+  (e.g. "data/metadata")."""
   state = os.path.join(step_dir, "state")
   if kind == "metadata":
     path = os.path.join(state, "_METADATA")
   elif kind == "array_data":
-    files = [os.path.join(r, f) for r, _, fs in os.walk(state) for f in fs]
-    path = max(files, key=os.path.getsize)
+    path = array_data_file(state)
   else:
     path = os.path.join(step_dir, kind)
   size = os.path.getsize(path)

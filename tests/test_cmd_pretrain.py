@@ -645,10 +645,10 @@ def resume_config_and_reference(tiny_data, tmp_path_factory):
   return config, jax.device_get(cp.train_and_evaluate(config, workdir).state), workdir
 
 
-# Every file kind of an orbax step folder (orbax 0.12): the state's tree metadata, its largest
-# array data file, the OCDBT manifest, the sharding and array-metadata records, the data
-# iterator's and the meta item's JSON, and the step's own _CHECKPOINT_METADATA (which restoring
-# does not need: damaged, it changes nothing).
+# Every file kind of an orbax step folder (orbax 0.12): the state's tree metadata, the data file
+# holding most of its array bytes, the OCDBT manifest, the sharding and array-metadata records,
+# the data iterator's and the meta item's JSON, and the step's own _CHECKPOINT_METADATA (which
+# restoring does not need: damaged, it changes nothing).
 DAMAGE_KINDS = ["metadata", "array_data", "state/manifest.ocdbt", "state/_sharding", "state/array_metadatas/process_0",
                 "data/metadata", "meta/metadata", "_CHECKPOINT_METADATA"]
 
