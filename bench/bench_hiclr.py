@@ -75,13 +75,18 @@ counted, the views included).
 query branches and the key, backward of the queries; ``torch.utils.flop_counter``), the
 same count on every row of that encoder, with the achieved ``model_flops_per_s`` (and the
 fraction of a known GPU's peak, bench/bench_step.py's table). ``ratio_vs``: each JAX row's
-samples/s over the torch row of its kind (``jax_step_mining`` also over ``jax_step``). On a
+samples/s over the torch row of its kind (``jax_step_mining`` also over ``jax_step``).
+``--jax-options`` adds, per flag, one more row of each JAX impl with those config overrides
+(the encoders' speed options, e.g. ``model.stgcn.graph_order=graph_first``), named
+``jax_step[<overrides>]`` and also compared with the row without them. On a
 GPU the torch rows run on it too (``--cpu`` keeps them on the CPU), with TF32 allowed in both
 frameworks unless ``--matmul-precision highest``.
 
   python bench/bench_hiclr.py --size cpu
   python bench/bench_hiclr.py --size full            # on a GPU
   python bench/bench_hiclr.py --size cpu --rounds 1 --steps 2 --warmup 1 --batch 8 --queue 64   # smoke run
+  python bench/bench_hiclr.py --size cpu --encoder stgcn --impls jax_step,torch_step \
+      --jax-options model.stgcn.graph_order=graph_first
 """
 
 from __future__ import annotations
@@ -188,7 +193,8 @@ class CompileEvents:
     return out
 
 
-def jax_config(s: dict, encoder: str, data_dir: Path | None):
+def jax_config(s: dict, encoder: str, data_dir: Path | None, options: list[str] = ()):
+  """The HiCLR config of ``encoder`` at the sizes ``s``, then the ``--jax-options`` entries."""
   from configs import pretrain_hiclr  # pylint: disable=import-outside-toplevel
 
   config = pretrain_hiclr.get_config("ntu60_xsub_dsta" if encoder == "dsta" else "ntu60_xsub")
@@ -200,6 +206,7 @@ def jax_config(s: dict, encoder: str, data_dir: Path | None):
   config.data.prepare_synthetic = False
   config.evaluator.name = ""
   config.mesh.data = 1
+  common.apply_overrides(config, options)
   return config
 
 
@@ -232,7 +239,7 @@ def jax_step_worker(s: dict, encoder: str, args, mining: bool) -> dict:
   from cmd_jax import data as data_lib, sharding  # pylint: disable=import-outside-toplevel
   from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
 
-  config = jax_config(s, encoder, None)
+  config = jax_config(s, encoder, None, args.option_list)
   if mining:  # epoch 0 = the first call and the warm-up; every timed step is in epoch >= 1
     steps_per_epoch = 1 + args.warmup
     config.hiclr.mining_epoch = 1
@@ -283,7 +290,7 @@ def jax_pipeline_worker(s: dict, encoder: str, args) -> dict:
   from cmd_jax import data as data_lib, input_pipeline, sharding  # pylint: disable=import-outside-toplevel
   from cmd_jax.trainers import pretrain  # pylint: disable=import-outside-toplevel
 
-  config = jax_config(s, encoder, Path(args.data_dir))
+  config = jax_config(s, encoder, Path(args.data_dir), args.option_list)
   layout = data_lib.layout_of(config.data)
   mesh = sharding.make_mesh(1)
   source = data_lib.open_split(config.data, "train")
@@ -557,7 +564,8 @@ def torch_pipeline_worker(s: dict, encoder: str, args) -> dict:
 # ----------------------------------------------------------------------------------------
 
 def finish(row: dict, s: dict, encoder: str, args) -> dict:
-  out = {"name": KINDS[row["impl"]], "impl": row["impl"], "encoder": encoder,
+  impl = row["impl"] + (f"[{','.join(args.option_list)}]" if args.option_list else "")
+  out = {"name": KINDS[row["impl"]], "impl": impl, "encoder": encoder,
          "samples_per_s": round(s["batch"] / row["mean_step_s"], 3), "step_ms": round(1e3 * row["mean_step_s"], 2),
          "first_step_s": round(row["first_step_s"], 3)}
   for key in ("compile_s", "compile", "programs_compiled_after_first_step", "mining", "mining_during_first_step",
@@ -599,25 +607,31 @@ def add_flops(rows: list[dict]) -> None:
 
 
 def add_ratios(rows: list[dict]) -> None:
+  """Each JAX row against the torch row of its kind and encoder (a mining or ``--jax-options``
+  row also against the plain ``jax_step`` / its own impl without options)."""
   for r in rows:
-    if r["impl"] in TORCH_OF:
+    impl = r["impl"].split("[")[0]
+    if impl in TORCH_OF:
       others = [o for o in rows if o["encoder"] == r["encoder"]
-                and (o["impl"] == TORCH_OF[r["impl"]] or (r["impl"] == "jax_step_mining" and o["impl"] == "jax_step"))]
+                and (o["impl"] == TORCH_OF[impl] or (impl == "jax_step_mining" and o["impl"] == "jax_step")
+                     or (o["impl"] == impl and r["impl"] != impl))]
       if others:
         r["ratio_vs"] = common.ratios(r, others)
 
 
 def run_rounds(jobs, passthrough, rounds, timeout, s) -> tuple[list[dict], int]:
-  """Every job once per round, interleaved; per job the row of its fastest round, with the
-  step times of all rounds (``round_step_ms``). Returns (rows, failed workers)."""
+  """Every job ``(impl, encoder, options)`` once per round, interleaved; per job the row of its
+  fastest round, with the step times of all rounds (``round_step_ms``). Returns (rows, failed
+  workers)."""
 
   def report(j, error):
-    impl, encoder = jobs[j]
-    common.emit(name=KINDS[impl], impl=impl, encoder=encoder, error=error, sizes=encoder_sizes(s, encoder))
+    impl, encoder, options = jobs[j]
+    common.emit(name=KINDS[impl], impl=impl + (f"[{options}]" if options else ""), encoder=encoder, error=error,
+                sizes=encoder_sizes(s, encoder))
 
   return common.best_of_rounds(
-      __file__, [passthrough + ["--impl", impl, "--encoder", encoder] for impl, encoder in jobs], rounds, timeout,
-      report)
+      __file__, [passthrough + ["--impl", impl, "--encoder", encoder, "--options", options]
+                 for impl, encoder, options in jobs], rounds, timeout, report)
 
 
 def names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -653,9 +667,14 @@ def main(argv=None) -> int:
                       help="default: float32 matmuls and convolutions may use TF32 on GPUs in both frameworks; "
                            "highest: full float32 in both")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
+  parser.add_argument("--jax-options", action="append", default=[],
+                      help="one extra row per JAX impl and flag: comma-separated overrides of the HiCLR config, "
+                           "e.g. model.stgcn.graph_order=graph_first or model.dsta.dropout_mask=packed")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--options", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  args.option_list = [o for o in args.options.split(",") if o]
   try:
     encoders = names(args.encoder, ENCODERS, "--encoder")
     impls = names(args.impls, IMPLS, "--impls")
@@ -683,6 +702,9 @@ def main(argv=None) -> int:
     common.emit(**finish(row, s, encoder, args))
     return 0
 
+  for options in args.jax_options:  # an unknown field fails here, before any worker starts
+    for encoder in encoders:
+      jax_config(s, encoder, None, [o for o in options.split(",") if o])
   need_tfds, need_npy = "jax_pipeline" in impls, "torch_pipeline" in impls
   data_dir, temporary = args.data_dir, None
   if need_tfds or need_npy:
@@ -706,7 +728,8 @@ def main(argv=None) -> int:
     passthrough += ["--data-dir", str(data_dir)]
   if args.cpu:
     passthrough.append("--cpu")
-  jobs = [(impl, encoder) for encoder in encoders for impl in impls]
+  jobs = [(impl, encoder, options) for encoder in encoders for impl in impls
+          for options in [""] + (args.jax_options if impl.startswith("jax") else [])]
   try:
     rows, failed = run_rounds(jobs, passthrough, args.rounds, args.timeout, s)
   finally:

@@ -99,13 +99,7 @@ def jax_worker(s: dict, args, options: list[str]) -> dict:
   config.augment.frames = s["frames"]
   config.augment.min_length = min(int(config.augment.min_length), s["frames"])
   config.mesh.data = 1
-  for opt in options:
-    key, value = opt.split("=", 1)
-    node = config
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = type(node[leaf])(json.loads(value) if isinstance(node[leaf], bool) else value)
+  common.apply_overrides(config, options)
   mesh = sharding.make_mesh(1)
   state = sharding.put_replicated(cp.create_train_state(config, NTU25, steps_per_epoch=1000), mesh)
   step_fn = cp.jit_train_step(config, NTU25, 1000, mesh)

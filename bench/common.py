@@ -137,6 +137,26 @@ def sizes_with_overrides(sizes: dict[str, Any], args, **fixed) -> dict[str, Any]
   return s
 
 
+def apply_overrides(config, options: Sequence[str]) -> None:
+  """Sets each ``key.path=value`` of ``options`` (a ``--jax-options`` flag's comma-separated
+  entries) in the ml_collections ``config``, the value converted to the field's type (booleans
+  as JSON: ``true``/``false``). An unknown field or an entry without ``=`` raises a
+  ``SystemExit`` naming it."""
+  for opt in options:
+    key, sep, value = opt.partition("=")
+    node = config
+    *path, leaf = key.split(".")
+    try:
+      for p in path:
+        node = node[p]
+      old = node[leaf]
+    except (KeyError, TypeError, AttributeError):
+      raise SystemExit(f"--jax-options: {opt!r}: the config has no field {key!r}") from None
+    if not sep:
+      raise SystemExit(f"--jax-options: {opt!r}: expected key.path=value")
+    node[leaf] = type(old)(json.loads(value) if isinstance(old, bool) else value)
+
+
 def best_of_rounds(script: str | Path, job_args: Sequence[Sequence[str]], rounds: int, timeout: float | None,
                    on_error: Callable[[int, str], None]) -> tuple[list[dict[str, Any]], int]:
   """Runs every job (its worker arguments) once per round, interleaved, each in a fresh worker
