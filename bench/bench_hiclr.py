@@ -564,8 +564,7 @@ def torch_pipeline_worker(s: dict, encoder: str, args) -> dict:
 # ----------------------------------------------------------------------------------------
 
 def finish(row: dict, s: dict, encoder: str, args) -> dict:
-  impl = row["impl"] + (f"[{','.join(args.option_list)}]" if args.option_list else "")
-  out = {"name": KINDS[row["impl"]], "impl": impl, "encoder": encoder,
+  out = {"name": KINDS[row["impl"]], "impl": common.with_options(row["impl"], args.option_list), "encoder": encoder,
          "samples_per_s": round(s["batch"] / row["mean_step_s"], 3), "step_ms": round(1e3 * row["mean_step_s"], 2),
          "first_step_s": round(row["first_step_s"], 3)}
   for key in ("compile_s", "compile", "programs_compiled_after_first_step", "mining", "mining_during_first_step",
@@ -626,8 +625,8 @@ def run_rounds(jobs, passthrough, rounds, timeout, s) -> tuple[list[dict], int]:
 
   def report(j, error):
     impl, encoder, options = jobs[j]
-    common.emit(name=KINDS[impl], impl=impl + (f"[{options}]" if options else ""), encoder=encoder, error=error,
-                sizes=encoder_sizes(s, encoder))
+    common.emit(name=KINDS[impl], impl=common.with_options(impl, common.split_options(options)), encoder=encoder,
+                error=error, sizes=encoder_sizes(s, encoder))
 
   return common.best_of_rounds(
       __file__, [passthrough + ["--impl", impl, "--encoder", encoder, "--options", options]
@@ -674,7 +673,7 @@ def main(argv=None) -> int:
   parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--options", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  args.option_list = [o for o in args.options.split(",") if o]
+  args.option_list = common.split_options(args.options)
   try:
     encoders = names(args.encoder, ENCODERS, "--encoder")
     impls = names(args.impls, IMPLS, "--impls")
@@ -704,7 +703,7 @@ def main(argv=None) -> int:
 
   for options in args.jax_options:  # an unknown field fails here, before any worker starts
     for encoder in encoders:
-      jax_config(s, encoder, None, [o for o in options.split(",") if o])
+      jax_config(s, encoder, None, common.split_options(options))
   need_tfds, need_npy = "jax_pipeline" in impls, "torch_pipeline" in impls
   data_dir, temporary = args.data_dir, None
   if need_tfds or need_npy:

@@ -121,7 +121,7 @@ def jax_worker(s: dict, args, options: list[str]) -> dict:
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   peak = int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else common.host_peak_rss_bytes()
-  row = {"impl": "jax" + ("[" + ",".join(options) + "]" if options else ""), "step_s": times,
+  row = {"impl": common.with_options("jax", options), "step_s": times,
          "mean_step_s": mean, "first_step_s": round(first_step_s, 3),
          "compile_s": round(first_step_s - mean, 3), "peak_mem_bytes": peak,
          "peak_mem_kind": "device" if stats else "host_rss", "machine": common.machine("jax")}
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
   s = sizes_of(args)
 
   if args.worker:
-    options = [o for o in args.options.split(",") if o]
+    options = common.split_options(args.options)
     if args.impl == "jax" and args.matmul_precision == "highest":
       import jax  # pylint: disable=import-outside-toplevel
       jax.config.update("jax_default_matmul_precision", "highest")

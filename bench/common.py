@@ -137,6 +137,16 @@ def sizes_with_overrides(sizes: dict[str, Any], args, **fixed) -> dict[str, Any]
   return s
 
 
+def split_options(text: str) -> list[str]:
+  """A ``--jax-options`` flag's comma-separated ``key.path=value`` entries."""
+  return [o for o in text.split(",") if o]
+
+
+def with_options(impl: str, options: Sequence[str]) -> str:
+  """A row's ``impl`` name: ``impl[<entries>]`` when config overrides were applied."""
+  return f"{impl}[{','.join(options)}]" if options else impl
+
+
 def apply_overrides(config, options: Sequence[str]) -> None:
   """Sets each ``key.path=value`` of ``options`` (a ``--jax-options`` flag's comma-separated
   entries) in the ml_collections ``config``, the value converted to the field's type (booleans
@@ -144,6 +154,8 @@ def apply_overrides(config, options: Sequence[str]) -> None:
   ``SystemExit`` naming it."""
   for opt in options:
     key, sep, value = opt.partition("=")
+    if not sep:
+      raise SystemExit(f"--jax-options: {opt!r}: expected key.path=value")
     node = config
     *path, leaf = key.split(".")
     try:
@@ -152,8 +164,6 @@ def apply_overrides(config, options: Sequence[str]) -> None:
       old = node[leaf]
     except (KeyError, TypeError, AttributeError):
       raise SystemExit(f"--jax-options: {opt!r}: the config has no field {key!r}") from None
-    if not sep:
-      raise SystemExit(f"--jax-options: {opt!r}: expected key.path=value")
     node[leaf] = type(old)(json.loads(value) if isinstance(old, bool) else value)
 
 

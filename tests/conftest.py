@@ -165,11 +165,10 @@ def array_data_file(state_dir) -> str:
           walk(value)
         elif isinstance(value, str) and value.startswith("value:"):
           # "value:<base path>:<file>:<offset>:<length>", the file relative to the base path
-          where = value[len("value:"):].rsplit(":", 2)[0]
+          where, offset, length = value[len("value:"):].rsplit(":", 2)
           path = os.path.join(state_dir, where.replace(":", "", 1))
-          offset, length = (int(n) for n in value.rsplit(":", 2)[1:])
-          referenced[path] = referenced.get(path, 0) + length
-          end[path] = max(end.get(path, 0), offset + length)
+          referenced[path] = referenced.get(path, 0) + int(length)
+          end[path] = max(end.get(path, 0), int(offset) + int(length))
 
   walk(ts.ocdbt.dump(base).result()["versions"][-1]["root"]["location"])
   assert referenced, f"{state_dir}: no array bytes outside the b-tree (all values inline?)"
