@@ -194,7 +194,7 @@ class STAttentionBlock(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   temporal_conv: str = "conv"
-  dropout_mask: str = "flax"
+  dropout_mask: str = "packed"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -266,9 +266,9 @@ class DSTAEncoder(nn.Module):
       float32 on GPUs/TPUs).
     temporal_conv: how the 7x1 convolutions run (the same function, ``common.temporal_conv``):
       ``"conv"`` (XLA's convolution) or ``"matmul"`` (one im2col matmul).
-    dropout_mask: the residual dropout's masks (``common.Dropout``): ``"flax"`` (Flax's own,
-      the same masks as ``nn.Dropout`` from the same key) or ``"packed"`` (the same Bernoulli
-      distribution from fewer PRNG draws; other masks from the same key).
+    dropout_mask: the residual dropout's masks (``common.Dropout``): ``"packed"`` (the default:
+      the Bernoulli distribution of ``nn.Dropout`` from fewer PRNG draws) or ``"flax"`` (Flax's
+      own, the very masks ``nn.Dropout`` draws from the same key).
   """
 
   blocks: tuple[tuple[int, int, int, int], ...] = RELEASE_BLOCKS
@@ -286,7 +286,7 @@ class DSTAEncoder(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   temporal_conv: str = "conv"
-  dropout_mask: str = "flax"
+  dropout_mask: str = "packed"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features_only: bool = False,
@@ -372,9 +372,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.fc_dropout = 0.0            # reference dropout (before fc; never set under HiCLR)
   c.position_dropout = 0.0      # reference dropout2d (0 in the release)
   c.fix_proj = False            # reference fix_conv1: True in linear eval / finetune (frozen_params)
-  # Speed options (the same function; off until measured faster: bench/bench_encoder.py --options):
+  # Speed options, each the same function (docs/speed.md; the defaults measured fastest in the
+  # whole HiCLR step on the CPU, bench/RESULTS.md section 8):
   c.temporal_conv = "conv"      # the 7x1 convolutions: conv | matmul (one im2col matmul)
-  c.dropout_mask = "flax"       # the residual dropout's masks: flax (nn.Dropout's) | packed (fewer PRNG draws)
+  c.dropout_mask = "packed"     # residual dropout masks: packed (nn.Dropout's distribution, fewer PRNG draws) | flax
   return c
 
 
@@ -430,4 +431,4 @@ def from_config(model_config, layout: SkeletonLayout, *, num_outputs: int | None
                      position_dropout=float(cfg.get("position_dropout", 0.0)),
                      init_scheme=str(model_config.get("init", "default")), fc_init=fc_init,
                      temporal_conv=str(cfg.get("temporal_conv", "conv")),
-                     dropout_mask=str(cfg.get("dropout_mask", "flax")))
+                     dropout_mask=str(cfg.get("dropout_mask", "packed")))

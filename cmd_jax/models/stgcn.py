@@ -186,8 +186,8 @@ class STGCNBlock(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   temporal_conv: str = "conv"
-  graph_order: str = "conv_first"
-  dropout_mask: str = "flax"
+  graph_order: str = "auto"
+  dropout_mask: str = "packed"
 
   @nn.compact
   def __call__(self, x: Array, a: Array, train: bool) -> Array:
@@ -238,12 +238,12 @@ class STGCNEncoder(nn.Module):
     temporal_conv: how the 9x1 convolutions run (the same function, ``common.temporal_conv``):
       ``"conv"`` (XLA's convolution) or ``"matmul"`` (one im2col matmul).
     graph_order: the graph convolution's contraction order (the same function,
-      ``ConvTemporalGraphical``): ``"conv_first"`` (the reference's, the default),
-      ``"graph_first"`` or ``"auto"`` (``resolve_graph_order``: per block, the order with the
-      fewer graph FLOPs).
-    dropout_mask: the blocks' dropout masks (``common.Dropout``): ``"flax"`` (Flax's own, the
-      same masks as ``nn.Dropout`` from the same key) or ``"packed"`` (the same Bernoulli
-      distribution from fewer PRNG draws; other masks from the same key).
+      ``ConvTemporalGraphical``): ``"auto"`` (the default: ``resolve_graph_order``, per block
+      the order with the fewer graph FLOPs, ``graph_first`` in every block of HiCLR's ST-GCN),
+      ``"conv_first"`` (the reference's order) or ``"graph_first"``.
+    dropout_mask: the blocks' dropout masks (``common.Dropout``): ``"packed"`` (the default:
+      the Bernoulli distribution of ``nn.Dropout`` from fewer PRNG draws) or ``"flax"`` (Flax's
+      own, the very masks ``nn.Dropout`` draws from the same key).
   """
 
   layout: SkeletonLayout
@@ -260,8 +260,8 @@ class STGCNEncoder(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   temporal_conv: str = "conv"
-  graph_order: str = "conv_first"
-  dropout_mask: str = "flax"
+  graph_order: str = "auto"
+  dropout_mask: str = "packed"
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features_only: bool = False,
@@ -353,10 +353,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.temporal_kernel = 9       # the TCN's temporal kernel (odd)
   c.dropout = 0.5             # dropout after each block's TCN, blocks 2-10
   c.edge_importance = True    # learnable edge importance per block (edge_importance_weighting)
-  # Speed options (the same function; off until measured faster: bench/bench_encoder.py --options):
+  # Speed options, each the same function (docs/speed.md; the defaults measured fastest in the
+  # whole HiCLR step on the CPU, bench/RESULTS.md section 8):
   c.temporal_conv = "conv"    # the 9x1 convolutions: conv | matmul (one im2col matmul)
-  c.graph_order = "conv_first"  # the graph convolution: conv_first (the reference's) | graph_first | auto
-  c.dropout_mask = "flax"     # dropout masks: flax (nn.Dropout's) | packed (same distribution, fewer PRNG draws)
+  c.graph_order = "auto"      # the graph convolution: auto (graph_first where the block does not narrow) |
+  #                             conv_first (the reference's order) | graph_first
+  c.dropout_mask = "packed"   # dropout masks: packed (nn.Dropout's distribution, fewer PRNG draws) | flax (nn.Dropout's own)
   return c
 
 
