@@ -77,7 +77,8 @@ same count on every row of that encoder, with the achieved ``model_flops_per_s``
 fraction of a known GPU's peak, bench/bench_step.py's table). ``ratio_vs``: each JAX row's
 samples/s over the torch row of its kind (``jax_step_mining`` also over ``jax_step``).
 ``--jax-options`` adds, per flag, one more row of each JAX impl with those config overrides
-(the encoders' speed options, e.g. ``model.stgcn.graph_order=graph_first``), named
+(the encoders' speed options, e.g. ``model.stgcn.graph_order=conv_first``, the reference's
+order, against the default ``auto``), named
 ``jax_step[<overrides>]`` and also compared with the row without them. On a
 GPU the torch rows run on it too (``--cpu`` keeps them on the CPU), with TF32 allowed in both
 frameworks unless ``--matmul-precision highest``.
@@ -86,7 +87,7 @@ frameworks unless ``--matmul-precision highest``.
   python bench/bench_hiclr.py --size full            # on a GPU
   python bench/bench_hiclr.py --size cpu --rounds 1 --steps 2 --warmup 1 --batch 8 --queue 64   # smoke run
   python bench/bench_hiclr.py --size cpu --encoder stgcn --impls jax_step,torch_step \
-      --jax-options model.stgcn.graph_order=graph_first
+      --jax-options model.stgcn.graph_order=conv_first,model.stgcn.dropout_mask=flax
 """
 
 from __future__ import annotations
@@ -668,7 +669,8 @@ def main(argv=None) -> int:
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
   parser.add_argument("--jax-options", action="append", default=[],
                       help="one extra row per JAX impl and flag: comma-separated overrides of the HiCLR config, "
-                           "e.g. model.stgcn.graph_order=graph_first or model.dsta.dropout_mask=packed")
+                           "e.g. model.stgcn.graph_order=conv_first or model.dsta.dropout_mask=flax (the reference's "
+                           "formulations; the defaults are auto and packed)")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--options", default="", help=argparse.SUPPRESS)
